@@ -1,0 +1,496 @@
+//! The command line: flags (clap structs whose doc comments are the `--help`), then a call
+//! into the library, then a view that renders for people or as JSON. No logic of its own.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::graph::Graph;
+use crate::plan::{self, Mode, OpGraph, Plan, RenderOptions};
+use crate::resource::Addr;
+use crate::spec::{Spec, SpecError};
+use crate::state::{self, Lock, State};
+
+/// Provision large VM clusters declaratively with the VMThunder image tree.
+///
+/// A cluster spec (JSON) names images, hosts and how many clones each host boots. vmthunder
+/// expands it into a DAG of resources per image and host (lv, session, cache, target,
+/// snapshot, domain), diffs it against the recorded state and shows the plan.
+///
+/// Typical use:
+///   vmthunder validate -f examples/lab.json
+///   vmthunder plan -f examples/lab.json --out plans/lab.json
+///   vmthunder show plans/lab.json
+#[derive(Debug, Parser)]
+#[command(name = "vmthunder", version, about, long_about, verbatim_doc_comment)]
+pub struct Cli {
+    /// When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a spec and report every error at once, each with its JSON path.
+    Validate {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Print the result as JSON: {"valid": bool, "diagnostics": [{"path", "message"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what apply would change to make the cluster match the spec.
+    ///
+    /// Exit status: 0 success; 1 error; with --detailed-exitcode, 2 when there are changes.
+    Plan(PlanArgs),
+    /// Render a saved plan file for people, or as JSON.
+    Show {
+        /// A plan saved with `vmthunder plan --out FILE`.
+        plan: PathBuf,
+        /// Print the plan's JSON form.
+        #[arg(long)]
+        json: bool,
+        /// List every change, however many.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print the desired resource DAG in Graphviz DOT (`| dot -Tsvg > graph.svg`).
+    Graph {
+        #[command(flatten)]
+        spec: SpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Read the recorded state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Remove a lock left by a run that hangs or is gone, by its lock ID.
+    ForceUnlock {
+        /// The ID printed by the command that found the state locked.
+        id: String,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Print the JSON Schema of cluster specs (checked in as schemas/cluster.schema.json).
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List every recorded resource address.
+    List {
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Show one recorded resource.
+    Show {
+        /// A resource address, e.g. session.node01.base.
+        address: String,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArg {
+    /// The cluster spec (JSON).
+    #[arg(short = 'f', long = "file", value_name = "SPEC", env = "VMTHUNDER_SPEC")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct OptSpecArg {
+    /// The cluster spec, to find its state at state/<cluster>.json.
+    #[arg(short = 'f', long = "file", value_name = "SPEC", env = "VMTHUNDER_SPEC")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArg {
+    /// State file [default: state/<cluster>.json].
+    #[arg(long = "state", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub spec: SpecArg,
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Save the plan to FILE (e.g. plans/lab.json) for `vmthunder show` and `apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the plan as versioned JSON instead of the human form.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 1 on error, 2 when there are changes (for CI).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Limit the plan to ADDR (or every address under a prefix such as domain.node07) and
+    /// what it needs. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Replace ADDR (and what is built on it) even if unchanged. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub replace: Vec<String>,
+    /// Plan to destroy every recorded resource, dependents first.
+    #[arg(long)]
+    pub destroy: bool,
+    /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// List every change even in very large plans.
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// A failure that ends the command: what to print, and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+}
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(&format!("\n  caused by: {s}"));
+            source = s.source();
+        }
+        Failure { message }
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+    }
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMTHUNDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let color = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match run(cli.command, color) {
+        Ok(code) => code,
+        Err(f) => {
+            let err_color = matches!(cli.color, ColorChoice::Always)
+                || (matches!(cli.color, ColorChoice::Auto)
+                    && std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none());
+            let label = if err_color {
+                "\x1b[1;31mError:\x1b[0m"
+            } else {
+                "Error:"
+            };
+            eprintln!("{label} {}", f.message);
+            1
+        }
+    }
+}
+
+fn run(command: Command, color: bool) -> Result<i32, Failure> {
+    match command {
+        Command::Validate { spec, json } => validate(&spec.file, json),
+        Command::Plan(args) => plan_command(args, color),
+        Command::Show { plan, json, full } => {
+            let plan = Plan::load(&plan)?;
+            if json {
+                emit(&plan.to_json())?;
+            } else {
+                emit(plan::render(&plan, render_options(color, full)).as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Graph { spec, state } => {
+            let spec = load_spec(&spec.file)?;
+            let path = state_path(state.path, &spec.cluster);
+            let state = State::load(&path, &spec.cluster)?;
+            let graph = Graph::build(&spec, &state)?;
+            emit(graph.to_dot().as_bytes())?;
+            Ok(0)
+        }
+        Command::State(cmd) => state_command(cmd),
+        Command::ForceUnlock { id, spec, state } => {
+            let path = find_state(spec.file.as_deref(), state.path)?;
+            let holder = state::force_unlock(&path, &id)?;
+            println!(
+                "Lock {} removed ({} by {}, pid {}). The state at `{}` is unlocked.",
+                holder.id,
+                holder.operation,
+                holder.who,
+                holder.pid,
+                path.display()
+            );
+            Ok(0)
+        }
+        Command::Schema => {
+            emit(&schema_bytes())?;
+            Ok(0)
+        }
+    }
+}
+
+/// The checked-in schema's exact bytes.
+pub fn schema_bytes() -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(&Spec::json_schema()).expect("schema serializes");
+    s.push(b'\n');
+    s
+}
+
+fn render_options(color: bool, full: bool) -> RenderOptions {
+    RenderOptions {
+        color,
+        max_listed: if full { None } else { Some(500) },
+    }
+}
+
+fn emit(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_spec(path: &Path) -> Result<Spec, Failure> {
+    Spec::load(path).map_err(|e| match e {
+        SpecError::Invalid { path, diagnostics } => {
+            let mut m = format!(
+                "spec `{path}` is invalid ({} error{}):",
+                diagnostics.len(),
+                if diagnostics.len() == 1 { "" } else { "s" }
+            );
+            for d in diagnostics.iter() {
+                m.push_str(&format!("\n  {d}"));
+            }
+            m.push_str("\nFix these and run `vmthunder validate -f ");
+            m.push_str(&path);
+            m.push_str("` again.");
+            fail(m)
+        }
+        other => other.into(),
+    })
+}
+
+fn validate(path: &Path, json: bool) -> Result<i32, Failure> {
+    if !json {
+        let spec = load_spec(path)?;
+        let hosts: usize = spec
+            .images
+            .iter()
+            .map(|i| spec.image_hosts(i).len())
+            .sum();
+        println!(
+            "Success! The spec `{}` is valid: cluster {:?}, {} hosts, {} images, {} host-image pairs.",
+            path.display(),
+            spec.cluster,
+            spec.hosts.len(),
+            spec.images.len(),
+            hosts
+        );
+        return Ok(0);
+    }
+    let (valid, diagnostics, error) = match Spec::load(path) {
+        Ok(_) => (true, Vec::new(), None),
+        Err(SpecError::Invalid { diagnostics, .. }) => (false, diagnostics.0, None),
+        Err(other) => (false, Vec::new(), Some(Failure::from(other).message)),
+    };
+    let doc = serde_json::json!({
+        "format_version": "1.0",
+        "valid": valid,
+        "error_count": diagnostics.len() + usize::from(error.is_some()),
+        "diagnostics": diagnostics,
+        "error": error,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&doc).expect("serializes");
+    bytes.push(b'\n');
+    emit(&bytes)?;
+    Ok(if valid { 0 } else { 1 })
+}
+
+fn state_path(given: Option<PathBuf>, cluster: &str) -> PathBuf {
+    given.unwrap_or_else(|| PathBuf::from("state").join(format!("{cluster}.json")))
+}
+
+/// The state file from --state, from a spec's cluster, or the only one in state/.
+fn find_state(spec: Option<&Path>, given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if let Some(spec) = spec {
+        return Ok(state_path(None, &load_spec(spec)?.cluster));
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir("state")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(fail(
+            "no state found in state/: pass -f SPEC or --state PATH",
+        )),
+        _ => Err(fail(format!(
+            "several states in state/ ({}): pass -f SPEC or --state PATH",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
+    let spec = load_spec(&args.spec.file)?;
+    let replace = args
+        .replace
+        .iter()
+        .map(|a| a.parse::<Addr>().map_err(fail))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = state_path(args.state.path, &spec.cluster);
+    let _lock = Lock::acquire(&path, "plan", args.lock_timeout)?;
+    let state = State::load(&path, &spec.cluster)?;
+    let graph = Graph::build(&spec, &state)?;
+    let opts = plan::Options {
+        mode: Some(if args.destroy {
+            Mode::Destroy
+        } else {
+            Mode::Normal
+        }),
+        targets: args.target,
+        replace,
+    };
+    let plan = plan::diff(graph, &state, &opts, Some(spec.digest()))?;
+    OpGraph::build(&plan).order(&plan)?;
+    if let Some(out) = &args.out {
+        plan.save(out)?;
+    }
+    if args.json {
+        emit(&plan.to_json())?;
+    } else {
+        let mut text = plan::render(&plan, render_options(color, args.full));
+        if let Some(out) = &args.out {
+            text.push_str(&format!(
+                "\nSaved the plan to `{}`. To perform exactly these actions, run:\n    vmthunder apply {}\n",
+                out.display(),
+                out.display()
+            ));
+        }
+        emit(text.as_bytes())?;
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        2
+    } else {
+        0
+    })
+}
+
+fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
+    match cmd {
+        StateCommand::List { spec, state } => {
+            let path = find_state(spec.file.as_deref(), state.path)?;
+            let state = State::load_any(&path)?;
+            let mut addrs: Vec<String> = state.resources.iter().map(|r| r.addr.to_string()).collect();
+            addrs.sort();
+            let mut text = addrs.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            emit(text.as_bytes())?;
+            Ok(0)
+        }
+        StateCommand::Show {
+            address,
+            spec,
+            state,
+            json,
+        } => {
+            let addr: Addr = address.parse().map_err(fail)?;
+            let path = find_state(spec.file.as_deref(), state.path)?;
+            let state = State::load_any(&path)?;
+            let r = state.get(&addr).ok_or_else(|| {
+                fail(format!(
+                    "no resource {addr} in state `{}`; `vmthunder state list` shows what is recorded",
+                    path.display()
+                ))
+            })?;
+            let doc = serde_json::json!({
+                "address": r.addr,
+                "kind": r.addr.kind,
+                "host": &*r.addr.host,
+                "image": &*r.addr.image,
+                "status": r.status,
+                "desired": r.desired,
+                "observed": r.observed,
+                "deps": r.deps,
+            });
+            if json {
+                let mut b = serde_json::to_vec_pretty(&doc).expect("serializes");
+                b.push(b'\n');
+                emit(&b)?;
+            } else {
+                let mut text = format!("# {}\n", r.addr);
+                for section in ["status", "desired", "observed", "deps"] {
+                    text.push_str(&format!("{section} = {}\n", serde_json::to_string_pretty(&doc[section]).expect("serializes")));
+                }
+                emit(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Parses `0s`, `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 2m"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration {s:?}: use e.g. 500ms, 30s, 2m")),
+    })
+}

@@ -1,0 +1,290 @@
+//! The desired resource DAG: what a spec asks for, given where the tree was placed before.
+//!
+//! Owns expanding a validated spec into resources with typed attributes and dependency edges,
+//! the clone identities (name, UUID, MAC), and the DOT rendering. Resources are emitted in a
+//! topological order by construction (a parent's target before its children's sessions), so no
+//! sort is needed; cost is linear in the number of resources.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::placement;
+use crate::resource::{
+    Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs,
+    SnapshotAttrs, TargetAttrs,
+};
+use crate::spec::Spec;
+use crate::state::{Placement, State};
+
+/// Namespace of clone UUIDs (UUIDv5 of `cluster/image/host/n`).
+const CLONE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_0b7e_2d4a_4c1e_9a53_8e0f_7b1d_c0de);
+
+/// One resource the spec asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub addr: Addr,
+    pub desired: Desired,
+    /// Indices of the resources this one needs, into [`Graph::resources`].
+    pub deps: Vec<u32>,
+}
+
+/// The desired DAG, in topological order.
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub resources: Vec<Resource>,
+    pub placement: Placement,
+    index: HashMap<Addr, u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("internal error: clone UUID {uuid} of {a} collides with {b}")]
+    UuidCollision { uuid: String, a: Addr, b: Addr },
+    #[error("internal error: no free MAC address for {0} after 64 tries")]
+    MacExhausted(Addr),
+}
+
+impl Graph {
+    pub fn get(&self, addr: &Addr) -> Option<u32> {
+        self.index.get(addr).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Expands `spec` into resources. `prior` supplies the recorded placement (kept where
+    /// still valid) and the recorded MACs of existing clones (kept unless they now collide).
+    pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
+        let mut g = Graph::default();
+        let mut domains: Vec<u32> = Vec::new();
+        for image in &spec.images {
+            let img: Arc<str> = image.name.as_str().into();
+            let source: Arc<str> = image.source_host.as_str().into();
+            let members = spec.image_hosts(image);
+            let names: Vec<Arc<str>> = std::iter::once(source.clone())
+                .chain(members.iter().map(|m| Arc::<str>::from(*m)))
+                .collect();
+            let index = placement::index(&image.source_host, &members);
+            let recorded = prior.placement.get(&image.name);
+            let tree = placement::place(members.len(), spec.tree.degree, |i| {
+                recorded
+                    .and_then(|r| r.get(&*names[i as usize]))
+                    .and_then(|p| index.get(p.as_str()).copied())
+            });
+            let clones = spec.clones_per_host(image);
+            let addresses: HashMap<&str, &str> = spec
+                .hosts
+                .iter()
+                .map(|h| (h.name.as_str(), h.address.as_str()))
+                .collect();
+            let mut target_of: Vec<u32> = vec![u32::MAX; names.len()];
+            let mut parents = BTreeMap::new();
+
+            for &node in &tree.order {
+                let host = &names[node as usize];
+                let has_children = !tree.children[node as usize].is_empty();
+                let Some(parent) = tree.parent[node as usize] else {
+                    target_of[0] = g.push(
+                        Addr::new(Kind::Target, host, &img, None),
+                        Desired::Target(TargetAttrs::Image {
+                            path: image.path.clone(),
+                            format: image.format,
+                            size: image.size,
+                        }),
+                        vec![],
+                    );
+                    continue;
+                };
+                let parent_name = &names[parent as usize];
+                parents.insert(host.to_string(), parent_name.to_string());
+                let lv = g.push(
+                    Addr::new(Kind::Lv, host, &img, None),
+                    Desired::Lv(LvAttrs {
+                        purpose: LvPurpose::Cache,
+                        size: spec.cache.size,
+                    }),
+                    vec![],
+                );
+                let session = g.push(
+                    Addr::new(Kind::Session, host, &img, None),
+                    Desired::Session(SessionAttrs {
+                        parent: parent_name.to_string(),
+                        parent_address: addresses
+                            .get(&**parent_name)
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                    }),
+                    vec![target_of[parent as usize]],
+                );
+                let cache = g.push(
+                    Addr::new(Kind::Cache, host, &img, None),
+                    Desired::Cache(CacheAttrs {
+                        size: spec.cache.size,
+                    }),
+                    vec![session, lv],
+                );
+                if has_children {
+                    target_of[node as usize] = g.push(
+                        Addr::new(Kind::Target, host, &img, None),
+                        Desired::Target(TargetAttrs::Cache {}),
+                        vec![cache],
+                    );
+                }
+                for n in 0..clones {
+                    let cow = g.push(
+                        Addr::new(Kind::Lv, host, &img, Some(n)),
+                        Desired::Lv(LvAttrs {
+                            purpose: LvPurpose::Cow,
+                            size: spec.clones.cow_size,
+                        }),
+                        vec![],
+                    );
+                    let snap = g.push(
+                        Addr::new(Kind::Snapshot, host, &img, Some(n)),
+                        Desired::Snapshot(SnapshotAttrs {
+                            cow_size: spec.clones.cow_size,
+                        }),
+                        vec![cache, cow],
+                    );
+                    let key = clone_key(&spec.cluster, &img, host, n);
+                    let dom = g.push(
+                        Addr::new(Kind::Domain, host, &img, Some(n)),
+                        Desired::Domain(DomainAttrs {
+                            name: spec.clone_name(&img, host, n),
+                            uuid: Uuid::new_v5(&CLONE_NAMESPACE, key.as_bytes()).to_string(),
+                            mac: String::new(),
+                            vcpus: spec.clones.vcpus,
+                            memory: spec.clones.memory,
+                        }),
+                        vec![snap],
+                    );
+                    domains.push(dom);
+                }
+            }
+            g.placement.insert(image.name.clone(), parents);
+        }
+        g.assign_identities(&spec.cluster, &domains, prior)?;
+        Ok(g)
+    }
+
+    fn push(&mut self, addr: Addr, desired: Desired, deps: Vec<u32>) -> u32 {
+        let i = self.resources.len() as u32;
+        self.index.insert(addr.clone(), i);
+        self.resources.push(Resource {
+            addr,
+            desired,
+            deps,
+        });
+        i
+    }
+
+    /// Checks UUIDs and gives every domain a unique MAC: existing clones keep their recorded
+    /// MAC when it is one of their own candidates; the others take their first free candidate.
+    fn assign_identities(
+        &mut self,
+        cluster: &str,
+        domains: &[u32],
+        prior: &State,
+    ) -> Result<(), GraphError> {
+        let mut uuids: HashMap<String, u32> = HashMap::with_capacity(domains.len());
+        let mut macs: HashSet<String> = HashSet::with_capacity(domains.len());
+        let mut unassigned = Vec::new();
+        for &d in domains {
+            let r = &self.resources[d as usize];
+            let Desired::Domain(attrs) = &r.desired else {
+                unreachable!("domains holds domain indices")
+            };
+            if let Some(first) = uuids.insert(attrs.uuid.clone(), d) {
+                return Err(GraphError::UuidCollision {
+                    uuid: attrs.uuid.clone(),
+                    a: r.addr.clone(),
+                    b: self.resources[first as usize].addr.clone(),
+                });
+            }
+            let key = clone_key(cluster, &r.addr.image, &r.addr.host, r.addr.n.unwrap_or(0));
+            let kept = prior.mac_of(&r.addr).filter(|mac| {
+                (0..4).any(|k| mac_candidate(&key, k) == *mac) && !macs.contains(*mac)
+            });
+            match kept {
+                Some(mac) => {
+                    let mac = mac.to_string();
+                    macs.insert(mac.clone());
+                    self.set_mac(d, mac);
+                }
+                None => unassigned.push((d, key)),
+            }
+        }
+        for (d, key) in unassigned {
+            let mac = (0..64)
+                .map(|k| mac_candidate(&key, k))
+                .find(|m| !macs.contains(m))
+                .ok_or_else(|| GraphError::MacExhausted(self.resources[d as usize].addr.clone()))?;
+            macs.insert(mac.clone());
+            self.set_mac(d, mac);
+        }
+        Ok(())
+    }
+
+    fn set_mac(&mut self, d: u32, mac: String) {
+        if let Desired::Domain(attrs) = &mut self.resources[d as usize].desired {
+            attrs.mac = mac;
+        }
+    }
+
+    /// The DAG in Graphviz DOT: one cluster per host, edges from a resource to what it needs.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph vmthunder {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut by_host: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, r) in self.resources.iter().enumerate() {
+            by_host.entry(&r.addr.host).or_default().push(i);
+        }
+        for (host, list) in &by_host {
+            let _ = writeln!(out, "  subgraph \"cluster_{host}\" {{\n    label=\"{host}\";");
+            for &i in list {
+                let _ = writeln!(out, "    \"{}\";", self.resources[i].addr);
+            }
+            out.push_str("  }\n");
+        }
+        for r in &self.resources {
+            for &d in &r.deps {
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\";",
+                    r.addr, self.resources[d as usize].addr
+                );
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn clone_key(cluster: &str, image: &str, host: &str, n: u32) -> String {
+    format!("{cluster}/{image}/{host}/{n}")
+}
+
+/// Candidate `k` of a clone's MAC: locally administered, unicast, 46 bits from SHA-256.
+fn mac_candidate(key: &str, k: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update(k.to_le_bytes());
+    let b = h.finalize();
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        (b[0] & 0xfc) | 0x02,
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5]
+    )
+}

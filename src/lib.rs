@@ -1,0 +1,14 @@
+//! vmthunder: provision large VM clusters declaratively with the VMThunder image tree.
+//!
+//! Dependencies point one way: `cli` -> `plan` -> {`graph`, `state`} -> {`spec`, `resource`}.
+//! `plan` never talks to hosts, so the diff is testable from tables of cases.
+
+pub mod cli;
+pub mod dag;
+pub mod graph;
+pub mod placement;
+pub mod plan;
+pub mod resource;
+pub mod size;
+pub mod spec;
+pub mod state;

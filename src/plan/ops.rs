@@ -1,0 +1,108 @@
+//! The operations apply runs for a plan, and the order constraints between them.
+//!
+//! Built from the plan alone (never re-derived from the spec): a create waits for the creates
+//! of what it is built on; a delete waits for the deletes of everything recorded as built on
+//! it; a replacement deletes before it creates.
+
+use std::collections::HashMap;
+
+use super::{Action, Plan};
+use crate::dag;
+use crate::resource::Addr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Create,
+    Delete,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Op {
+    pub kind: OpKind,
+    /// Index into `Plan::changes`.
+    pub change: u32,
+}
+
+#[derive(Debug)]
+pub struct OpGraph {
+    pub ops: Vec<Op>,
+    /// `before[i]`: operations that must finish before `ops[i]` starts.
+    pub before: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("internal error: the plan's operations form a cycle through {}", .0.join(", "))]
+    Cycle(Vec<String>),
+}
+
+impl OpGraph {
+    pub fn build(plan: &Plan) -> OpGraph {
+        let mut ops = Vec::new();
+        let mut create_of: HashMap<&Addr, u32> = HashMap::new();
+        let mut delete_of: HashMap<&Addr, u32> = HashMap::new();
+        for (i, c) in plan.changes.iter().enumerate() {
+            if matches!(c.action, Action::Delete | Action::Replace) {
+                delete_of.insert(&c.addr, ops.len() as u32);
+                ops.push(Op {
+                    kind: OpKind::Delete,
+                    change: i as u32,
+                });
+            }
+            if matches!(c.action, Action::Create | Action::Replace) {
+                create_of.insert(&c.addr, ops.len() as u32);
+                ops.push(Op {
+                    kind: OpKind::Create,
+                    change: i as u32,
+                });
+            }
+        }
+        let mut before: Vec<Vec<u32>> = vec![Vec::new(); ops.len()];
+        for c in &plan.changes {
+            if let Some(&create) = create_of.get(&c.addr) {
+                if let Some(&del) = delete_of.get(&c.addr) {
+                    before[create as usize].push(del);
+                }
+                for d in &c.deps {
+                    if let Some(&dc) = create_of.get(d) {
+                        before[create as usize].push(dc);
+                    }
+                }
+            }
+            if delete_of.contains_key(&c.addr) {
+                // Whatever this was built on is deleted only after this is gone.
+                for d in &c.prior_deps {
+                    if let Some(&dd) = delete_of.get(d) {
+                        before[dd as usize].push(delete_of[&c.addr]);
+                    }
+                }
+            }
+        }
+        OpGraph { ops, before }
+    }
+
+    /// A valid sequential order of the operations.
+    pub fn order(&self, plan: &Plan) -> Result<Vec<Op>, OpsError> {
+        dag::topo_order(&self.before)
+            .map(|o| o.into_iter().map(|i| self.ops[i as usize]).collect())
+            .map_err(|cycle| {
+                OpsError::Cycle(
+                    cycle
+                        .0
+                        .into_iter()
+                        .map(|i| {
+                            let op = self.ops[i];
+                            format!(
+                                "{} {}",
+                                match op.kind {
+                                    OpKind::Create => "create",
+                                    OpKind::Delete => "delete",
+                                },
+                                plan.changes[op.change as usize].addr
+                            )
+                        })
+                        .collect(),
+                )
+            })
+    }
+}

@@ -1,0 +1,348 @@
+//! Resources: their kinds, their addresses and the attributes a spec asks of them.
+//!
+//! Plain data shared by the graph, the state and the plan. Desired attributes are typed per
+//! kind; every one of them forces replacement when it changes (there are no in-place updates of
+//! block devices or exports).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::size::Size;
+use crate::spec::ImageFormat;
+
+/// What a resource is. Ordered bottom-up: creation order on one host.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Space for a cache or a clone's copy-on-write data.
+    Lv,
+    /// A login to the parent's export of the image.
+    Session,
+    /// A local read cache over the session.
+    Cache,
+    /// A read-only export of the image to children.
+    Target,
+    /// A copy-on-write disk per clone.
+    Snapshot,
+    /// The VM of a clone.
+    Domain,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Lv,
+        Kind::Session,
+        Kind::Cache,
+        Kind::Target,
+        Kind::Snapshot,
+        Kind::Domain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Lv => "lv",
+            Kind::Session => "session",
+            Kind::Cache => "cache",
+            Kind::Target => "target",
+            Kind::Snapshot => "snapshot",
+            Kind::Domain => "domain",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot or domain)")
+            })
+    }
+}
+
+/// A resource address: `<kind>.<host>.<image>[.<n>]`, e.g. `snapshot.node07.base.3`.
+///
+/// Host and image names are shared, so the hundreds of thousands of addresses of a large
+/// cluster cost no string allocations of their own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub kind: Kind,
+    pub host: Arc<str>,
+    pub image: Arc<str>,
+    pub n: Option<u32>,
+}
+
+impl Addr {
+    pub fn new(kind: Kind, host: &Arc<str>, image: &Arc<str>, n: Option<u32>) -> Addr {
+        Addr {
+            kind,
+            host: host.clone(),
+            image: image.clone(),
+            n,
+        }
+    }
+
+    /// Whether `pattern` selects this address: the whole address, or a prefix of whole
+    /// components (`domain.node07` selects every domain on node07).
+    pub fn matches(&self, pattern: &str) -> bool {
+        let full = self.to_string();
+        full == pattern
+            || (full.starts_with(pattern) && full.as_bytes().get(pattern.len()) == Some(&b'.'))
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.kind, self.host, self.image)?;
+        if let Some(n) = self.n {
+            write!(f, ".{n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Addr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Addr, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let bad = || {
+            format!("invalid resource address {s:?}: expected <kind>.<host>.<image>[.<n>], like session.node07.base or domain.node07.base.0")
+        };
+        if !(3..=4).contains(&parts.len()) || parts[1].is_empty() || parts[2].is_empty() {
+            return Err(bad());
+        }
+        let kind: Kind = parts[0].parse()?;
+        let n = match parts.get(3) {
+            Some(n) => Some(n.parse().map_err(|_| bad())?),
+            None => None,
+        };
+        Ok(Addr {
+            kind,
+            host: parts[1].into(),
+            image: parts[2].into(),
+            n,
+        })
+    }
+}
+
+impl Serialize for Addr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Addr, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Addr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Address".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A resource address: <kind>.<host>.<image>[.<n>]",
+            "pattern": "^(lv|session|cache|target|snapshot|domain)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
+        })
+    }
+}
+
+/// What an `lv` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LvPurpose {
+    Cache,
+    Cow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LvAttrs {
+    pub purpose: LvPurpose,
+    pub size: Size,
+}
+
+/// What a `target` exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "origin", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TargetAttrs {
+    /// The base image file on the source host.
+    Image {
+        path: String,
+        format: ImageFormat,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<Size>,
+    },
+    /// The host's cache of the image, re-exported to its children.
+    Cache {},
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAttrs {
+    /// The host whose target this session logs in to.
+    pub parent: String,
+    /// The parent's address, where its export listens.
+    pub parent_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheAttrs {
+    pub size: Size,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotAttrs {
+    pub cow_size: Size,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainAttrs {
+    pub name: String,
+    pub uuid: String,
+    pub mac: String,
+    pub vcpus: u32,
+    pub memory: Size,
+}
+
+/// Desired attributes, one variant per kind. Serialized as the bare attribute object; the
+/// kind beside it says which variant it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Desired {
+    Lv(LvAttrs),
+    Session(SessionAttrs),
+    Cache(CacheAttrs),
+    Target(TargetAttrs),
+    Snapshot(SnapshotAttrs),
+    Domain(DomainAttrs),
+}
+
+impl Desired {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Desired::Lv(_) => Kind::Lv,
+            Desired::Session(_) => Kind::Session,
+            Desired::Cache(_) => Kind::Cache,
+            Desired::Target(_) => Kind::Target,
+            Desired::Snapshot(_) => Kind::Snapshot,
+            Desired::Domain(_) => Kind::Domain,
+        }
+    }
+
+    /// Reads the attribute object of a resource of `kind`.
+    pub fn parse(kind: Kind, json: &str) -> Result<Desired, serde_json::Error> {
+        Ok(match kind {
+            Kind::Lv => Desired::Lv(serde_json::from_str(json)?),
+            Kind::Session => Desired::Session(serde_json::from_str(json)?),
+            Kind::Cache => Desired::Cache(serde_json::from_str(json)?),
+            Kind::Target => Desired::Target(serde_json::from_str(json)?),
+            Kind::Snapshot => Desired::Snapshot(serde_json::from_str(json)?),
+            Kind::Domain => Desired::Domain(serde_json::from_str(json)?),
+        })
+    }
+
+    /// The attributes as a JSON object, for diffs and machine output.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("attributes serialize")
+    }
+}
+
+impl Serialize for Desired {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Desired::Lv(a) => a.serialize(s),
+            Desired::Session(a) => a.serialize(s),
+            Desired::Cache(a) => a.serialize(s),
+            Desired::Target(a) => a.serialize(s),
+            Desired::Snapshot(a) => a.serialize(s),
+            Desired::Domain(a) => a.serialize(s),
+        }
+    }
+}
+
+impl JsonSchema for Desired {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DesiredAttributes".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let variants = [
+            g.subschema_for::<LvAttrs>(),
+            g.subschema_for::<SessionAttrs>(),
+            g.subschema_for::<CacheAttrs>(),
+            g.subschema_for::<TargetAttrs>(),
+            g.subschema_for::<SnapshotAttrs>(),
+            g.subschema_for::<DomainAttrs>(),
+        ];
+        schemars::json_schema!({
+            "description": "The attributes of a resource; which shape applies depends on its kind.",
+            "anyOf": variants
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for s in [
+            "session.node07.base",
+            "snapshot.node07.base.3",
+            "lv.img-0.my_image.0",
+        ] {
+            let a: Addr = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        for bad in ["", "session", "vm.node1.base", "lv.node1", "lv.node1.base.x", "lv..base"] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_matching_is_by_component() {
+        let a: Addr = "domain.node07.base.3".parse().unwrap();
+        assert!(a.matches("domain.node07.base.3"));
+        assert!(a.matches("domain.node07"));
+        assert!(a.matches("domain"));
+        assert!(!a.matches("domain.node0"));
+        assert!(!a.matches("domain.node07.base.30"));
+    }
+
+    #[test]
+    fn desired_round_trips_through_its_kind() {
+        let d = Desired::Target(TargetAttrs::Image {
+            path: "images/base.qcow2".into(),
+            format: ImageFormat::Qcow2,
+            size: Some(Size(1 << 30)),
+        });
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            json,
+            r#"{"origin":"image","path":"images/base.qcow2","format":"qcow2","size":"1GiB"}"#
+        );
+        assert_eq!(Desired::parse(Kind::Target, &json).unwrap(), d);
+        assert!(Desired::parse(Kind::Lv, &json).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Byte sizes as users write them in specs: `"1GiB"`, `"512 MiB"`, `"10G"` or a plain integer.
+//!
+//! Owns parsing and canonical rendering only; it knows nothing about where sizes are used.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A size in bytes. Serialized as the canonical human string (`"1GiB"`) when exact, else bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Size(pub u64);
+
+const UNITS: [(&str, u64); 13] = [
+    ("B", 1),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+    ("K", 1 << 10),
+    ("M", 1 << 20),
+    ("G", 1 << 30),
+    ("T", 1 << 40),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+    ("TB", 1_000_000_000_000),
+];
+
+impl Size {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// Parses `"1GiB"`, `"1.5 GiB"`, `"10G"` (binary), `"10GB"` (decimal) or `"4096"`.
+    pub fn parse(text: &str) -> Result<Size, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = (&t[..split], t[split..].trim());
+        if num.is_empty() {
+            return Err(format!(
+                "invalid size {text:?}: expected a number with an optional unit, like \"1GiB\""
+            ));
+        }
+        let mult = if unit.is_empty() {
+            1
+        } else {
+            UNITS
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    format!("invalid size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")
+                })?
+        };
+        let value = if let Some((int, frac)) = num.split_once('.') {
+            let int: u64 = int.parse().unwrap_or(0);
+            let digits = frac.len().min(9) as u32;
+            let frac: u64 = frac[..digits as usize]
+                .parse()
+                .map_err(|_| format!("invalid size {text:?}"))?;
+            int.checked_mul(mult).and_then(|v| {
+                v.checked_add((frac as u128 * mult as u128 / 10u128.pow(digits)) as u64)
+            })
+        } else {
+            num.parse::<u64>()
+                .map_err(|_| format!("invalid size {text:?}"))?
+                .checked_mul(mult)
+        };
+        value
+            .map(Size)
+            .ok_or_else(|| format!("invalid size {text:?}: too large"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, mult) in UNITS[1..5].iter().rev() {
+            if self.0 >= *mult && self.0 % mult == 0 {
+                return write!(f, "{}{unit}", self.0 / mult);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like \"1GiB\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
+                Size::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: a number of bytes, or a string with a unit such as \"512MiB\", \"1GiB\", \"10GB\".",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B?|B)?\\s*$" }
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_renders() {
+        let cases = [
+            ("1GiB", 1 << 30, "1GiB"),
+            ("1 gib", 1 << 30, "1GiB"),
+            ("512MiB", 512 << 20, "512MiB"),
+            ("1.5GiB", 3 << 29, "1536MiB"),
+            ("10G", 10 << 30, "10GiB"),
+            ("1GB", 1_000_000_000, "1000000000B"),
+            ("4096", 4096, "4KiB"),
+            ("7", 7, "7B"),
+        ];
+        for (text, bytes, shown) in cases {
+            let s = Size::parse(text).unwrap();
+            assert_eq!(s.bytes(), bytes, "{text}");
+            assert_eq!(s.to_string(), shown, "{text}");
+            assert_eq!(Size::parse(shown).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for text in ["", "GiB", "1XB", "-1", "99999999999TiB"] {
+            assert!(Size::parse(text).is_err(), "{text}");
+        }
+        assert!(serde_json::from_str::<Size>("-5").is_err());
+        assert_eq!(serde_json::from_str::<Size>("5").unwrap(), Size(5));
+    }
+}

@@ -1,0 +1,255 @@
+//! Semantic checks of a decoded spec: names, references, uniqueness, ranges.
+//!
+//! Runs on whatever decoded, so one broken host does not hide a bad reference elsewhere.
+
+use std::collections::HashMap;
+
+use super::decode::{Diagnostics, Draft};
+use super::{render_template, Stack, Transport, SPEC_VERSION, TEMPLATE_FIELDS};
+
+pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
+    if let Some(v) = d.version {
+        if v != SPEC_VERSION {
+            diags.push(
+                "/version",
+                format!("unsupported version {v}: this vmthunder reads version {SPEC_VERSION}"),
+            );
+        }
+    }
+    if let Some(c) = &d.cluster {
+        if !is_name(c) || c.len() > 63 {
+            diags.push(
+                "/cluster",
+                format!("invalid cluster name {c:?}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"),
+            );
+        }
+    }
+    let backend = d.backend.as_ref();
+    if let Some(b) = backend {
+        if b.stack == Stack::Linux && b.volume_group.is_none() {
+            diags.push(
+                "/backend",
+                "the linux stack needs \"volume_group\": the LVM volume group for cache and copy-on-write volumes",
+            );
+        }
+        if b.netns && b.transport != Transport::Local {
+            diags.push(
+                "/backend/netns",
+                "network namespaces are created by the local transport only; over ssh each host is its own machine",
+            );
+        }
+        if b.root.trim().is_empty() {
+            diags.push("/backend/root", "must not be empty");
+        }
+    }
+    let unique_addresses = backend.is_some_and(|b| b.transport == Transport::Ssh || b.netns);
+
+    // Hosts: names and addresses.
+    let mut host_at: HashMap<&str, usize> = HashMap::with_capacity(d.hosts.len());
+    let mut address_at: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in d.hosts.iter().enumerate() {
+        let Some(h) = h else { continue };
+        if !is_name(&h.name) {
+            diags.push(
+                format!("/hosts/{i}/name"),
+                format!("invalid host name {:?}: use lowercase letters, digits, '-' or '_', starting with a letter or digit", h.name),
+            );
+        }
+        if let Some(first) = host_at.insert(&h.name, i) {
+            host_at.insert(&h.name, first);
+            diags.push(
+                format!("/hosts/{i}/name"),
+                format!("duplicate host name {:?} (first at /hosts/{first})", h.name),
+            );
+        }
+        if h.address.trim().is_empty() || h.address.chars().any(char::is_whitespace) {
+            diags.push(
+                format!("/hosts/{i}/address"),
+                format!("invalid address {:?}", h.address),
+            );
+        } else if unique_addresses {
+            if let Some(first) = address_at.insert(&h.address, i) {
+                address_at.insert(&h.address, first);
+                diags.push(
+                    format!("/hosts/{i}/address"),
+                    format!(
+                        "address {:?} is also used by /hosts/{first}; with {} every host needs its own address",
+                        h.address,
+                        if backend.is_some_and(|b| b.netns) { "netns" } else { "the ssh transport" }
+                    ),
+                );
+            }
+        }
+    }
+    if d.hosts.is_empty() && d.complete {
+        diags.push("/hosts", "a cluster needs at least one host");
+    }
+    let host_known = |name: &str| host_at.contains_key(name);
+    let hosts_complete = d.hosts.iter().all(Option::is_some);
+
+    // Images: names, references, host lists.
+    let mut image_at: HashMap<&str, usize> = HashMap::new();
+    for (i, img) in d.images.iter().enumerate() {
+        let Some(img) = img else { continue };
+        if !is_name(&img.name) {
+            diags.push(
+                format!("/images/{i}/name"),
+                format!("invalid image name {:?}: use lowercase letters, digits, '-' or '_', starting with a letter or digit", img.name),
+            );
+        }
+        if let Some(first) = image_at.insert(&img.name, i) {
+            image_at.insert(&img.name, first);
+            diags.push(
+                format!("/images/{i}/name"),
+                format!("duplicate image name {:?} (first at /images/{first})", img.name),
+            );
+        }
+        if hosts_complete && !host_known(&img.source_host) {
+            diags.push(
+                format!("/images/{i}/source_host"),
+                format!("unknown host {:?}", img.source_host),
+            );
+        }
+        if img.path.trim().is_empty() {
+            diags.push(format!("/images/{i}/path"), "must not be empty");
+        }
+        if let Some(list) = &img.hosts {
+            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(list.len());
+            for (j, h) in list.iter().enumerate() {
+                let at = format!("/images/{i}/hosts/{j}");
+                if hosts_complete && !host_known(h) {
+                    diags.push(at, format!("unknown host {h:?}"));
+                } else if *h == img.source_host {
+                    diags.push(
+                        at,
+                        format!("{h:?} is the image's source host; it serves the image and boots no clones of it"),
+                    );
+                } else if let Some(first) = seen.insert(h, j) {
+                    seen.insert(h, first);
+                    diags.push(
+                        at,
+                        format!("host {h:?} is listed twice (first at /images/{i}/hosts/{first})"),
+                    );
+                }
+            }
+        }
+    }
+    if d.images.is_empty() && d.complete {
+        diags.push("/images", "a cluster needs at least one image");
+    }
+
+    if let Some(t) = &d.tree {
+        if t.degree == 0 {
+            diags.push(
+                "/tree/degree",
+                "must be at least 1 (1 makes a chain; the source serves at most `degree` hosts)",
+            );
+        }
+    }
+    if let Some(c) = &d.cache {
+        if c.size.bytes() == 0 {
+            diags.push("/cache/size", "must be greater than zero");
+        }
+    }
+    if let Some(c) = &d.clones {
+        if c.vcpus == 0 {
+            diags.push("/clones/vcpus", "must be at least 1");
+        }
+        if c.memory.bytes() < (16 << 20) {
+            diags.push("/clones/memory", "must be at least 16MiB");
+        }
+        if c.cow_size.bytes() == 0 {
+            diags.push("/clones/cow_size", "must be greater than zero");
+        }
+        check_template(d, &c.name, diags);
+    }
+}
+
+/// Template syntax, rendered name validity, and that no two clones get the same name.
+fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
+    let mut rest = template;
+    let mut bad = false;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if TEMPLATE_FIELDS.contains(&&after[..close]) => {
+                rest = &after[close + 1..]
+            }
+            Some(close) => {
+                diags.push(
+                    "/clones/name",
+                    format!(
+                        "unknown placeholder {{{}}}: use {{cluster}}, {{image}}, {{host}} or {{n}}",
+                        &after[..close]
+                    ),
+                );
+                bad = true;
+                rest = &after[close + 1..];
+            }
+            None => {
+                diags.push("/clones/name", "unclosed '{' in template");
+                bad = true;
+                break;
+            }
+        }
+    }
+    if bad || !d.images.iter().all(Option::is_some) || !d.hosts.iter().all(Option::is_some) {
+        return;
+    }
+    let Some(cluster) = &d.cluster else { return };
+    let default_per_host = d.clones.as_ref().map_or(1, |c| c.per_host);
+    let mut seen: HashMap<String, (usize, &str, u32)> = HashMap::new();
+    let all_hosts: Vec<&str> = d.hosts.iter().flatten().map(|h| h.name.as_str()).collect();
+    for (i, img) in d.images.iter().flatten().enumerate() {
+        let members: Vec<&str> = match &img.hosts {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => all_hosts
+                .iter()
+                .copied()
+                .filter(|h| *h != img.source_host)
+                .collect(),
+        };
+        let per_host = img.clones_per_host.unwrap_or(default_per_host);
+        for host in members {
+            for n in 0..per_host {
+                let name = render_template(template, cluster, &img.name, host, n);
+                if let Some(bad_char) = name
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+                {
+                    diags.push(
+                        "/clones/name",
+                        format!("template gives {name:?}, which contains {bad_char:?}; VM names may use letters, digits, '-', '_' and '.'"),
+                    );
+                    return;
+                }
+                if name.is_empty() || name.len() > 64 {
+                    diags.push(
+                        "/clones/name",
+                        format!("template gives {name:?}; VM names must have 1-64 characters"),
+                    );
+                    return;
+                }
+                if let Some((fi, fh, fnn)) = seen.get(&name) {
+                    let first_image = d.images[*fi].as_ref().map_or("", |m| m.name.as_str());
+                    diags.push(
+                        "/clones/name",
+                        format!(
+                            "template {template:?} gives the same name {name:?} to clone {fnn} of image {first_image:?} on host {fh:?} and clone {n} of image {:?} on host {host:?}; include {{image}}, {{host}} and {{n}} as needed",
+                            img.name
+                        ),
+                    );
+                    return;
+                }
+                seen.insert(name, (i, host, n));
+            }
+        }
+    }
+}
+
+/// Names that can appear in resource addresses and file names.
+pub(crate) fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}

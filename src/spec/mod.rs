@@ -1,0 +1,430 @@
+//! The cluster spec: what a user writes, version 1.
+//!
+//! Owns the typed spec, its JSON Schema, reading it from a file and validating it. Validation
+//! reports every problem at once, each at its JSON path, and an invalid spec never leaves this
+//! module. No I/O beyond reading the spec file.
+
+mod check;
+mod decode;
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::size::Size;
+
+pub use decode::{Diagnostic, Diagnostics};
+
+/// The only spec version this build reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// A vmthunder cluster: images, hosts, and how the image tree and the clones are laid out.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "vmthunder cluster spec")]
+pub struct Spec {
+    /// Path or URL of this JSON Schema, for editors. Ignored by vmthunder.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Spec format version; must be 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: u32,
+    /// Cluster name: lowercase letters, digits, `-` and `_`. Names the state file.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
+    pub cluster: String,
+    /// Which stack builds the resources and how vmthunder reaches the hosts.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Every machine of the cluster: image sources and compute nodes.
+    #[schemars(length(min = 1))]
+    pub hosts: Vec<Host>,
+    /// Base images to distribute, each from its source host down a tree of caches.
+    #[schemars(length(min = 1))]
+    pub images: Vec<Image>,
+    /// Shape of the distribution tree.
+    #[serde(default)]
+    pub tree: Tree,
+    /// The read cache each host keeps per image.
+    #[serde(default)]
+    pub cache: CacheSpec,
+    /// The VM clones booted on every host.
+    #[serde(default)]
+    pub clones: Clones,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stack {
+    /// qcow2 files, qemu-storage-daemon NBD exports, QEMU guests: runs anywhere QEMU runs.
+    Qemu,
+    /// LVM, iSCSI (tgt/LIO), dm-cache, dm-snapshot and libvirt on real hosts.
+    Linux,
+    /// Records objects without touching any machine; for planning and benchmarks.
+    Sim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Commands run on this machine.
+    Local,
+    /// Commands run on each host over SSH.
+    Ssh,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// `qemu` (default), `linux` or `sim`.
+    #[serde(default = "Backend::default_stack")]
+    pub stack: Stack,
+    /// `local` (default) or `ssh`.
+    #[serde(default = "Backend::default_transport")]
+    pub transport: Transport,
+    /// Directory under which each host keeps its files (relative paths are relative to the
+    /// working directory of vmthunder, or of the login directory over SSH).
+    #[serde(default = "Backend::default_root")]
+    pub root: String,
+    /// With the local transport: run each host in its own network namespace (root only).
+    #[serde(default)]
+    pub netns: bool,
+    /// linux stack: the LVM volume group that holds cache and copy-on-write volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_group: Option<String>,
+}
+
+impl Backend {
+    fn default_stack() -> Stack {
+        Stack::Qemu
+    }
+    fn default_transport() -> Transport {
+        Transport::Local
+    }
+    fn default_root() -> String {
+        ".vmthunder".into()
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            stack: Stack::Qemu,
+            transport: Transport::Local,
+            root: Backend::default_root(),
+            netns: false,
+            volume_group: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Host name used in resource addresses: lowercase letters, digits, `-` and `_`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// IP address or DNS name the host is reached at and its exports listen on.
+    pub address: String,
+    /// SSH settings, with `backend.transport: "ssh"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<Ssh>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Private key file to authenticate with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<String>,
+    /// A ProxyJump destination (`user@host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump: Option<String>,
+    /// Seconds to wait for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<u32>,
+    /// `strict` (default: the key must be in known_hosts) or `accept-new`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_checking: Option<HostKeyChecking>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyChecking {
+    Strict,
+    AcceptNew,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Qcow2,
+    Raw,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Image name used in resource addresses: lowercase letters, digits, `-` and `_`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// The host that holds the image file and roots its tree.
+    pub source_host: String,
+    /// Path of the image file on the source host.
+    pub path: String,
+    /// `qcow2` (default) or `raw`.
+    #[serde(default = "Image::default_format")]
+    pub format: ImageFormat,
+    /// Virtual size of the image, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    /// Hosts that boot clones of this image; default: every host but the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// Clones per host for this image; overrides `clones.per_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clones_per_host: Option<u32>,
+}
+
+impl Image {
+    fn default_format() -> ImageFormat {
+        ImageFormat::Qcow2
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    /// Children per node of the distribution tree (1 = chain; the source serves at most this
+    /// many hosts).
+    #[serde(default = "Tree::default_degree")]
+    #[schemars(range(min = 1))]
+    pub degree: u32,
+}
+
+impl Tree {
+    fn default_degree() -> u32 {
+        2
+    }
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree { degree: 2 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Space for each host's read cache of an image.
+    #[serde(default = "CacheSpec::default_size")]
+    pub size: Size,
+}
+
+impl CacheSpec {
+    fn default_size() -> Size {
+        Size(1 << 30)
+    }
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            size: CacheSpec::default_size(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Clones {
+    /// Clones per host and image (an image's `clones_per_host` overrides it).
+    #[serde(default = "Clones::default_per_host")]
+    pub per_host: u32,
+    /// Name template for each clone's VM: `{cluster}`, `{image}`, `{host}` and `{n}` (0-based).
+    #[serde(default = "Clones::default_name")]
+    pub name: String,
+    #[serde(default = "Clones::default_vcpus")]
+    #[schemars(range(min = 1))]
+    pub vcpus: u32,
+    #[serde(default = "Clones::default_memory")]
+    pub memory: Size,
+    /// Copy-on-write space for each clone's writes.
+    #[serde(default = "Clones::default_cow_size")]
+    pub cow_size: Size,
+}
+
+impl Clones {
+    fn default_per_host() -> u32 {
+        1
+    }
+    fn default_name() -> String {
+        "{image}-{host}-{n}".into()
+    }
+    fn default_vcpus() -> u32 {
+        1
+    }
+    fn default_memory() -> Size {
+        Size(256 << 20)
+    }
+    fn default_cow_size() -> Size {
+        Size(1 << 30)
+    }
+}
+
+impl Default for Clones {
+    fn default() -> Self {
+        Clones {
+            per_host: Clones::default_per_host(),
+            name: Clones::default_name(),
+            vcpus: Clones::default_vcpus(),
+            memory: Clones::default_memory(),
+            cow_size: Clones::default_cow_size(),
+        }
+    }
+}
+
+/// Why a spec could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("failed to read spec `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spec `{path}` is not valid JSON: {source}")]
+    Syntax {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("spec `{path}` is invalid ({} error{})", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid {
+        path: String,
+        diagnostics: Diagnostics,
+    },
+}
+
+impl Spec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| SpecError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Spec::from_slice(&text).map_err(|e| match e {
+            SpecError::Syntax { source, .. } => SpecError::Syntax {
+                path: shown,
+                source,
+            },
+            SpecError::Invalid { diagnostics, .. } => SpecError::Invalid {
+                path: shown,
+                diagnostics,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a spec from JSON bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Spec, SpecError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|source| SpecError::Syntax {
+                path: "<input>".into(),
+                source,
+            })?;
+        Spec::from_value(&value)
+    }
+
+    /// Validates a parsed JSON document.
+    pub fn from_value(value: &serde_json::Value) -> Result<Spec, SpecError> {
+        let mut diags = Diagnostics::default();
+        let draft = decode::decode(value, &mut diags);
+        check::check(&draft, &mut diags);
+        match draft.finish() {
+            Some(spec) if diags.is_empty() => Ok(spec),
+            _ => Err(SpecError::Invalid {
+                path: "<input>".into(),
+                diagnostics: diags,
+            }),
+        }
+    }
+
+    /// SHA-256 of the canonical form, so formatting and key order do not change it.
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("a spec always serializes");
+        format!("sha256:{:x}", Sha256::digest(bytes))
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Hosts that run clones of `image`, in spec order.
+    pub fn image_hosts<'a>(&'a self, image: &'a Image) -> Vec<&'a str> {
+        match &image.hosts {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => self
+                .hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .filter(|h| *h != image.source_host)
+                .collect(),
+        }
+    }
+
+    pub fn clones_per_host(&self, image: &Image) -> u32 {
+        image.clones_per_host.unwrap_or(self.clones.per_host)
+    }
+
+    /// The VM name of clone `n` of `image` on `host`.
+    pub fn clone_name(&self, image: &str, host: &str, n: u32) -> String {
+        render_template(&self.clones.name, &self.cluster, image, host, n)
+    }
+
+    /// The JSON Schema of the spec, as checked in at `schemas/cluster.schema.json`.
+    pub fn json_schema() -> serde_json::Value {
+        let schema = schemars::schema_for!(Spec);
+        serde_json::to_value(schema).expect("schema serializes")
+    }
+}
+
+/// Placeholders a clone name template may use.
+pub const TEMPLATE_FIELDS: [&str; 4] = ["cluster", "image", "host", "n"];
+
+pub(crate) fn render_template(t: &str, cluster: &str, image: &str, host: &str, n: u32) -> String {
+    let mut out = String::with_capacity(t.len() + host.len() + image.len());
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        match &after[..close] {
+            "cluster" => out.push_str(cluster),
+            "image" => out.push_str(image),
+            "host" => out.push_str(host),
+            "n" => {
+                use std::fmt::Write;
+                let _ = write!(out, "{n}");
+            }
+            other => {
+                out.push('{');
+                out.push_str(other);
+                out.push('}');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,456 @@
+//! The recorded state: what vmthunder created, where, and with which attributes.
+//!
+//! Owns the versioned state file, its atomic persistence (temp file, fsync, rename, fsync of
+//! the directory, previous version kept as `.backup`, mode 0600) and the lock that serializes
+//! writers. Plain data: it never talks to hosts.
+
+mod lock;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::resource::{Addr, Desired, Kind};
+
+pub use lock::{force_unlock, Lock, LockError, LockInfo};
+
+/// The state file format this build writes and reads.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// Per image: host -> the host it pulls the image from.
+pub type Placement = BTreeMap<String, BTreeMap<String, String>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created and verified.
+    Ready,
+    /// Partly created or known broken: the next plan replaces it.
+    Tainted,
+}
+
+/// One recorded object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    pub addr: Addr,
+    /// What the spec asked for when it was created.
+    pub desired: Desired,
+    /// What the backend reported (an export's address, a device path, a pid).
+    pub observed: serde_json::Map<String, serde_json::Value>,
+    /// Addresses it was created on top of: deleted only after it.
+    pub deps: Vec<Addr>,
+    pub status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    pub serial: u64,
+    /// Fixed when the state is first written; `None` for a state that does not exist yet.
+    pub lineage: Option<String>,
+    pub cluster: String,
+    pub placement: Placement,
+    pub resources: Vec<Recorded>,
+    index: HashMap<Addr, u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("failed to read state `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state `{path}` is not a valid vmthunder state: {message}")]
+    Corrupt { path: String, message: String },
+    #[error("state `{path}` has format version {found}; this vmthunder reads version {STATE_FORMAT_VERSION}")]
+    Version { path: String, found: u32 },
+    #[error("state `{path}` belongs to cluster {found:?}, not {expected:?}: pass the right --state")]
+    OtherCluster {
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error("failed to write state `{path}`")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl State {
+    /// An empty state for a cluster that has never been applied.
+    pub fn empty(cluster: &str) -> State {
+        State {
+            serial: 0,
+            lineage: None,
+            cluster: cluster.to_string(),
+            placement: Placement::new(),
+            resources: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    pub fn from_parts(
+        cluster: &str,
+        serial: u64,
+        lineage: Option<String>,
+        placement: Placement,
+        resources: Vec<Recorded>,
+    ) -> Result<State, String> {
+        let mut index = HashMap::with_capacity(resources.len());
+        for (i, r) in resources.iter().enumerate() {
+            if index.insert(r.addr.clone(), i as u32).is_some() {
+                return Err(format!("resource {} is recorded twice", r.addr));
+            }
+            if r.desired.kind() != r.addr.kind {
+                return Err(format!("resource {} has attributes of a {}", r.addr, r.desired.kind()));
+            }
+        }
+        for r in &resources {
+            if let Some(d) = r.deps.iter().find(|d| !index.contains_key(*d)) {
+                return Err(format!(
+                    "resource {} depends on {d}, which is not recorded (a dangling dependency)",
+                    r.addr
+                ));
+            }
+        }
+        Ok(State {
+            serial,
+            lineage,
+            cluster: cluster.to_string(),
+            placement,
+            resources,
+            index,
+        })
+    }
+
+    pub fn get(&self, addr: &Addr) -> Option<&Recorded> {
+        self.index.get(addr).map(|&i| &self.resources[i as usize])
+    }
+
+    pub fn position(&self, addr: &Addr) -> Option<u32> {
+        self.index.get(addr).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// The recorded MAC of a domain, to keep clone identities stable.
+    pub fn mac_of(&self, addr: &Addr) -> Option<&str> {
+        match &self.get(addr)?.desired {
+            Desired::Domain(d) => Some(&d.mac),
+            _ => None,
+        }
+    }
+
+    /// Reads `path`; a missing file is an empty state for `cluster`.
+    pub fn load(path: &Path, cluster: &str) -> Result<State, StateError> {
+        let shown = path.display().to_string();
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::empty(cluster)),
+            Err(source) => return Err(StateError::Read { path: shown, source }),
+        };
+        let state = State::from_json(&bytes).map_err(|e| match e {
+            FromJsonError::Version(found) => StateError::Version {
+                path: shown.clone(),
+                found,
+            },
+            FromJsonError::Invalid(message) => StateError::Corrupt {
+                path: shown.clone(),
+                message,
+            },
+        })?;
+        if state.cluster != cluster {
+            return Err(StateError::OtherCluster {
+                path: shown,
+                found: state.cluster,
+                expected: cluster.to_string(),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Reads a state file whatever cluster it is for.
+    pub fn load_any(path: &Path) -> Result<State, StateError> {
+        let shown = path.display().to_string();
+        let bytes = fs::read(path).map_err(|source| StateError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        State::from_json(&bytes).map_err(|e| match e {
+            FromJsonError::Version(found) => StateError::Version { path: shown, found },
+            FromJsonError::Invalid(message) => StateError::Corrupt {
+                path: shown,
+                message,
+            },
+        })
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<State, FromJsonError> {
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes)
+            .map_err(|e| FromJsonError::Invalid(e.to_string()))?;
+        if v.format_version != STATE_FORMAT_VERSION {
+            return Err(FromJsonError::Version(v.format_version));
+        }
+        let file: StateFileIn =
+            serde_json::from_slice(bytes).map_err(|e| FromJsonError::Invalid(e.to_string()))?;
+        let resources = file
+            .resources
+            .into_iter()
+            .map(|r| {
+                let desired = Desired::parse(r.address.kind, r.desired.get()).map_err(|e| {
+                    FromJsonError::Invalid(format!("{}: desired: {e}", r.address))
+                })?;
+                if r.kind != r.address.kind || *r.host != *r.address.host {
+                    return Err(FromJsonError::Invalid(format!(
+                        "{}: kind or host does not match the address",
+                        r.address
+                    )));
+                }
+                Ok(Recorded {
+                    addr: r.address,
+                    desired,
+                    observed: r.observed,
+                    deps: r.deps,
+                    status: r.status,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        State::from_parts(
+            &file.cluster,
+            file.serial,
+            Some(file.lineage),
+            file.placement,
+            resources,
+        )
+        .map_err(FromJsonError::Invalid)
+    }
+
+    /// The state file's JSON. Assigns a lineage if the state has none yet.
+    pub fn to_json(&mut self) -> Vec<u8> {
+        let lineage = self
+            .lineage
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let file = StateFileOut {
+            format_version: STATE_FORMAT_VERSION,
+            serial: self.serial,
+            lineage: &lineage,
+            cluster: &self.cluster,
+            placement: &self.placement,
+            resources: self
+                .resources
+                .iter()
+                .map(|r| RecordedOut {
+                    address: &r.addr,
+                    kind: r.addr.kind,
+                    host: &r.addr.host,
+                    image: &r.addr.image,
+                    n: r.addr.n,
+                    status: r.status,
+                    desired: &r.desired,
+                    observed: &r.observed,
+                    deps: &r.deps,
+                })
+                .collect(),
+        };
+        let mut out = serde_json::to_vec_pretty(&file).expect("state serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Bumps the serial and writes the state atomically to `path`, keeping the previous file
+    /// as `<path>.backup`.
+    pub fn persist(&mut self, path: &Path) -> Result<(), StateError> {
+        self.serial += 1;
+        let bytes = self.to_json();
+        write_atomic(path, &bytes).map_err(|source| StateError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+enum FromJsonError {
+    Version(u32),
+    Invalid(String),
+}
+
+/// The state file as written; field order is the order people read it in.
+#[derive(Serialize)]
+struct StateFileOut<'a> {
+    format_version: u32,
+    serial: u64,
+    lineage: &'a str,
+    cluster: &'a str,
+    placement: &'a Placement,
+    resources: Vec<RecordedOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct RecordedOut<'a> {
+    address: &'a Addr,
+    kind: Kind,
+    host: &'a str,
+    image: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    status: Status,
+    desired: &'a Desired,
+    observed: &'a serde_json::Map<String, serde_json::Value>,
+    deps: &'a [Addr],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFileIn {
+    #[allow(dead_code)]
+    format_version: u32,
+    serial: u64,
+    lineage: String,
+    cluster: String,
+    #[serde(default)]
+    placement: Placement,
+    resources: Vec<RecordedIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordedIn {
+    address: Addr,
+    kind: Kind,
+    host: Box<str>,
+    #[allow(dead_code)]
+    image: Box<str>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    n: Option<u32>,
+    status: Status,
+    desired: Box<RawValue>,
+    #[serde(default)]
+    observed: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    deps: Vec<Addr>,
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix:
+/// a temp file in the same directory, fsync, the old file hard-linked to `.backup`, rename,
+/// fsync of the directory. Files are created with mode 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("state path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        if path.exists() {
+            let backup = dir.join(format!("{name}.backup"));
+            let _ = fs::remove_file(&backup);
+            fs::hard_link(path, &backup).or_else(|_| fs::copy(path, &backup).map(|_| ()))?;
+        }
+        fs::rename(&tmp, path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{LvAttrs, LvPurpose};
+    use crate::size::Size;
+
+    fn lv(addr: &str) -> Recorded {
+        Recorded {
+            addr: addr.parse().unwrap(),
+            desired: Desired::Lv(LvAttrs {
+                purpose: LvPurpose::Cache,
+                size: Size(1 << 30),
+            }),
+            observed: Default::default(),
+            deps: vec![],
+            status: Status::Ready,
+        }
+    }
+
+    #[test]
+    fn persists_atomically_with_backup_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/lab.json");
+        let mut s = State::empty("lab");
+        s.resources.push(lv("lv.node1.base"));
+        s = State::from_parts("lab", 0, None, Placement::new(), s.resources).unwrap();
+        s.persist(&path).unwrap();
+        let lineage = s.lineage.clone().unwrap();
+        assert_eq!(s.serial, 1);
+        s.persist(&path).unwrap();
+        let loaded = State::load(&path, "lab").unwrap();
+        assert_eq!(loaded.serial, 2);
+        assert_eq!(loaded.lineage.as_deref(), Some(lineage.as_str()));
+        assert_eq!(loaded.resources, s.resources);
+        let backup = State::load(&dir.path().join("state/lab.json.backup"), "lab").unwrap();
+        assert_eq!(backup.serial, 1);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(matches!(
+            State::load(&path, "other"),
+            Err(StateError::OtherCluster { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_corruption_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::load(&dir.path().join("nope.json"), "lab").unwrap();
+        assert!(s.is_empty() && s.lineage.is_none() && s.serial == 0);
+        let bad = dir.path().join("bad.json");
+        fs::write(&bad, r#"{"format_version": 9}"#).unwrap();
+        assert!(matches!(State::load(&bad, "lab"), Err(StateError::Version { found: 9, .. })));
+        fs::write(&bad, r#"{"format_version": 1, "serial": 1, "lineage": "x", "cluster": "lab", "resources": [{"address": "lv.a.b", "kind": "lv", "host": "a", "image": "b", "status": "ready", "desired": {"purpose": "cache", "size": 1}, "deps": ["cache.a.b"]}]}"#).unwrap();
+        let err = State::load(&bad, "lab").unwrap_err().to_string();
+        assert!(err.contains("dangling"), "{err}");
+    }
+}
