@@ -161,6 +161,46 @@ impl Plan {
         s
     }
 
+    /// The state a complete, successful apply of this plan records (observed attributes
+    /// empty: they come from the backend). Untouched resources keep their records and order.
+    pub fn applied(&self, prior: &State) -> State {
+        let mut gone: HashSet<&Addr> = HashSet::new();
+        let mut created = Vec::new();
+        for c in &self.changes {
+            match c.action {
+                Action::NoOp => {}
+                Action::Delete => {
+                    gone.insert(&c.addr);
+                }
+                Action::Create | Action::Replace => {
+                    gone.insert(&c.addr);
+                    created.push(crate::state::Recorded {
+                        addr: c.addr.clone(),
+                        desired: c.after.clone().expect("creates have desired attributes"),
+                        observed: Default::default(),
+                        deps: c.deps.clone(),
+                        status: Status::Ready,
+                    });
+                }
+            }
+        }
+        let mut resources: Vec<_> = prior
+            .resources
+            .iter()
+            .filter(|r| !gone.contains(&r.addr))
+            .cloned()
+            .collect();
+        resources.extend(created);
+        State::from_parts(
+            &prior.cluster,
+            prior.serial,
+            prior.lineage.clone(),
+            self.placement.clone(),
+            resources,
+        )
+        .expect("a plan applied to its own prior state is consistent")
+    }
+
     /// Whether applying it would change anything.
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action != Action::NoOp)

@@ -126,7 +126,7 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
             let _ = writeln!(out, "  # (replacement requested with --replace)");
         }
         Some(Reason::DependencyReplaced(dep)) => {
-            let _ = writeln!(out, "  # (because {dep} it is built on is replaced or moved)");
+            let _ = writeln!(out, "  # (because it is built on {dep}, which is replaced or moved)");
         }
         Some(Reason::NotInSpec) => {
             let _ = writeln!(out, "  # (because {} is not in the spec)", c.addr);

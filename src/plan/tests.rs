@@ -1,0 +1,417 @@
+//! The diff as tables of cases: each builds a spec, applies plans to a state in memory (as a
+//! successful apply would record them) and checks the next plan.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::graph::Graph;
+use crate::resource::Kind;
+use crate::spec::Spec;
+use crate::state::State;
+
+fn spec_with(hosts: &[&str], degree: u32, clones: u32, extra: serde_json::Value) -> Spec {
+    let mut doc = serde_json::json!({
+        "version": 1,
+        "cluster": "t",
+        "hosts": std::iter::once("src").chain(hosts.iter().copied())
+            .map(|h| serde_json::json!({"name": h, "address": "127.0.0.1"}))
+            .collect::<Vec<_>>(),
+        "images": [{"name": "base", "source_host": "src", "path": "base.qcow2"}],
+        "tree": {"degree": degree},
+        "clones": {"per_host": clones},
+    });
+    if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            d.insert(k.clone(), v.clone());
+        }
+    }
+    Spec::from_value(&doc).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn spec(hosts: &[&str], degree: u32, clones: u32) -> Spec {
+    spec_with(hosts, degree, clones, serde_json::json!({}))
+}
+
+fn plan_of(spec: &Spec, state: &State, opts: &Options) -> Plan {
+    let graph = Graph::build(spec, state).unwrap();
+    let plan = diff(graph, state, opts, None).unwrap();
+    OpGraph::build(&plan).order(&plan).expect("acyclic");
+    plan
+}
+
+fn plan(spec: &Spec, state: &State) -> Plan {
+    plan_of(spec, state, &Options::default())
+}
+
+/// (address, action) of every change that is not a no-op, sorted.
+fn actions(plan: &Plan) -> Vec<(String, Action)> {
+    let mut v: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .map(|c| (c.addr.to_string(), c.action))
+        .collect();
+    v.sort();
+    v
+}
+
+fn applied(spec: &Spec) -> State {
+    let empty = State::empty(&spec.cluster);
+    plan(spec, &empty).applied(&empty)
+}
+
+fn parents(state: &State) -> BTreeMap<String, String> {
+    state.placement["base"].clone()
+}
+
+#[test]
+fn create_from_empty_then_no_op() {
+    let s = spec(&["a", "b", "c"], 2, 2);
+    let empty = State::empty("t");
+    let p = plan(&s, &empty);
+    // Source target + per host (lv, session, cache) + 2 x (lv, snapshot, domain) + target on a.
+    let expected = 1 + 3 * (3 + 2 * 3) + 1;
+    assert_eq!(p.summary(), Summary { add: expected, ..Summary::default() });
+    assert!(p.changes.iter().all(|c| c.action == Action::Create));
+    let state = p.applied(&empty);
+    let again = plan(&s, &state);
+    assert!(!again.has_changes(), "{:?}", actions(&again));
+    assert_eq!(again.summary().no_op, expected);
+}
+
+#[test]
+fn edges_are_the_real_dependencies() {
+    let s = spec(&["a", "b", "c"], 1, 1);
+    let p = plan(&s, &State::empty("t"));
+    let deps = |a: &str| -> Vec<String> {
+        let c = p.changes.iter().find(|c| c.addr.to_string() == a).unwrap();
+        c.deps.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(deps("target.src.base"), Vec::<String>::new());
+    assert_eq!(deps("session.a.base"), ["target.src.base"]);
+    assert_eq!(deps("cache.a.base"), ["session.a.base", "lv.a.base"]);
+    assert_eq!(deps("target.a.base"), ["cache.a.base"]);
+    assert_eq!(deps("session.b.base"), ["target.a.base"]);
+    assert_eq!(deps("snapshot.b.base.0"), ["cache.b.base", "lv.b.base.0"]);
+    assert_eq!(deps("domain.b.base.0"), ["snapshot.b.base.0"]);
+    // Degree 1 is a chain: c is a leaf, so it exports nothing.
+    assert!(p.changes.iter().all(|c| c.addr.to_string() != "target.c.base"));
+}
+
+#[test]
+fn table_of_changes() {
+    struct Case {
+        name: &'static str,
+        before: Spec,
+        after: Spec,
+        opts: Options,
+        expect: Vec<(&'static str, Action)>,
+    }
+    let base = spec(&["a", "b"], 2, 1);
+    let cases = vec![
+        Case {
+            name: "unchanged spec is a no-op",
+            before: base.clone(),
+            after: base.clone(),
+            opts: Options::default(),
+            expect: vec![],
+        },
+        Case {
+            name: "one more clone creates only its resources",
+            before: base.clone(),
+            after: spec(&["a", "b"], 2, 2),
+            opts: Options::default(),
+            expect: vec![
+                ("domain.a.base.1", Action::Create),
+                ("domain.b.base.1", Action::Create),
+                ("lv.a.base.1", Action::Create),
+                ("lv.b.base.1", Action::Create),
+                ("snapshot.a.base.1", Action::Create),
+                ("snapshot.b.base.1", Action::Create),
+            ],
+        },
+        Case {
+            name: "a changed attribute replaces the object and what is built on it",
+            before: base.clone(),
+            after: spec_with(&["a", "b"], 2, 1, serde_json::json!({"clones": {"per_host": 1, "cow_size": "2GiB"}})),
+            opts: Options::default(),
+            expect: vec![
+                ("domain.a.base.0", Action::Replace),
+                ("domain.b.base.0", Action::Replace),
+                ("lv.a.base.0", Action::Replace),
+                ("lv.b.base.0", Action::Replace),
+                ("snapshot.a.base.0", Action::Replace),
+                ("snapshot.b.base.0", Action::Replace),
+            ],
+        },
+        Case {
+            name: "--replace cascades to dependents only",
+            before: base.clone(),
+            after: base.clone(),
+            opts: Options {
+                replace: vec!["snapshot.a.base.0".parse().unwrap()],
+                ..Options::default()
+            },
+            expect: vec![
+                ("domain.a.base.0", Action::Replace),
+                ("snapshot.a.base.0", Action::Replace),
+            ],
+        },
+        Case {
+            name: "one fewer clone deletes its resources",
+            before: spec(&["a", "b"], 2, 2),
+            after: base.clone(),
+            opts: Options::default(),
+            expect: vec![
+                ("domain.a.base.1", Action::Delete),
+                ("domain.b.base.1", Action::Delete),
+                ("lv.a.base.1", Action::Delete),
+                ("lv.b.base.1", Action::Delete),
+                ("snapshot.a.base.1", Action::Delete),
+                ("snapshot.b.base.1", Action::Delete),
+            ],
+        },
+        Case {
+            name: "a new image path replaces the whole tree but the COW space",
+            before: base.clone(),
+            after: {
+                let mut s = base.clone();
+                s.images[0].path = "v2.qcow2".into();
+                s
+            },
+            opts: Options::default(),
+            expect: vec![
+                ("cache.a.base", Action::Replace),
+                ("cache.b.base", Action::Replace),
+                ("domain.a.base.0", Action::Replace),
+                ("domain.b.base.0", Action::Replace),
+                ("session.a.base", Action::Replace),
+                ("session.b.base", Action::Replace),
+                ("snapshot.a.base.0", Action::Replace),
+                ("snapshot.b.base.0", Action::Replace),
+                ("target.src.base", Action::Replace),
+            ],
+        },
+        Case {
+            name: "destroy deletes everything",
+            before: spec(&["a"], 2, 1),
+            after: spec(&["a"], 2, 1),
+            opts: Options {
+                mode: Some(Mode::Destroy),
+                ..Options::default()
+            },
+            expect: vec![
+                ("cache.a.base", Action::Delete),
+                ("domain.a.base.0", Action::Delete),
+                ("lv.a.base", Action::Delete),
+                ("lv.a.base.0", Action::Delete),
+                ("session.a.base", Action::Delete),
+                ("snapshot.a.base.0", Action::Delete),
+                ("target.src.base", Action::Delete),
+            ],
+        },
+    ];
+    for case in cases {
+        let state = applied(&case.before);
+        let p = plan_of(&case.after, &state, &case.opts);
+        let want: Vec<(String, Action)> = case
+            .expect
+            .iter()
+            .map(|(a, x)| (a.to_string(), *x))
+            .collect();
+        assert_eq!(actions(&p), want, "case: {}", case.name);
+        // Applying the plan converges: the next plan is empty.
+        if case.opts.mode.is_none() && case.opts.replace.is_empty() {
+            let next = plan(&case.after, &p.applied(&state));
+            assert!(!next.has_changes(), "case {} does not converge: {:?}", case.name, actions(&next));
+        }
+    }
+}
+
+#[test]
+fn tainted_objects_are_replaced_with_their_dependents() {
+    let s = spec(&["a"], 2, 1);
+    let mut state = applied(&s);
+    let i = state.position(&"cache.a.base".parse().unwrap()).unwrap();
+    state.resources[i as usize].status = crate::state::Status::Tainted;
+    let p = plan(&s, &state);
+    let c = p.changes.iter().find(|c| c.addr.to_string() == "cache.a.base").unwrap();
+    assert_eq!((c.action, c.reason.clone()), (Action::Replace, Some(Reason::Tainted)));
+    assert_eq!(
+        actions(&p).iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        ["cache.a.base", "domain.a.base.0", "snapshot.a.base.0"]
+    );
+}
+
+/// Position of each operation in a valid order, keyed by (kind, address).
+fn op_positions(p: &Plan) -> std::collections::HashMap<(OpKind, String), usize> {
+    OpGraph::build(p)
+        .order(p)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| ((op.kind, p.changes[op.change as usize].addr.to_string()), i))
+        .collect()
+}
+
+#[test]
+fn deletes_run_dependents_first_and_replacements_delete_before_create() {
+    let s = spec(&["a", "b", "c"], 1, 1);
+    let state = applied(&s);
+    let destroy = plan_of(&s, &state, &Options { mode: Some(Mode::Destroy), ..Options::default() });
+    let pos = op_positions(&destroy);
+    for c in &destroy.changes {
+        for d in &c.prior_deps {
+            assert!(
+                pos[&(OpKind::Delete, c.addr.to_string())] < pos[&(OpKind::Delete, d.to_string())],
+                "{} must be deleted before {d}",
+                c.addr
+            );
+        }
+    }
+    // The source's export goes after everything that reads through it (spare volumes aside).
+    let source = pos[&(OpKind::Delete, "target.src.base".to_string())];
+    for ((_, addr), i) in &pos {
+        if !addr.starts_with("lv.") && addr != "target.src.base" {
+            assert!(*i < source, "{addr} must be deleted before target.src.base");
+        }
+    }
+
+    let p = plan_of(&s, &state, &Options { replace: vec!["session.b.base".parse().unwrap()], ..Options::default() });
+    let pos = op_positions(&p);
+    for c in p.changes.iter().filter(|c| c.action == Action::Replace) {
+        let a = c.addr.to_string();
+        assert!(pos[&(OpKind::Delete, a.clone())] < pos[&(OpKind::Create, a.clone())]);
+        for d in &c.deps {
+            if let Some(dc) = pos.get(&(OpKind::Create, d.to_string())) {
+                assert!(dc < &pos[&(OpKind::Create, a.clone())]);
+            }
+        }
+    }
+    // Replacing b's session rebuilds b and c (below it in the chain), not a.
+    let hosts: std::collections::BTreeSet<_> = actions(&p).iter().map(|(a, _)| a.split('.').nth(1).unwrap().to_string()).collect();
+    assert_eq!(hosts.into_iter().collect::<Vec<_>>(), ["b", "c"]);
+}
+
+#[test]
+fn adding_a_host_plans_only_that_host() {
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let state = applied(&spec(&refs, 4, 1));
+    let mut more = refs.clone();
+    more.push("new");
+    let p = plan(&spec(&more, 4, 1), &state);
+    let got = actions(&p);
+    // The new host lands at the shallowest free slot, under a parent that exported nothing.
+    let parent = p.placement["base"]["new"].clone();
+    let mut want = vec![
+        ("cache.new.base".to_string(), Action::Create),
+        ("domain.new.base.0".to_string(), Action::Create),
+        ("lv.new.base".to_string(), Action::Create),
+        ("lv.new.base.0".to_string(), Action::Create),
+        ("session.new.base".to_string(), Action::Create),
+        ("snapshot.new.base.0".to_string(), Action::Create),
+        (format!("target.{parent}.base"), Action::Create),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    fn depth(host: &str, pl: &BTreeMap<String, String>) -> usize {
+        let mut d = 0;
+        let mut h = host.to_string();
+        while let Some(p) = pl.get(&h) {
+            d += 1;
+            h = p.clone();
+        }
+        d
+    }
+    let max_depth = refs.iter().map(|h| depth(h, &parents(&state))).max().unwrap();
+    assert!(depth("new", &p.placement["base"]) <= max_depth + 1);
+}
+
+#[test]
+fn removing_a_host_reparents_only_its_children() {
+    // Degree 2 heap: src -> {a, b}; a -> {c, d}; b -> {e, f}; c -> {g}.
+    let all = ["a", "b", "c", "d", "e", "f", "g"];
+    let state = applied(&spec(&all, 2, 1));
+    assert_eq!(parents(&state)["g"], "c");
+    let without_a: Vec<&str> = all.iter().copied().filter(|h| *h != "a").collect();
+    let p = plan(&spec(&without_a, 2, 1), &state);
+    let moved: Vec<&str> = ["b", "c", "d", "e", "f", "g"]
+        .into_iter()
+        .filter(|h| p.placement["base"][*h] != parents(&state)[*h])
+        .collect();
+    assert_eq!(moved, ["c", "d"], "only a's children move");
+    let touched: std::collections::BTreeSet<String> = actions(&p)
+        .iter()
+        .map(|(a, _)| a.split('.').nth(1).unwrap().to_string())
+        .collect();
+    // a's objects go; c and d (and g under c) are rebuilt on their new parents; the parent
+    // that adopts one may start exporting. b's subtree e, f is untouched.
+    assert!(touched.contains("a") && touched.contains("c") && touched.contains("d") && touched.contains("g"));
+    assert!(!touched.contains("e") && !touched.contains("f"), "{touched:?}");
+    let next = plan(&spec(&without_a, 2, 1), &p.applied(&state));
+    assert!(!next.has_changes());
+    // Deleting a's export waits for its children to log out.
+    let pos = op_positions(&p);
+    for child in ["c", "d"] {
+        assert!(pos[&(OpKind::Delete, format!("session.{child}.base"))] < pos[&(OpKind::Delete, "target.a.base".into())]);
+    }
+}
+
+#[test]
+fn targets_limit_the_plan_to_what_they_need() {
+    let s = spec(&["a", "b", "c"], 1, 1);
+    let empty = State::empty("t");
+    let p = plan_of(&s, &empty, &Options { targets: vec!["domain.b.base.0".into()], ..Options::default() });
+    let got: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(
+        got,
+        [
+            "cache.a.base", "cache.b.base", "domain.b.base.0", "lv.a.base", "lv.b.base",
+            "lv.b.base.0", "session.a.base", "session.b.base", "snapshot.b.base.0",
+            "target.a.base", "target.src.base"
+        ]
+    );
+    // A destructive targeted change pulls in what is built on it.
+    let state = applied(&s);
+    let p = plan_of(&s, &state, &Options { mode: Some(Mode::Destroy), targets: vec!["cache.b".into()], ..Options::default() });
+    let got: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
+    assert!(got.contains(&"domain.c.base.0".to_string()) && got.contains(&"session.c.base".to_string()));
+    assert!(!got.iter().any(|a| a.contains(".a.")), "{got:?}");
+    let err = diff(Graph::build(&s, &empty).unwrap(), &empty, &Options { targets: vec!["domain.zz".into()], ..Options::default() }, None).unwrap_err();
+    assert_eq!(err, PlanError::UnknownTarget("domain.zz".into()));
+}
+
+#[test]
+fn clone_identities_are_stable_and_unique() {
+    let s = spec(&["a", "b"], 2, 3);
+    let g1 = Graph::build(&s, &State::empty("t")).unwrap();
+    let g2 = Graph::build(&s, &State::empty("t")).unwrap();
+    let domains = |g: &Graph| -> Vec<(String, String, String)> {
+        g.resources
+            .iter()
+            .filter_map(|r| match &r.desired {
+                Desired::Domain(d) => Some((d.name.clone(), d.uuid.clone(), d.mac.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let d = domains(&g1);
+    assert_eq!(d, domains(&g2));
+    assert_eq!(d.len(), 6);
+    for field in 0..3 {
+        let mut v: Vec<&String> = d.iter().map(|t| [&t.0, &t.1, &t.2][field]).collect();
+        v.sort();
+        v.dedup();
+        assert_eq!(v.len(), 6);
+    }
+    assert_eq!(d[0].0, "base-a-0");
+    let mac = &d[0].2;
+    let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+    assert_eq!(first & 0x03, 0x02, "locally administered unicast: {mac}");
+    // Another cluster name gives other identities.
+    let mut other = s.clone();
+    other.cluster = "u".into();
+    assert_ne!(domains(&Graph::build(&other, &State::empty("u")).unwrap())[0].1, d[0].1);
+    let _ = Kind::Domain;
+}

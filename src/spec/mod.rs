@@ -428,3 +428,6 @@ pub(crate) fn render_template(t: &str, cluster: &str, image: &str, host: &str, n
     out.push_str(rest);
     out
 }
+
+#[cfg(test)]
+mod tests;

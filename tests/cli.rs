@@ -1,0 +1,272 @@
+//! Runs the real binary on the shipped examples and on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use vmthunder::graph::Graph;
+use vmthunder::plan::{self, Options};
+use vmthunder::spec::Spec;
+use vmthunder::state::{Lock, State};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory holding a copy of examples/ and schemas/, as a user's checkout would.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["examples", "schemas"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_file() {
+                std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmthunder"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VMTHUNDER_SPEC")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Records in `dir/state/` what a successful apply of `spec` would.
+fn write_applied_state(dir: &Path, spec: &Path) -> State {
+    let spec = Spec::load(&dir.join(spec)).unwrap();
+    let empty = State::empty(&spec.cluster);
+    let graph = Graph::build(&spec, &empty).unwrap();
+    let p = plan::diff(graph, &empty, &Options::default(), None).unwrap();
+    let mut state = p.applied(&empty);
+    state
+        .persist(&dir.join(format!("state/{}.json", spec.cluster)))
+        .unwrap();
+    state
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn shipped_examples_validate_plan_and_reference_the_schema() {
+    let dir = workdir();
+    for ex in examples() {
+        let name = format!("examples/{}", ex.file_name().unwrap().to_string_lossy());
+        let o = run(dir.path(), &["validate", "-f", &name]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let o = run(dir.path(), &["plan", "-f", &name, "--detailed-exitcode"]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&ex).unwrap()).unwrap();
+        assert_eq!(doc["$schema"], "../schemas/cluster.schema.json", "{name}");
+    }
+}
+
+#[test]
+fn checked_in_schema_matches_the_types() {
+    let checked_in = std::fs::read(repo().join("schemas/cluster.schema.json")).unwrap();
+    assert!(
+        checked_in == vmthunder::cli::schema_bytes(),
+        "schemas/cluster.schema.json is stale: run `cargo run -- schema > schemas/cluster.schema.json`"
+    );
+    let o = run(&repo(), &["schema"]);
+    assert_eq!(o.stdout, checked_in);
+}
+
+#[test]
+fn bad_specs_fail_clearly_and_write_nothing() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"version": 1, "cluster": "lab", "hosts": [{"name": "img0", "address": "127.0.0.1"}],
+            "images": [{"name": "base", "source_host": "img9", "path": "b.qcow2"}],
+            "tree": {"degree": 0}, "clones": {"per_hots": 2}}"#,
+    )
+    .unwrap();
+    for args in [
+        &["validate", "-f", "bad.json"][..],
+        &["plan", "-f", "bad.json"],
+        &["plan", "-f", "bad.json", "--out", "plans/x.json"],
+        &["graph", "-f", "bad.json"],
+    ] {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        for line in [
+            "Error: spec `bad.json` is invalid (3 errors):",
+            "  /images/0/source_host: unknown host \"img9\"",
+            "  /tree/degree: must be at least 1",
+            "  /clones/per_hots: unknown field \"per_hots\" (did you mean \"per_host\"?)",
+        ] {
+            assert!(err.contains(line), "{args:?}: missing {line:?} in\n{err}");
+        }
+        assert!(stdout(&o).is_empty());
+    }
+    assert!(!dir.path().join("state").exists(), "no state written");
+    assert!(!dir.path().join("plans").exists(), "no plan written");
+
+    let o = run(dir.path(), &["validate", "-f", "bad.json", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["error_count"], 3);
+    let paths: Vec<&str> = doc["diagnostics"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"/images/0/source_host"), "{paths:?}");
+
+    std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
+    let o = run(dir.path(), &["plan", "-f", "broken.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("spec `broken.json` is not valid JSON"), "{}", stderr(&o));
+    let o = run(dir.path(), &["plan", "-f", "missing.json"]);
+    assert!(stderr(&o).contains("failed to read spec `missing.json`"));
+}
+
+#[test]
+fn plan_json_out_and_show_agree() {
+    let dir = workdir();
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/lab.json", "--json", "--out", "plans/lab.json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["format_version"], "1.0");
+    assert_eq!(doc["prior_state"]["serial"], 0);
+    assert!(doc["spec_digest"].as_str().unwrap().starts_with("sha256:"));
+    let changes = doc["resource_changes"].as_array().unwrap();
+    assert!(changes.iter().all(|c| c["actions"] == serde_json::json!(["create"])));
+    let session = changes
+        .iter()
+        .find(|c| c["address"] == "session.node03.base")
+        .unwrap();
+    assert_eq!(session["after"]["parent"], "node01");
+    assert_eq!(session["depends_on"], serde_json::json!(["target.node01.base"]));
+
+    let saved = std::fs::read(dir.path().join("plans/lab.json")).unwrap();
+    assert_eq!(saved, o.stdout, "the saved plan is the JSON plan");
+    let shown = run(dir.path(), &["show", "plans/lab.json", "--json"]);
+    assert_eq!(shown.stdout, saved);
+    let human = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
+    let shown = run(dir.path(), &["show", "plans/lab.json"]);
+    assert_eq!(stdout(&shown), stdout(&human));
+    let o = run(dir.path(), &["show", "examples/lab.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not a vmthunder plan"), "{}", stderr(&o));
+}
+
+#[test]
+fn matching_state_plans_no_changes_and_state_reads_back() {
+    let dir = workdir();
+    let state = write_applied_state(dir.path(), Path::new("examples/lab.json"));
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "No changes. Your cluster matches the spec.\n");
+
+    let o = run(dir.path(), &["state", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(listed.len(), state.len());
+    assert!(listed.contains(&"domain.node02.base.1".to_string()));
+    let o = run(dir.path(), &["state", "show", "session.node03.base", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["desired"]["parent"], "node01");
+    assert_eq!(doc["status"], "ready");
+    let o = run(dir.path(), &["state", "show", "session.nope.base"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no resource session.nope.base in state"));
+
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--destroy", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains(&format!("Plan: 0 to add, 0 to replace, {} to destroy.", state.len())));
+}
+
+#[test]
+fn a_held_lock_fails_at_once_naming_its_holder() {
+    let dir = workdir();
+    let state_path = dir.path().join("state/lab.json");
+    let lock = Lock::acquire(&state_path, "apply", Duration::ZERO).unwrap();
+    let start = Instant::now();
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("state is locked: ID"), "{err}");
+    assert!(err.contains(&lock.info.id) && err.contains("operation apply"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // With a timeout it waits for the holder to finish.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(lock);
+    });
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--lock-timeout", "10s"]);
+    releaser.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let hung = Lock::acquire(&state_path, "apply", Duration::ZERO).unwrap();
+    let o = run(dir.path(), &["force-unlock", "not-the-id", "-f", "examples/lab.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not match the current lock"));
+    let o = run(dir.path(), &["force-unlock", &hung.info.id, "-f", "examples/lab.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn graph_prints_dot_with_real_edges() {
+    let dir = workdir();
+    let o = run(dir.path(), &["graph", "-f", "examples/lab.json"]);
+    assert!(o.status.success());
+    let dot = stdout(&o);
+    assert!(dot.starts_with("digraph vmthunder {"));
+    assert!(dot.contains("\"session.node01.base\" -> \"target.img0.base\";"));
+    assert!(dot.contains("\"domain.node02.base.1\" -> \"snapshot.node02.base.1\";"));
+}
+
+#[test]
+fn human_plans_read_like_terraform() {
+    let dir = workdir();
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
+    insta::assert_snapshot!("plan_create", stdout(&o));
+
+    // Recorded: the lab as applied. Now: node03 removed, bigger clones, one replacement asked.
+    write_applied_state(dir.path(), Path::new("examples/lab.json"));
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("examples/lab.json")).unwrap())
+            .unwrap();
+    doc["hosts"].as_array_mut().unwrap().pop();
+    doc["clones"]["memory"] = "256MiB".into();
+    std::fs::write(dir.path().join("changed.json"), doc.to_string()).unwrap();
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "changed.json", "--replace", "lv.node02.base", "--detailed-exitcode"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    insta::assert_snapshot!("plan_replace_and_delete", stdout(&o));
+
+    let o = run(dir.path(), &["--color", "always", "plan", "-f", "changed.json"]);
+    assert!(stdout(&o).contains("\x1b[33m-/+\x1b[0m"));
+}
