@@ -1,1 +1,131 @@
-fn main(){}
+//! Plan benchmark: a generated cluster of N hosts x 10 clones, degree 4.
+//!
+//! For each N (default 1,000 / 10,000 / 100,000; override with `VMTHUNDER_BENCH_HOSTS=1000,10000`)
+//! a child process measures, each phase on its own peak-RSS counter:
+//! - plan from empty state: parse + validate the spec, build the DAG, diff, check the op order;
+//! - plan against a state that already matches: the same plus loading the state file.
+//!
+//! Run: `cargo bench --bench plan` (release build).
+
+use std::time::Instant;
+
+use vmthunder::graph::Graph;
+use vmthunder::plan::{self, OpGraph, Options};
+use vmthunder::spec::Spec;
+use vmthunder::state::State;
+
+const CLONES: u32 = 10;
+const DEGREE: u32 = 4;
+
+fn spec_json(hosts: usize) -> Vec<u8> {
+    let mut list = vec![serde_json::json!({"name": "img0", "address": "10.0.0.1"})];
+    for i in 0..hosts {
+        list.push(serde_json::json!({
+            "name": format!("node{i:06}"),
+            "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        }));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "version": 1,
+        "cluster": "bench",
+        "backend": {"stack": "sim"},
+        "hosts": list,
+        "images": [{"name": "base", "source_host": "img0", "path": "base.qcow2", "size": "10GiB"}],
+        "tree": {"degree": DEGREE},
+        "cache": {"size": "4GiB"},
+        "clones": {"per_host": CLONES, "cow_size": "2GiB", "memory": "1GiB"}
+    }))
+    .unwrap()
+}
+
+/// Peak resident set size in MiB since the last reset.
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn plan_once(spec_bytes: &[u8], state: &State) -> (plan::Plan, usize) {
+    let spec = Spec::from_slice(spec_bytes).unwrap();
+    let graph = Graph::build(&spec, state).unwrap();
+    let n = graph.len();
+    let p = plan::diff(graph, state, &Options::default(), Some(spec.digest())).unwrap();
+    OpGraph::build(&p).order(&p).unwrap();
+    (p, n)
+}
+
+fn child(hosts: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_bytes = spec_json(hosts);
+    let empty = State::empty("bench");
+
+    reset_peak();
+    let base = peak_mib();
+    let t = Instant::now();
+    let (p, resources) = plan_once(&spec_bytes, &empty);
+    let from_empty = t.elapsed();
+    let from_empty_mib = peak_mib();
+    assert_eq!(p.summary().add, resources);
+
+    let state_path = dir.path().join("bench.json");
+    let mut applied = p.applied(&empty);
+    drop(p);
+    let t = Instant::now();
+    applied.persist(&state_path).unwrap();
+    let persist = t.elapsed();
+    let state_bytes = std::fs::metadata(&state_path).unwrap().len();
+    drop(applied);
+
+    reset_peak();
+    let t = Instant::now();
+    let state = State::load(&state_path, "bench").unwrap();
+    let load = t.elapsed();
+    let (p, _) = plan_once(&spec_bytes, &state);
+    let no_change = t.elapsed();
+    let no_change_mib = peak_mib();
+    assert!(!p.has_changes());
+
+    println!(
+        "| {hosts:>7} | {resources:>9} | {:>8.3} | {:>7.0} | {:>8.3} | {:>8.3} | {:>7.0} | {:>6.0} | {:>6.2} |",
+        from_empty.as_secs_f64(),
+        from_empty_mib,
+        no_change.as_secs_f64(),
+        load.as_secs_f64(),
+        no_change_mib,
+        state_bytes as f64 / (1 << 20) as f64,
+        persist.as_secs_f64(),
+    );
+    let _ = base;
+}
+
+fn main() {
+    if let Ok(h) = std::env::var("VMTHUNDER_BENCH_CHILD") {
+        child(h.parse().unwrap());
+        return;
+    }
+    // `cargo test --benches` runs this with no arguments in debug mode: keep that quick.
+    let sizes = std::env::var("VMTHUNDER_BENCH_HOSTS").unwrap_or_else(|_| {
+        if cfg!(debug_assertions) {
+            "100".into()
+        } else {
+            "1000,10000,100000".into()
+        }
+    });
+    println!("plan benchmark: N hosts x {CLONES} clones, degree {DEGREE}; times in seconds, memory in MiB (peak RSS of the phase)");
+    println!("| hosts   | resources | empty: s | peak MiB | match: s | load: s | peak MiB | state MiB | persist: s |");
+    println!("|--------:|----------:|---------:|--------:|---------:|--------:|--------:|-------:|-------:|");
+    for size in sizes.split(',').filter(|s| !s.is_empty()) {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("VMTHUNDER_BENCH_CHILD", size.trim())
+            .status()
+            .unwrap();
+        assert!(status.success(), "benchmark child for {size} hosts failed");
+    }
+}

@@ -113,14 +113,24 @@ pub enum StateCommand {
 #[derive(Debug, Args)]
 pub struct SpecArg {
     /// The cluster spec (JSON).
-    #[arg(short = 'f', long = "file", value_name = "SPEC", env = "VMTHUNDER_SPEC")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "SPEC",
+        env = "VMTHUNDER_SPEC"
+    )]
     pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct OptSpecArg {
     /// The cluster spec, to find its state at state/<cluster>.json.
-    #[arg(short = 'f', long = "file", value_name = "SPEC", env = "VMTHUNDER_SPEC")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "SPEC",
+        env = "VMTHUNDER_SPEC"
+    )]
     pub file: Option<PathBuf>,
 }
 
@@ -201,7 +211,9 @@ pub fn main() -> i32 {
     let color = match cli.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
     };
     match run(cli.command, color) {
         Ok(code) => code,
@@ -310,11 +322,7 @@ fn load_spec(path: &Path) -> Result<Spec, Failure> {
 fn validate(path: &Path, json: bool) -> Result<i32, Failure> {
     if !json {
         let spec = load_spec(path)?;
-        let hosts: usize = spec
-            .images
-            .iter()
-            .map(|i| spec.image_hosts(i).len())
-            .sum();
+        let hosts: usize = spec.images.iter().map(|i| spec.image_hosts(i).len()).sum();
         println!(
             "Success! The spec `{}` is valid: cluster {:?}, {} hosts, {} images, {} host-image pairs.",
             path.display(),
@@ -428,7 +436,8 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
         StateCommand::List { spec, state } => {
             let path = find_state(spec.file.as_deref(), state.path)?;
             let state = State::load_any(&path)?;
-            let mut addrs: Vec<String> = state.resources.iter().map(|r| r.addr.to_string()).collect();
+            let mut addrs: Vec<String> =
+                state.resources.iter().map(|r| r.addr.to_string()).collect();
             addrs.sort();
             let mut text = addrs.join("\n");
             if !text.is_empty() {
@@ -469,7 +478,10 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
             } else {
                 let mut text = format!("# {}\n", r.addr);
                 for section in ["status", "desired", "observed", "deps"] {
-                    text.push_str(&format!("{section} = {}\n", serde_json::to_string_pretty(&doc[section]).expect("serializes")));
+                    text.push_str(&format!(
+                        "{section} = {}\n",
+                        serde_json::to_string_pretty(&doc[section]).expect("serializes")
+                    ));
                 }
                 emit(text.as_bytes())?;
             }

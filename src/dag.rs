@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn orders_and_keeps_sorted_inputs() {
-        assert_eq!(topo_order(&[vec![], vec![0], vec![0, 1]]).unwrap(), [0, 1, 2]);
+        assert_eq!(
+            topo_order(&[vec![], vec![0], vec![0, 1]]).unwrap(),
+            [0, 1, 2]
+        );
         assert_eq!(topo_order(&[vec![2], vec![], vec![1]]).unwrap(), [1, 2, 0]);
     }
 

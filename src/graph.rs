@@ -5,7 +5,9 @@
 //! topological order by construction (a parent's target before its children's sessions), so no
 //! sort is needed; cost is linear in the number of resources.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -14,8 +16,8 @@ use uuid::Uuid;
 
 use crate::placement;
 use crate::resource::{
-    Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs,
-    SnapshotAttrs, TargetAttrs,
+    Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs, SnapshotAttrs,
+    TargetAttrs,
 };
 use crate::spec::Spec;
 use crate::state::{Placement, State};
@@ -37,7 +39,7 @@ pub struct Resource {
 pub struct Graph {
     pub resources: Vec<Resource>,
     pub placement: Placement,
-    index: HashMap<Addr, u32>,
+    pub(crate) index: HashMap<Addr, u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +197,10 @@ impl Graph {
         domains: &[u32],
         prior: &State,
     ) -> Result<(), GraphError> {
-        let mut uuids: HashMap<String, u32> = HashMap::with_capacity(domains.len());
-        let mut macs: HashSet<String> = HashSet::with_capacity(domains.len());
+        let mut uuids: HashMap<String, u32> =
+            HashMap::with_capacity_and_hasher(domains.len(), Default::default());
+        let mut macs: HashSet<String> =
+            HashSet::with_capacity_and_hasher(domains.len(), Default::default());
         let mut unassigned = Vec::new();
         for &d in domains {
             let r = &self.resources[d as usize];
@@ -242,13 +246,18 @@ impl Graph {
 
     /// The DAG in Graphviz DOT: one cluster per host, edges from a resource to what it needs.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph vmthunder {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut out = String::from(
+            "digraph vmthunder {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
         let mut by_host: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in self.resources.iter().enumerate() {
             by_host.entry(&r.addr.host).or_default().push(i);
         }
         for (host, list) in &by_host {
-            let _ = writeln!(out, "  subgraph \"cluster_{host}\" {{\n    label=\"{host}\";");
+            let _ = writeln!(
+                out,
+                "  subgraph \"cluster_{host}\" {{\n    label=\"{host}\";"
+            );
             for &i in list {
                 let _ = writeln!(out, "    \"{}\";", self.resources[i].addr);
             }

@@ -42,22 +42,23 @@ pub fn place(members: usize, degree: u32, recorded: impl Fn(u32) -> Option<u32>)
     let mut heap: BinaryHeap<Reverse<(u32, u64, u32)>> = BinaryHeap::new();
     let mut seq = 0u64;
     // Walks the subtree under `root` (already attached at `depth[root]`), offering free slots.
-    let mut attach_subtree = |root: u32,
-                              depth: &mut Vec<u32>,
-                              children: &Vec<Vec<u32>>,
-                              heap: &mut BinaryHeap<Reverse<(u32, u64, u32)>>| {
-        let mut queue = VecDeque::from([root]);
-        while let Some(v) = queue.pop_front() {
-            if children[v as usize].len() < degree {
-                heap.push(Reverse((depth[v as usize], seq, v)));
-                seq += 1;
+    let mut attach_subtree =
+        |root: u32,
+         depth: &mut Vec<u32>,
+         children: &Vec<Vec<u32>>,
+         heap: &mut BinaryHeap<Reverse<(u32, u64, u32)>>| {
+            let mut queue = VecDeque::from([root]);
+            while let Some(v) = queue.pop_front() {
+                if children[v as usize].len() < degree {
+                    heap.push(Reverse((depth[v as usize], seq, v)));
+                    seq += 1;
+                }
+                for &c in &children[v as usize] {
+                    depth[c as usize] = depth[v as usize] + 1;
+                    queue.push_back(c);
+                }
             }
-            for &c in &children[v as usize] {
-                depth[c as usize] = depth[v as usize] + 1;
-                queue.push_back(c);
-            }
-        }
-    };
+        };
     depth[0] = 0;
     attach_subtree(0, &mut depth, &children, &mut heap);
 
@@ -80,7 +81,9 @@ pub fn place(members: usize, degree: u32, recorded: impl Fn(u32) -> Option<u32>)
         let Some(stray) = (1..n as u32).find(|&i| depth[i as usize] == u32::MAX) else {
             break;
         };
-        let old = parent[stray as usize].take().expect("unreached nodes have a parent");
+        let old = parent[stray as usize]
+            .take()
+            .expect("unreached nodes have a parent");
         children[old as usize].retain(|&c| c != stray);
         pending = vec![stray];
     }
@@ -145,7 +148,9 @@ mod tests {
         let t = place(3, 2, rec);
         assert_eq!(t.parent, [None, Some(0), Some(1), Some(1)]);
         // A new host 4 takes the shallowest free slot: the source's second one.
-        let t = place(4, 2, |i| [None, Some(0), Some(1), Some(1), None][i as usize]);
+        let t = place(4, 2, |i| {
+            [None, Some(0), Some(1), Some(1), None][i as usize]
+        });
         assert_eq!(t.parent[4], Some(0));
     }
 
@@ -156,14 +161,20 @@ mod tests {
         let rec = |i: u32| [None, Some(0), None, None, Some(2)][i as usize];
         let t = place(4, 2, rec);
         assert_eq!(t.parent[1], Some(0));
-        assert_eq!(t.parent[2], Some(0), "orphan takes the freed slot at the source");
+        assert_eq!(
+            t.parent[2],
+            Some(0),
+            "orphan takes the freed slot at the source"
+        );
         assert_eq!(t.parent[3], Some(1), "then the shallowest free slot");
         assert_eq!(t.parent[4], Some(2), "grandchildren keep their parent");
     }
 
     #[test]
     fn degree_is_enforced_and_cycles_are_cut() {
-        let t = place(4, 1, |i| [None, Some(0), Some(0), Some(0), Some(0)][i as usize]);
+        let t = place(4, 1, |i| {
+            [None, Some(0), Some(0), Some(0), Some(0)][i as usize]
+        });
         assert!(t.children.iter().all(|c| c.len() <= 1));
         assert_eq!(t.order.len(), 5);
         let t = place(3, 2, |i| [None, Some(2), Some(1), Some(0)][i as usize]);

@@ -315,7 +315,14 @@ mod tests {
             let a: Addr = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
         }
-        for bad in ["", "session", "vm.node1.base", "lv.node1", "lv.node1.base.x", "lv..base"] {
+        for bad in [
+            "",
+            "session",
+            "vm.node1.base",
+            "lv.node1",
+            "lv.node1.base.x",
+            "lv..base",
+        ] {
             assert!(bad.parse::<Addr>().is_err(), "{bad}");
         }
     }

@@ -79,8 +79,7 @@ fn shipped_examples_validate_plan_and_reference_the_schema() {
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let o = run(dir.path(), &["plan", "-f", &name, "--detailed-exitcode"]);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
-        let doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&ex).unwrap()).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&ex).unwrap()).unwrap();
         assert_eq!(doc["$schema"], "../schemas/cluster.schema.json", "{name}");
     }
 }
@@ -133,13 +132,22 @@ fn bad_specs_fail_clearly_and_write_nothing() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["valid"], false);
     assert_eq!(doc["error_count"], 3);
-    let paths: Vec<&str> = doc["diagnostics"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
     assert!(paths.contains(&"/images/0/source_host"), "{paths:?}");
 
     std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
     let o = run(dir.path(), &["plan", "-f", "broken.json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("spec `broken.json` is not valid JSON"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("spec `broken.json` is not valid JSON"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(dir.path(), &["plan", "-f", "missing.json"]);
     assert!(stderr(&o).contains("failed to read spec `missing.json`"));
 }
@@ -149,7 +157,14 @@ fn plan_json_out_and_show_agree() {
     let dir = workdir();
     let o = run(
         dir.path(),
-        &["plan", "-f", "examples/lab.json", "--json", "--out", "plans/lab.json"],
+        &[
+            "plan",
+            "-f",
+            "examples/lab.json",
+            "--json",
+            "--out",
+            "plans/lab.json",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -157,13 +172,18 @@ fn plan_json_out_and_show_agree() {
     assert_eq!(doc["prior_state"]["serial"], 0);
     assert!(doc["spec_digest"].as_str().unwrap().starts_with("sha256:"));
     let changes = doc["resource_changes"].as_array().unwrap();
-    assert!(changes.iter().all(|c| c["actions"] == serde_json::json!(["create"])));
+    assert!(changes
+        .iter()
+        .all(|c| c["actions"] == serde_json::json!(["create"])));
     let session = changes
         .iter()
         .find(|c| c["address"] == "session.node03.base")
         .unwrap();
     assert_eq!(session["after"]["parent"], "node01");
-    assert_eq!(session["depends_on"], serde_json::json!(["target.node01.base"]));
+    assert_eq!(
+        session["depends_on"],
+        serde_json::json!(["target.node01.base"])
+    );
 
     let saved = std::fs::read(dir.path().join("plans/lab.json")).unwrap();
     assert_eq!(saved, o.stdout, "the saved plan is the JSON plan");
@@ -174,14 +194,21 @@ fn plan_json_out_and_show_agree() {
     assert_eq!(stdout(&shown), stdout(&human));
     let o = run(dir.path(), &["show", "examples/lab.json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("is not a vmthunder plan"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a vmthunder plan"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn matching_state_plans_no_changes_and_state_reads_back() {
     let dir = workdir();
     let state = write_applied_state(dir.path(), Path::new("examples/lab.json"));
-    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--detailed-exitcode"]);
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/lab.json", "--detailed-exitcode"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "No changes. Your cluster matches the spec.\n");
 
@@ -190,7 +217,10 @@ fn matching_state_plans_no_changes_and_state_reads_back() {
     let listed: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert_eq!(listed.len(), state.len());
     assert!(listed.contains(&"domain.node02.base.1".to_string()));
-    let o = run(dir.path(), &["state", "show", "session.node03.base", "--json"]);
+    let o = run(
+        dir.path(),
+        &["state", "show", "session.node03.base", "--json"],
+    );
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["desired"]["parent"], "node01");
     assert_eq!(doc["status"], "ready");
@@ -198,9 +228,21 @@ fn matching_state_plans_no_changes_and_state_reads_back() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no resource session.nope.base in state"));
 
-    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--destroy", "--detailed-exitcode"]);
+    let o = run(
+        dir.path(),
+        &[
+            "plan",
+            "-f",
+            "examples/lab.json",
+            "--destroy",
+            "--detailed-exitcode",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stdout(&o).contains(&format!("Plan: 0 to add, 0 to replace, {} to destroy.", state.len())));
+    assert!(stdout(&o).contains(&format!(
+        "Plan: 0 to add, 0 to replace, {} to destroy.",
+        state.len()
+    )));
 }
 
 #[test]
@@ -213,7 +255,10 @@ fn a_held_lock_fails_at_once_naming_its_holder() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("state is locked: ID"), "{err}");
-    assert!(err.contains(&lock.info.id) && err.contains("operation apply"), "{err}");
+    assert!(
+        err.contains(&lock.info.id) && err.contains("operation apply"),
+        "{err}"
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
 
     // With a timeout it waits for the holder to finish.
@@ -221,15 +266,24 @@ fn a_held_lock_fails_at_once_naming_its_holder() {
         std::thread::sleep(Duration::from_millis(300));
         drop(lock);
     });
-    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--lock-timeout", "10s"]);
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/lab.json", "--lock-timeout", "10s"],
+    );
     releaser.join().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
     let hung = Lock::acquire(&state_path, "apply", Duration::ZERO).unwrap();
-    let o = run(dir.path(), &["force-unlock", "not-the-id", "-f", "examples/lab.json"]);
+    let o = run(
+        dir.path(),
+        &["force-unlock", "not-the-id", "-f", "examples/lab.json"],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not match the current lock"));
-    let o = run(dir.path(), &["force-unlock", &hung.info.id, "-f", "examples/lab.json"]);
+    let o = run(
+        dir.path(),
+        &["force-unlock", &hung.info.id, "-f", "examples/lab.json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -262,11 +316,21 @@ fn human_plans_read_like_terraform() {
     std::fs::write(dir.path().join("changed.json"), doc.to_string()).unwrap();
     let o = run(
         dir.path(),
-        &["plan", "-f", "changed.json", "--replace", "lv.node02.base", "--detailed-exitcode"],
+        &[
+            "plan",
+            "-f",
+            "changed.json",
+            "--replace",
+            "lv.node02.base",
+            "--detailed-exitcode",
+        ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     insta::assert_snapshot!("plan_replace_and_delete", stdout(&o));
 
-    let o = run(dir.path(), &["--color", "always", "plan", "-f", "changed.json"]);
+    let o = run(
+        dir.path(),
+        &["--color", "always", "plan", "-f", "changed.json"],
+    );
     assert!(stdout(&o).contains("\x1b[33m-/+\x1b[0m"));
 }

@@ -15,7 +15,7 @@ mod ops;
 mod render;
 mod wire;
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 
 use crate::graph::Graph;
 use crate::resource::{Addr, Desired};
@@ -164,7 +164,7 @@ impl Plan {
     /// The state a complete, successful apply of this plan records (observed attributes
     /// empty: they come from the backend). Untouched resources keep their records and order.
     pub fn applied(&self, prior: &State) -> State {
-        let mut gone: HashSet<&Addr> = HashSet::new();
+        let mut gone: HashSet<&Addr> = HashSet::default();
         let mut created = Vec::new();
         for c in &self.changes {
             match c.action {
@@ -243,7 +243,7 @@ pub fn diff(
         let Graph {
             resources,
             placement: desired_placement,
-            ..
+            index: desired,
         } = graph;
         placement = desired_placement;
         let mut actions: Vec<Action> = Vec::with_capacity(resources.len());
@@ -308,9 +308,8 @@ pub fn diff(
                 replace_paths,
             });
         }
-        let desired: HashSet<&Addr> = addrs.iter().collect();
         for r in &state.resources {
-            if !desired.contains(&r.addr) {
+            if !desired.contains_key(&r.addr) {
                 changes.push(delete(r, Reason::NotInSpec));
             }
         }
@@ -360,7 +359,7 @@ pub fn changed_paths(before: &Desired, after: &Desired) -> Vec<String> {
 /// Limits a plan to the targeted resources, what they need, and whatever a destructive change
 /// among them would pull out from under (dependents of replaced or deleted objects).
 fn restrict(plan: &mut Plan, state: &State, targets: &[String]) -> Result<(), PlanError> {
-    use std::collections::HashMap;
+    use rustc_hash::FxHashMap as HashMap;
     let n = plan.changes.len();
     let index: HashMap<&Addr, usize> = plan
         .changes

@@ -4,7 +4,7 @@
 //! of what it is built on; a delete waits for the deletes of everything recorded as built on
 //! it; a replacement deletes before it creates.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{Action, Plan};
 use crate::dag;
@@ -39,8 +39,8 @@ pub enum OpsError {
 impl OpGraph {
     pub fn build(plan: &Plan) -> OpGraph {
         let mut ops = Vec::new();
-        let mut create_of: HashMap<&Addr, u32> = HashMap::new();
-        let mut delete_of: HashMap<&Addr, u32> = HashMap::new();
+        let mut create_of: HashMap<&Addr, u32> = HashMap::default();
+        let mut delete_of: HashMap<&Addr, u32> = HashMap::default();
         for (i, c) in plan.changes.iter().enumerate() {
             if matches!(c.action, Action::Delete | Action::Replace) {
                 delete_of.insert(&c.addr, ops.len() as u32);

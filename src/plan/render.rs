@@ -65,7 +65,14 @@ pub fn render(plan: &Plan, opts: RenderOptions) -> String {
     // Grouped the way people read a cluster: per image and host, the host's own resources,
     // then each clone's.
     listed.sort_by(|a, b| {
-        let key = |c: &Change| (c.addr.image.clone(), c.addr.host.clone(), c.addr.n, c.addr.kind);
+        let key = |c: &Change| {
+            (
+                c.addr.image.clone(),
+                c.addr.host.clone(),
+                c.addr.n,
+                c.addr.kind,
+            )
+        };
         key(a).cmp(&key(b))
     });
     out.push_str("vmthunder used the selected spec and state to make the following plan. Resource actions are indicated with:\n");
@@ -126,7 +133,10 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
             let _ = writeln!(out, "  # (replacement requested with --replace)");
         }
         Some(Reason::DependencyReplaced(dep)) => {
-            let _ = writeln!(out, "  # (because it is built on {dep}, which is replaced or moved)");
+            let _ = writeln!(
+                out,
+                "  # (because it is built on {dep}, which is replaced or moved)"
+            );
         }
         Some(Reason::NotInSpec) => {
             let _ = writeln!(out, "  # (because {} is not in the spec)", c.addr);

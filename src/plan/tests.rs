@@ -71,7 +71,13 @@ fn create_from_empty_then_no_op() {
     let p = plan(&s, &empty);
     // Source target + per host (lv, session, cache) + 2 x (lv, snapshot, domain) + target on a.
     let expected = 1 + 3 * (3 + 2 * 3) + 1;
-    assert_eq!(p.summary(), Summary { add: expected, ..Summary::default() });
+    assert_eq!(
+        p.summary(),
+        Summary {
+            add: expected,
+            ..Summary::default()
+        }
+    );
     assert!(p.changes.iter().all(|c| c.action == Action::Create));
     let state = p.applied(&empty);
     let again = plan(&s, &state);
@@ -95,7 +101,10 @@ fn edges_are_the_real_dependencies() {
     assert_eq!(deps("snapshot.b.base.0"), ["cache.b.base", "lv.b.base.0"]);
     assert_eq!(deps("domain.b.base.0"), ["snapshot.b.base.0"]);
     // Degree 1 is a chain: c is a leaf, so it exports nothing.
-    assert!(p.changes.iter().all(|c| c.addr.to_string() != "target.c.base"));
+    assert!(p
+        .changes
+        .iter()
+        .all(|c| c.addr.to_string() != "target.c.base"));
 }
 
 #[test]
@@ -133,7 +142,12 @@ fn table_of_changes() {
         Case {
             name: "a changed attribute replaces the object and what is built on it",
             before: base.clone(),
-            after: spec_with(&["a", "b"], 2, 1, serde_json::json!({"clones": {"per_host": 1, "cow_size": "2GiB"}})),
+            after: spec_with(
+                &["a", "b"],
+                2,
+                1,
+                serde_json::json!({"clones": {"per_host": 1, "cow_size": "2GiB"}}),
+            ),
             opts: Options::default(),
             expect: vec![
                 ("domain.a.base.0", Action::Replace),
@@ -223,7 +237,12 @@ fn table_of_changes() {
         // Applying the plan converges: the next plan is empty.
         if case.opts.mode.is_none() && case.opts.replace.is_empty() {
             let next = plan(&case.after, &p.applied(&state));
-            assert!(!next.has_changes(), "case {} does not converge: {:?}", case.name, actions(&next));
+            assert!(
+                !next.has_changes(),
+                "case {} does not converge: {:?}",
+                case.name,
+                actions(&next)
+            );
         }
     }
 }
@@ -235,10 +254,20 @@ fn tainted_objects_are_replaced_with_their_dependents() {
     let i = state.position(&"cache.a.base".parse().unwrap()).unwrap();
     state.resources[i as usize].status = crate::state::Status::Tainted;
     let p = plan(&s, &state);
-    let c = p.changes.iter().find(|c| c.addr.to_string() == "cache.a.base").unwrap();
-    assert_eq!((c.action, c.reason.clone()), (Action::Replace, Some(Reason::Tainted)));
+    let c = p
+        .changes
+        .iter()
+        .find(|c| c.addr.to_string() == "cache.a.base")
+        .unwrap();
     assert_eq!(
-        actions(&p).iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        (c.action, c.reason.clone()),
+        (Action::Replace, Some(Reason::Tainted))
+    );
+    assert_eq!(
+        actions(&p)
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
         ["cache.a.base", "domain.a.base.0", "snapshot.a.base.0"]
     );
 }
@@ -258,7 +287,14 @@ fn op_positions(p: &Plan) -> std::collections::HashMap<(OpKind, String), usize> 
 fn deletes_run_dependents_first_and_replacements_delete_before_create() {
     let s = spec(&["a", "b", "c"], 1, 1);
     let state = applied(&s);
-    let destroy = plan_of(&s, &state, &Options { mode: Some(Mode::Destroy), ..Options::default() });
+    let destroy = plan_of(
+        &s,
+        &state,
+        &Options {
+            mode: Some(Mode::Destroy),
+            ..Options::default()
+        },
+    );
     let pos = op_positions(&destroy);
     for c in &destroy.changes {
         for d in &c.prior_deps {
@@ -277,7 +313,14 @@ fn deletes_run_dependents_first_and_replacements_delete_before_create() {
         }
     }
 
-    let p = plan_of(&s, &state, &Options { replace: vec!["session.b.base".parse().unwrap()], ..Options::default() });
+    let p = plan_of(
+        &s,
+        &state,
+        &Options {
+            replace: vec!["session.b.base".parse().unwrap()],
+            ..Options::default()
+        },
+    );
     let pos = op_positions(&p);
     for c in p.changes.iter().filter(|c| c.action == Action::Replace) {
         let a = c.addr.to_string();
@@ -289,7 +332,10 @@ fn deletes_run_dependents_first_and_replacements_delete_before_create() {
         }
     }
     // Replacing b's session rebuilds b and c (below it in the chain), not a.
-    let hosts: std::collections::BTreeSet<_> = actions(&p).iter().map(|(a, _)| a.split('.').nth(1).unwrap().to_string()).collect();
+    let hosts: std::collections::BTreeSet<_> = actions(&p)
+        .iter()
+        .map(|(a, _)| a.split('.').nth(1).unwrap().to_string())
+        .collect();
     assert_eq!(hosts.into_iter().collect::<Vec<_>>(), ["b", "c"]);
 }
 
@@ -324,7 +370,11 @@ fn adding_a_host_plans_only_that_host() {
         }
         d
     }
-    let max_depth = refs.iter().map(|h| depth(h, &parents(&state))).max().unwrap();
+    let max_depth = refs
+        .iter()
+        .map(|h| depth(h, &parents(&state)))
+        .max()
+        .unwrap();
     assert!(depth("new", &p.placement["base"]) <= max_depth + 1);
 }
 
@@ -347,14 +397,25 @@ fn removing_a_host_reparents_only_its_children() {
         .collect();
     // a's objects go; c and d (and g under c) are rebuilt on their new parents; the parent
     // that adopts one may start exporting. b's subtree e, f is untouched.
-    assert!(touched.contains("a") && touched.contains("c") && touched.contains("d") && touched.contains("g"));
-    assert!(!touched.contains("e") && !touched.contains("f"), "{touched:?}");
+    assert!(
+        touched.contains("a")
+            && touched.contains("c")
+            && touched.contains("d")
+            && touched.contains("g")
+    );
+    assert!(
+        !touched.contains("e") && !touched.contains("f"),
+        "{touched:?}"
+    );
     let next = plan(&spec(&without_a, 2, 1), &p.applied(&state));
     assert!(!next.has_changes());
     // Deleting a's export waits for its children to log out.
     let pos = op_positions(&p);
     for child in ["c", "d"] {
-        assert!(pos[&(OpKind::Delete, format!("session.{child}.base"))] < pos[&(OpKind::Delete, "target.a.base".into())]);
+        assert!(
+            pos[&(OpKind::Delete, format!("session.{child}.base"))]
+                < pos[&(OpKind::Delete, "target.a.base".into())]
+        );
     }
 }
 
@@ -362,23 +423,57 @@ fn removing_a_host_reparents_only_its_children() {
 fn targets_limit_the_plan_to_what_they_need() {
     let s = spec(&["a", "b", "c"], 1, 1);
     let empty = State::empty("t");
-    let p = plan_of(&s, &empty, &Options { targets: vec!["domain.b.base.0".into()], ..Options::default() });
+    let p = plan_of(
+        &s,
+        &empty,
+        &Options {
+            targets: vec!["domain.b.base.0".into()],
+            ..Options::default()
+        },
+    );
     let got: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
     assert_eq!(
         got,
         [
-            "cache.a.base", "cache.b.base", "domain.b.base.0", "lv.a.base", "lv.b.base",
-            "lv.b.base.0", "session.a.base", "session.b.base", "snapshot.b.base.0",
-            "target.a.base", "target.src.base"
+            "cache.a.base",
+            "cache.b.base",
+            "domain.b.base.0",
+            "lv.a.base",
+            "lv.b.base",
+            "lv.b.base.0",
+            "session.a.base",
+            "session.b.base",
+            "snapshot.b.base.0",
+            "target.a.base",
+            "target.src.base"
         ]
     );
     // A destructive targeted change pulls in what is built on it.
     let state = applied(&s);
-    let p = plan_of(&s, &state, &Options { mode: Some(Mode::Destroy), targets: vec!["cache.b".into()], ..Options::default() });
+    let p = plan_of(
+        &s,
+        &state,
+        &Options {
+            mode: Some(Mode::Destroy),
+            targets: vec!["cache.b".into()],
+            ..Options::default()
+        },
+    );
     let got: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
-    assert!(got.contains(&"domain.c.base.0".to_string()) && got.contains(&"session.c.base".to_string()));
+    assert!(
+        got.contains(&"domain.c.base.0".to_string()) && got.contains(&"session.c.base".to_string())
+    );
     assert!(!got.iter().any(|a| a.contains(".a.")), "{got:?}");
-    let err = diff(Graph::build(&s, &empty).unwrap(), &empty, &Options { targets: vec!["domain.zz".into()], ..Options::default() }, None).unwrap_err();
+    let err = diff(
+        Graph::build(&s, &empty).unwrap(),
+        &empty,
+        &Options {
+            targets: vec!["domain.zz".into()],
+            ..Options::default()
+        },
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err, PlanError::UnknownTarget("domain.zz".into()));
 }
 
@@ -412,6 +507,9 @@ fn clone_identities_are_stable_and_unique() {
     // Another cluster name gives other identities.
     let mut other = s.clone();
     other.cluster = "u".into();
-    assert_ne!(domains(&Graph::build(&other, &State::empty("u")).unwrap())[0].1, d[0].1);
+    assert_ne!(
+        domains(&Graph::build(&other, &State::empty("u")).unwrap())[0].1,
+        d[0].1
+    );
     let _ = Kind::Domain;
 }

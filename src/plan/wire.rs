@@ -188,11 +188,9 @@ impl Plan {
 
     /// Writes the plan file atomically (same guarantees as the state file).
     pub fn save(&self, path: &Path) -> Result<(), PlanFileError> {
-        crate::state::write_atomic(path, &self.to_json()).map_err(|source| {
-            PlanFileError::Write {
-                path: path.display().to_string(),
-                source,
-            }
+        crate::state::write_atomic(path, &self.to_json()).map_err(|source| PlanFileError::Write {
+            path: path.display().to_string(),
+            source,
         })
     }
 
@@ -203,10 +201,7 @@ impl Plan {
             source,
         })?;
         Plan::from_json(&bytes).map_err(|e| match e {
-            FromJson::Version(found) => PlanFileError::Version {
-                path: shown,
-                found,
-            },
+            FromJson::Version(found) => PlanFileError::Version { path: shown, found },
             FromJson::Invalid(message) => PlanFileError::Invalid {
                 path: shown,
                 message,

@@ -101,7 +101,10 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
             image_at.insert(&img.name, first);
             diags.push(
                 format!("/images/{i}/name"),
-                format!("duplicate image name {:?} (first at /images/{first})", img.name),
+                format!(
+                    "duplicate image name {:?} (first at /images/{first})",
+                    img.name
+                ),
             );
         }
         if hosts_complete && !host_known(&img.source_host) {
@@ -172,9 +175,7 @@ fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         match after.find('}') {
-            Some(close) if TEMPLATE_FIELDS.contains(&&after[..close]) => {
-                rest = &after[close + 1..]
-            }
+            Some(close) if TEMPLATE_FIELDS.contains(&&after[..close]) => rest = &after[close + 1..],
             Some(close) => {
                 diags.push(
                     "/clones/name",

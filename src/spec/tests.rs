@@ -91,7 +91,10 @@ fn references_and_uniqueness() {
     let mut doc = good();
     doc["images"][0]["source_host"] = json!("img9");
     doc["images"][0]["hosts"] = json!(["node01", "node01", "ghost"]);
-    doc["images"].as_array_mut().unwrap().push(json!({"name": "base", "source_host": "img0", "path": "x", "hosts": ["img0"]}));
+    doc["images"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "base", "source_host": "img0", "path": "x", "hosts": ["img0"]}));
     let got = diagnostics(doc);
     for w in [
         "/images/0/source_host: unknown host \"img9\"",
@@ -100,7 +103,11 @@ fn references_and_uniqueness() {
         "/images/1/name: duplicate image name \"base\" (first at /images/0)",
         "/images/1/hosts/0: \"img0\" is the image's source host",
     ] {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in:\n{}", got.join("\n"));
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in:\n{}",
+            got.join("\n")
+        );
     }
 }
 
@@ -118,7 +125,10 @@ fn colliding_clone_names_and_addresses() {
     assert!(diagnostics(doc.clone()).is_empty());
     doc["backend"] = json!({"transport": "ssh"});
     let got = diagnostics(doc);
-    assert!(got[0].starts_with("/hosts/2/address: address \"10.0.0.11\" is also used by /hosts/1"), "{got:?}");
+    assert!(
+        got[0].starts_with("/hosts/2/address: address \"10.0.0.11\" is also used by /hosts/1"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -132,6 +142,12 @@ fn structural_errors_never_yield_a_spec() {
         assert!(!diagnostics(doc.clone()).is_empty(), "{doc}");
     }
     let missing = diagnostics(json!({"version": 1}));
-    assert!(missing.contains(&"/: missing required field \"cluster\"".to_string()), "{missing:?}");
-    assert!(matches!(Spec::from_slice(b"{,"), Err(SpecError::Syntax { .. })));
+    assert!(
+        missing.contains(&"/: missing required field \"cluster\"".to_string()),
+        "{missing:?}"
+    );
+    assert!(matches!(
+        Spec::from_slice(b"{,"),
+        Err(SpecError::Syntax { .. })
+    ));
 }

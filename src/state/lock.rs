@@ -42,13 +42,16 @@ impl std::fmt::Display for LockInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("state is locked: {holder}\nwait for it to finish, retry with --lock-timeout, or if that process is gone run `vmthunder force-unlock {id}`", id = holder.id)]
-    Held { holder: LockInfo },
+    Held { holder: Box<LockInfo> },
     #[error("state is locked by a process that has not written its lock info yet (`{path}`)")]
     HeldUnknown { path: String },
     #[error("state `{path}` is not locked")]
     NotLocked { path: String },
     #[error("lock ID {given:?} does not match the current lock: {holder}")]
-    WrongId { given: String, holder: LockInfo },
+    WrongId {
+        given: String,
+        holder: Box<LockInfo>,
+    },
     #[error("failed to lock state at `{path}`")]
     Io {
         path: String,
@@ -129,7 +132,9 @@ impl Lock {
                 Err(TryLockError::WouldBlock) => {
                     if start.elapsed() >= timeout {
                         return Err(match read_info(&mut file) {
-                            Some(holder) => LockError::Held { holder },
+                            Some(holder) => LockError::Held {
+                                holder: Box::new(holder),
+                            },
                             None => LockError::HeldUnknown {
                                 path: path.display().to_string(),
                             },
@@ -193,7 +198,7 @@ pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, LockError> {
     if holder.id != id {
         return Err(LockError::WrongId {
             given: id.to_string(),
-            holder,
+            holder: Box::new(holder),
         });
     }
     fs::remove_file(&path).map_err(|source| LockError::Io {
@@ -225,7 +230,7 @@ mod tests {
         let err = Lock::acquire(&state, "plan", Duration::from_millis(100)).unwrap_err();
         match &err {
             LockError::Held { holder } => {
-                assert_eq!(holder, &first.info);
+                assert_eq!(**holder, first.info);
                 assert_eq!(holder.operation, "apply");
             }
             other => panic!("unexpected {other:?}"),

@@ -6,11 +6,12 @@
 
 mod lock;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use rustc_hash::FxHashMap as HashMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -70,7 +71,9 @@ pub enum StateError {
     Corrupt { path: String, message: String },
     #[error("state `{path}` has format version {found}; this vmthunder reads version {STATE_FORMAT_VERSION}")]
     Version { path: String, found: u32 },
-    #[error("state `{path}` belongs to cluster {found:?}, not {expected:?}: pass the right --state")]
+    #[error(
+        "state `{path}` belongs to cluster {found:?}, not {expected:?}: pass the right --state"
+    )]
     OtherCluster {
         path: String,
         found: String,
@@ -93,7 +96,7 @@ impl State {
             cluster: cluster.to_string(),
             placement: Placement::new(),
             resources: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 
@@ -104,13 +107,17 @@ impl State {
         placement: Placement,
         resources: Vec<Recorded>,
     ) -> Result<State, String> {
-        let mut index = HashMap::with_capacity(resources.len());
+        let mut index = HashMap::with_capacity_and_hasher(resources.len(), Default::default());
         for (i, r) in resources.iter().enumerate() {
             if index.insert(r.addr.clone(), i as u32).is_some() {
                 return Err(format!("resource {} is recorded twice", r.addr));
             }
             if r.desired.kind() != r.addr.kind {
-                return Err(format!("resource {} has attributes of a {}", r.addr, r.desired.kind()));
+                return Err(format!(
+                    "resource {} has attributes of a {}",
+                    r.addr,
+                    r.desired.kind()
+                ));
             }
         }
         for r in &resources {
@@ -161,7 +168,12 @@ impl State {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::empty(cluster)),
-            Err(source) => return Err(StateError::Read { path: shown, source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: shown,
+                    source,
+                })
+            }
         };
         let state = State::from_json(&bytes).map_err(|e| match e {
             FromJsonError::Version(found) => StateError::Version {
@@ -204,8 +216,8 @@ impl State {
         struct Version {
             format_version: u32,
         }
-        let v: Version = serde_json::from_slice(bytes)
-            .map_err(|e| FromJsonError::Invalid(e.to_string()))?;
+        let v: Version =
+            serde_json::from_slice(bytes).map_err(|e| FromJsonError::Invalid(e.to_string()))?;
         if v.format_version != STATE_FORMAT_VERSION {
             return Err(FromJsonError::Version(v.format_version));
         }
@@ -215,9 +227,8 @@ impl State {
             .resources
             .into_iter()
             .map(|r| {
-                let desired = Desired::parse(r.address.kind, r.desired.get()).map_err(|e| {
-                    FromJsonError::Invalid(format!("{}: desired: {e}", r.address))
-                })?;
+                let desired = Desired::parse(r.address.kind, r.desired.get())
+                    .map_err(|e| FromJsonError::Invalid(format!("{}: desired: {e}", r.address)))?;
                 if r.kind != r.address.kind || *r.host != *r.address.host {
                     return Err(FromJsonError::Invalid(format!(
                         "{}: kind or host does not match the address",
@@ -249,30 +260,37 @@ impl State {
             .lineage
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        let file = StateFileOut {
-            format_version: STATE_FORMAT_VERSION,
-            serial: self.serial,
-            lineage: &lineage,
-            cluster: &self.cluster,
-            placement: &self.placement,
-            resources: self
-                .resources
-                .iter()
-                .map(|r| RecordedOut {
-                    address: &r.addr,
-                    kind: r.addr.kind,
-                    host: &r.addr.host,
-                    image: &r.addr.image,
-                    n: r.addr.n,
-                    status: r.status,
-                    desired: &r.desired,
-                    observed: &r.observed,
-                    deps: &r.deps,
-                })
-                .collect(),
-        };
-        let mut out = serde_json::to_vec_pretty(&file).expect("state serializes");
-        out.push(b'\n');
+        // One resource per line: readable, diffable, and half the size of pretty JSON.
+        let mut out = Vec::with_capacity(64 + self.resources.len() * 320);
+        let lit = |v: &str| serde_json::to_string(v).expect("strings serialize");
+        let placement = serde_json::to_string_pretty(&self.placement)
+            .expect("placement serializes")
+            .replace('\n', "\n  ");
+        out.extend_from_slice(
+            format!(
+                "{{\n  \"format_version\": {STATE_FORMAT_VERSION},\n  \"serial\": {},\n  \"lineage\": {},\n  \"cluster\": {},\n  \"placement\": {placement},\n  \"resources\": [",
+                self.serial,
+                lit(&lineage),
+                lit(&self.cluster),
+            )
+            .as_bytes(),
+        );
+        for (i, r) in self.resources.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
+            let line = RecordedOut {
+                address: &r.addr,
+                kind: r.addr.kind,
+                host: &r.addr.host,
+                image: &r.addr.image,
+                n: r.addr.n,
+                status: r.status,
+                desired: &r.desired,
+                observed: &r.observed,
+                deps: &r.deps,
+            };
+            serde_json::to_writer(&mut out, &line).expect("resources serialize");
+        }
+        out.extend_from_slice(b"\n  ]\n}\n");
         out
     }
 
@@ -293,17 +311,6 @@ enum FromJsonError {
     Invalid(String),
 }
 
-/// The state file as written; field order is the order people read it in.
-#[derive(Serialize)]
-struct StateFileOut<'a> {
-    format_version: u32,
-    serial: u64,
-    lineage: &'a str,
-    cluster: &'a str,
-    placement: &'a Placement,
-    resources: Vec<RecordedOut<'a>>,
-}
-
 #[derive(Serialize)]
 struct RecordedOut<'a> {
     address: &'a Addr,
@@ -320,7 +327,7 @@ struct RecordedOut<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFileIn {
+struct StateFileIn<'a> {
     #[allow(dead_code)]
     format_version: u32,
     serial: u64,
@@ -328,22 +335,26 @@ struct StateFileIn {
     cluster: String,
     #[serde(default)]
     placement: Placement,
-    resources: Vec<RecordedIn>,
+    #[serde(borrow)]
+    resources: Vec<RecordedIn<'a>>,
 }
 
+/// Borrows from the file's bytes where it can: states of large clusters are read often.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RecordedIn {
+struct RecordedIn<'a> {
     address: Addr,
     kind: Kind,
-    host: Box<str>,
+    #[serde(borrow)]
+    host: std::borrow::Cow<'a, str>,
     #[allow(dead_code)]
-    image: Box<str>,
+    image: serde::de::IgnoredAny,
     #[serde(default)]
     #[allow(dead_code)]
-    n: Option<u32>,
+    n: Option<serde::de::IgnoredAny>,
     status: Status,
-    desired: Box<RawValue>,
+    #[serde(borrow)]
+    desired: &'a RawValue,
     #[serde(default)]
     observed: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
@@ -448,7 +459,10 @@ mod tests {
         assert!(s.is_empty() && s.lineage.is_none() && s.serial == 0);
         let bad = dir.path().join("bad.json");
         fs::write(&bad, r#"{"format_version": 9}"#).unwrap();
-        assert!(matches!(State::load(&bad, "lab"), Err(StateError::Version { found: 9, .. })));
+        assert!(matches!(
+            State::load(&bad, "lab"),
+            Err(StateError::Version { found: 9, .. })
+        ));
         fs::write(&bad, r#"{"format_version": 1, "serial": 1, "lineage": "x", "cluster": "lab", "resources": [{"address": "lv.a.b", "kind": "lv", "host": "a", "image": "b", "status": "ready", "desired": {"purpose": "cache", "size": 1}, "deps": ["cache.a.b"]}]}"#).unwrap();
         let err = State::load(&bad, "lab").unwrap_err().to_string();
         assert!(err.contains("dangling"), "{err}");
