@@ -147,7 +147,44 @@ pub enum PlanError {
     ReplaceInDestroy,
 }
 
+/// Why a saved plan cannot be applied to the current state.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StalePlan {
+    #[error("the plan is for cluster {plan:?}, the state for {state:?}")]
+    OtherCluster { plan: String, state: String },
+    #[error("the saved plan does not match the given state (lineage {plan:?}, state has {state:?}): it was made against another state")]
+    Lineage {
+        plan: Option<String>,
+        state: Option<String>,
+    },
+    #[error("the saved plan is stale: it was made at state serial {plan}, the state is now at serial {state}; run `vmthunder plan` again")]
+    Serial { plan: u64, state: u64 },
+}
+
 impl Plan {
+    /// Whether this plan was made against exactly `state`: apply refuses it otherwise.
+    pub fn check_current(&self, state: &State) -> Result<(), StalePlan> {
+        if self.cluster != state.cluster {
+            return Err(StalePlan::OtherCluster {
+                plan: self.cluster.clone(),
+                state: state.cluster.clone(),
+            });
+        }
+        if self.prior.lineage.is_some() && self.prior.lineage != state.lineage {
+            return Err(StalePlan::Lineage {
+                plan: self.prior.lineage.clone(),
+                state: state.lineage.clone(),
+            });
+        }
+        if self.prior.serial != state.serial {
+            return Err(StalePlan::Serial {
+                plan: self.prior.serial,
+                state: state.serial,
+            });
+        }
+        Ok(())
+    }
+
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for c in &self.changes {

@@ -513,3 +513,31 @@ fn clone_identities_are_stable_and_unique() {
     );
     let _ = Kind::Domain;
 }
+
+#[test]
+fn saved_plans_go_stale_when_the_state_moves() {
+    let s = spec(&["a"], 2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.json");
+    let empty = State::empty("t");
+    let first = plan(&s, &empty);
+    assert_eq!(first.check_current(&empty), Ok(()));
+    // Saved and read back, the plan is the same data.
+    first.save(&dir.path().join("p.json")).unwrap();
+    assert_eq!(Plan::load(&dir.path().join("p.json")).unwrap(), first);
+
+    let mut state = first.applied(&empty);
+    state.persist(&path).unwrap();
+    assert_eq!(
+        first.check_current(&state),
+        Err(StalePlan::Serial { plan: 0, state: 1 })
+    );
+    let second = plan(&s, &state);
+    assert_eq!(second.check_current(&state), Ok(()));
+    let mut other = state.clone();
+    other.lineage = Some("another".into());
+    assert!(matches!(
+        second.check_current(&other),
+        Err(StalePlan::Lineage { .. })
+    ));
+}
