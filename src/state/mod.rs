@@ -175,16 +175,7 @@ impl State {
                 })
             }
         };
-        let state = State::from_json(&bytes).map_err(|e| match e {
-            FromJsonError::Version(found) => StateError::Version {
-                path: shown.clone(),
-                found,
-            },
-            FromJsonError::Invalid(message) => StateError::Corrupt {
-                path: shown.clone(),
-                message,
-            },
-        })?;
+        let state = State::parse(path, &bytes)?;
         if state.cluster != cluster {
             return Err(StateError::OtherCluster {
                 path: shown,
@@ -202,12 +193,14 @@ impl State {
             path: shown.clone(),
             source,
         })?;
-        State::from_json(&bytes).map_err(|e| match e {
-            FromJsonError::Version(found) => StateError::Version { path: shown, found },
-            FromJsonError::Invalid(message) => StateError::Corrupt {
-                path: shown,
-                message,
-            },
+        State::parse(path, &bytes)
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
+        let path = path.display().to_string();
+        State::from_json(bytes).map_err(|e| match e {
+            FromJsonError::Version(found) => StateError::Version { path, found },
+            FromJsonError::Invalid(message) => StateError::Corrupt { path, message },
         })
     }
 
