@@ -147,7 +147,8 @@ pub struct PlanArgs {
     pub spec: SpecArg,
     #[command(flatten)]
     pub state: StateArg,
-    /// Save the plan to FILE (e.g. plans/lab.json) for `vmthunder show` and `apply FILE`.
+    /// Save the plan to FILE (e.g. plans/lab.json), with the state's serial and lineage, for
+    /// `vmthunder show FILE`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Print the plan as versioned JSON instead of the human form.
@@ -417,7 +418,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         let mut text = plan::render(&plan, render_options(color, args.full));
         if let Some(out) = &args.out {
             text.push_str(&format!(
-                "\nSaved the plan to `{}`. To perform exactly these actions, run:\n    vmthunder apply {}\n",
+                "\nSaved the plan to `{}`. `vmthunder show {}` renders it again.\n",
                 out.display(),
                 out.display()
             ));
