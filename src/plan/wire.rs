@@ -89,6 +89,7 @@ struct ChangeOut<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlanIn {
+    #[allow(dead_code)]
     format_version: String,
     #[allow(dead_code)]
     vmthunder_version: String,
@@ -221,7 +222,6 @@ impl Plan {
         }
         let p: PlanIn =
             serde_json::from_slice(bytes).map_err(|e| FromJson::Invalid(e.to_string()))?;
-        let _ = &p.format_version;
         let mode = match p.mode.as_str() {
             "normal" => Mode::Normal,
             "destroy" => Mode::Destroy,
