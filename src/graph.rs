@@ -68,6 +68,11 @@ impl Graph {
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
+        let addresses: HashMap<&str, &str> = spec
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.address.as_str()))
+            .collect();
         for image in &spec.images {
             let img: Arc<str> = image.name.as_str().into();
             let source: Arc<str> = image.source_host.as_str().into();
@@ -83,11 +88,6 @@ impl Graph {
                     .and_then(|p| index.get(p.as_str()).copied())
             });
             let clones = spec.clones_per_host(image);
-            let addresses: HashMap<&str, &str> = spec
-                .hosts
-                .iter()
-                .map(|h| (h.name.as_str(), h.address.as_str()))
-                .collect();
             let mut target_of: Vec<u32> = vec![u32::MAX; names.len()];
             let mut parents = BTreeMap::new();
 

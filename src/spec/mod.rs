@@ -363,10 +363,6 @@ impl Spec {
         format!("sha256:{:x}", Sha256::digest(bytes))
     }
 
-    pub fn host(&self, name: &str) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.name == name)
-    }
-
     /// Hosts that run clones of `image`, in spec order.
     pub fn image_hosts<'a>(&'a self, image: &'a Image) -> Vec<&'a str> {
         match &image.hosts {
