@@ -25,6 +25,42 @@ use crate::state::{Placement, State};
 /// Namespace of clone UUIDs (UUIDv5 of `cluster/image/host/n`).
 const CLONE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_0b7e_2d4a_4c1e_9a53_8e0f_7b1d_c0de);
 
+/// Where each host-image relay listens: the host's address, at `base_port` plus the image's
+/// index; hosts sharing an address take consecutive ranges of `images.len()` ports in spec
+/// order, so no two relays on one address collide.
+struct Endpoints<'s> {
+    hosts: HashMap<&'s str, (&'s str, u32)>,
+    base: u32,
+    images: u32,
+}
+
+impl<'s> Endpoints<'s> {
+    fn new(spec: &'s Spec) -> Endpoints<'s> {
+        let mut sharing: HashMap<&str, u32> = HashMap::default();
+        let hosts = spec
+            .hosts
+            .iter()
+            .map(|h| {
+                let rank = sharing.entry(h.address.as_str()).or_default();
+                let r = *rank;
+                *rank += 1;
+                (h.name.as_str(), (h.address.as_str(), r))
+            })
+            .collect();
+        Endpoints {
+            hosts,
+            base: u32::from(spec.backend.base_port),
+            images: spec.images.len() as u32,
+        }
+    }
+
+    fn of(&self, host: &str, image_index: usize) -> (&'s str, u16) {
+        let (address, rank) = self.hosts.get(host).copied().unwrap_or(("", 0));
+        let port = self.base + rank * self.images + image_index as u32;
+        (address, u16::try_from(port).unwrap_or(u16::MAX))
+    }
+}
+
 /// One resource the spec asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
@@ -68,12 +104,8 @@ impl Graph {
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
-        let addresses: HashMap<&str, &str> = spec
-            .hosts
-            .iter()
-            .map(|h| (h.name.as_str(), h.address.as_str()))
-            .collect();
-        for image in &spec.images {
+        let endpoints = Endpoints::new(spec);
+        for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
             let source: Arc<str> = image.source_host.as_str().into();
             let members = spec.image_hosts(image);
@@ -94,6 +126,7 @@ impl Graph {
             for &node in &tree.order {
                 let host = &names[node as usize];
                 let has_children = !tree.children[node as usize].is_empty();
+                let (address, port) = endpoints.of(host, image_index);
                 let Some(parent) = tree.parent[node as usize] else {
                     target_of[0] = g.push(
                         Addr::new(Kind::Target, host, &img, None),
@@ -101,6 +134,8 @@ impl Graph {
                             path: image.path.clone(),
                             format: image.format,
                             size: image.size,
+                            address: address.to_string(),
+                            port,
                         }),
                         vec![],
                     );
@@ -116,14 +151,13 @@ impl Graph {
                     }),
                     vec![],
                 );
+                let (parent_address, parent_port) = endpoints.of(parent_name, image_index);
                 let session = g.push(
                     Addr::new(Kind::Session, host, &img, None),
                     Desired::Session(SessionAttrs {
                         parent: parent_name.to_string(),
-                        parent_address: addresses
-                            .get(&**parent_name)
-                            .map(|a| a.to_string())
-                            .unwrap_or_default(),
+                        parent_address: parent_address.to_string(),
+                        parent_port,
                     }),
                     vec![target_of[parent as usize]],
                 );
@@ -131,13 +165,18 @@ impl Graph {
                     Addr::new(Kind::Cache, host, &img, None),
                     Desired::Cache(CacheAttrs {
                         size: spec.cache.size,
+                        address: address.to_string(),
+                        port,
                     }),
                     vec![session, lv],
                 );
                 if has_children {
                     target_of[node as usize] = g.push(
                         Addr::new(Kind::Target, host, &img, None),
-                        Desired::Target(TargetAttrs::Cache {}),
+                        Desired::Target(TargetAttrs::Cache {
+                            address: address.to_string(),
+                            port,
+                        }),
                         vec![cache],
                     );
                 }
@@ -166,6 +205,7 @@ impl Graph {
                             mac: String::new(),
                             vcpus: spec.clones.vcpus,
                             memory: spec.clones.memory,
+                            boot: spec.clones.boot.clone(),
                         }),
                         vec![snap],
                     );

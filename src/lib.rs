@@ -3,6 +3,8 @@
 //! Dependencies point one way: `cli` -> `plan` -> {`graph`, `state`} -> {`spec`, `resource`}.
 //! `plan` never talks to hosts, so the diff is testable from tables of cases.
 
+pub mod apply;
+pub mod backend;
 pub mod cli;
 pub mod dag;
 pub mod graph;

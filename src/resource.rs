@@ -190,9 +190,12 @@ pub enum TargetAttrs {
         format: ImageFormat,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<Size>,
+        /// Where the export listens.
+        address: String,
+        port: u16,
     },
     /// The host's cache of the image, re-exported to its children.
-    Cache {},
+    Cache { address: String, port: u16 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -202,12 +205,17 @@ pub struct SessionAttrs {
     pub parent: String,
     /// The parent's address, where its export listens.
     pub parent_address: String,
+    /// The port of the parent's export.
+    pub parent_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheAttrs {
     pub size: Size,
+    /// Where the host's image relay listens (its clones read the cache there).
+    pub address: String,
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -224,6 +232,9 @@ pub struct DomainAttrs {
     pub mac: String,
     pub vcpus: u32,
     pub memory: Size,
+    /// Direct kernel boot, when the spec gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::spec::Boot>,
 }
 
 /// Desired attributes, one variant per kind. Serialized as the bare attribute object; the
@@ -343,11 +354,13 @@ mod tests {
             path: "images/base.qcow2".into(),
             format: ImageFormat::Qcow2,
             size: Some(Size(1 << 30)),
+            address: "10.0.0.1".into(),
+            port: 10809,
         });
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(
             json,
-            r#"{"origin":"image","path":"images/base.qcow2","format":"qcow2","size":"1GiB"}"#
+            r#"{"origin":"image","path":"images/base.qcow2","format":"qcow2","size":"1GiB","address":"10.0.0.1","port":10809}"#
         );
         assert_eq!(Desired::parse(Kind::Target, &json).unwrap(), d);
         assert!(Desired::parse(Kind::Lv, &json).is_err());

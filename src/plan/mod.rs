@@ -112,6 +112,8 @@ pub struct Plan {
     pub mode: Mode,
     pub prior: Prior,
     pub spec_digest: Option<String>,
+    /// The spec the plan was made from, so a saved plan applies on its own.
+    pub spec: Option<serde_json::Value>,
     /// The tree placement after apply.
     pub placement: Placement,
     /// Desired changes in topological order of creation, then deletes.
@@ -356,6 +358,7 @@ pub fn diff(
         mode,
         prior,
         spec_digest,
+        spec: None,
         placement,
         changes,
     };

@@ -45,6 +45,8 @@ struct PlanOut<'a> {
     prior_state: PriorWire,
     #[serde(skip_serializing_if = "Option::is_none")]
     spec_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    configuration: Option<&'a serde_json::Value>,
     summary: SummaryWire,
     placement: &'a Placement,
     resource_changes: Vec<ChangeOut<'a>>,
@@ -98,6 +100,8 @@ struct PlanIn {
     prior_state: PriorWire,
     #[serde(default)]
     spec_digest: Option<String>,
+    #[serde(default)]
+    configuration: Option<serde_json::Value>,
     #[allow(dead_code)]
     summary: SummaryWire,
     placement: Placement,
@@ -149,6 +153,7 @@ impl Plan {
                 serial: self.prior.serial,
             },
             spec_digest: self.spec_digest.as_deref(),
+            configuration: self.spec.as_ref(),
             summary: SummaryWire {
                 add: s.add,
                 replace: s.replace,
@@ -241,6 +246,7 @@ impl Plan {
                 serial: p.prior_state.serial,
             },
             spec_digest: p.spec_digest,
+            spec: p.configuration,
             placement: p.placement,
             changes,
         })

@@ -260,6 +260,8 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
     let root = o.or("root", d.root);
     let netns = o.or("netns", false);
     let volume_group = o.opt("volume_group");
+    let base_port = o.or("base_port", d.base_port);
+    let accel = o.or("accel", d.accel);
     let ok = o.close();
     let backend = Backend {
         stack: stack?,
@@ -267,6 +269,8 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
         root: root?,
         netns: netns?,
         volume_group: volume_group.ok()?,
+        base_port: base_port?,
+        accel: accel?,
     };
     ok.then_some(backend)
 }
@@ -352,6 +356,8 @@ fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clo
     let vcpus = o.or("vcpus", Clones::default_vcpus());
     let memory = o.or("memory", Clones::default_memory());
     let cow_size = o.or("cow_size", Clones::default_cow_size());
+    let boot = o.opt("boot");
+    let ready = o.opt("ready");
     let ok = o.close();
     let clones = Clones {
         per_host: per_host?,
@@ -359,6 +365,8 @@ fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clo
         vcpus: vcpus?,
         memory: memory?,
         cow_size: cow_size?,
+        boot: boot.ok()?,
+        ready: ready.ok()?,
     };
     ok.then_some(clones)
 }

@@ -93,6 +93,28 @@ pub struct Backend {
     /// linux stack: the LVM volume group that holds cache and copy-on-write volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_group: Option<String>,
+    /// First TCP port of the image exports (NBD on the qemu stack). Each host-image relay
+    /// listens on its host's address at this port plus the image's index; hosts that share an
+    /// address (all on 127.0.0.1, say) get consecutive ranges in spec order.
+    #[serde(default = "Backend::default_base_port")]
+    #[schemars(range(min = 1))]
+    pub base_port: u16,
+    /// qemu stack: how guests run: `auto` (KVM if it boots a guest, else TCG), `kvm`, `tcg`.
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// How QEMU guests are accelerated.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when `/dev/kvm` can run a guest, otherwise TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 impl Backend {
@@ -105,6 +127,9 @@ impl Backend {
     fn default_root() -> String {
         ".vmthunder".into()
     }
+    fn default_base_port() -> u16 {
+        10809
+    }
 }
 
 impl Default for Backend {
@@ -115,6 +140,8 @@ impl Default for Backend {
             root: Backend::default_root(),
             netns: false,
             volume_group: None,
+            base_port: Backend::default_base_port(),
+            accel: Accel::Auto,
         }
     }
 }
@@ -258,6 +285,50 @@ pub struct Clones {
     /// Copy-on-write space for each clone's writes.
     #[serde(default = "Clones::default_cow_size")]
     pub cow_size: Size,
+    /// Direct kernel boot of each clone (the qemu stack's guests boot this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+    /// Wait for each guest to print a line on its serial console before its domain counts as
+    /// created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Ready>,
+}
+
+/// A kernel, an initramfs and a command line for each clone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Kernel image path on each host.
+    pub kernel: String,
+    /// Initramfs path on each host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line; `{name}` becomes the clone's name.
+    #[serde(default = "Boot::default_append")]
+    pub append: String,
+}
+
+impl Boot {
+    fn default_append() -> String {
+        "console=ttyS0".into()
+    }
+}
+
+/// What a booted guest prints when it is up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    /// Text a console line must contain, e.g. `VMTHUNDER-READY`.
+    pub line: String,
+    /// How long to wait, in seconds.
+    #[serde(default = "Ready::default_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Ready {
+    fn default_timeout() -> u64 {
+        600
+    }
 }
 
 impl Clones {
@@ -286,6 +357,8 @@ impl Default for Clones {
             vcpus: Clones::default_vcpus(),
             memory: Clones::default_memory(),
             cow_size: Clones::default_cow_size(),
+            boot: None,
+            ready: None,
         }
     }
 }

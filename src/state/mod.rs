@@ -142,6 +142,28 @@ impl State {
         self.index.get(addr).map(|&i| &self.resources[i as usize])
     }
 
+    /// Records `r`, replacing what was recorded at its address. O(1).
+    pub fn upsert(&mut self, r: Recorded) {
+        match self.index.get(&r.addr) {
+            Some(&i) => self.resources[i as usize] = r,
+            None => {
+                self.index.insert(r.addr.clone(), self.resources.len() as u32);
+                self.resources.push(r);
+            }
+        }
+    }
+
+    /// Forgets the resource at `addr`; returns its record. O(1) (the last record takes its
+    /// place).
+    pub fn remove(&mut self, addr: &Addr) -> Option<Recorded> {
+        let i = self.index.remove(addr)? as usize;
+        let r = self.resources.swap_remove(i);
+        if let Some(moved) = self.resources.get(i) {
+            self.index.insert(moved.addr.clone(), i as u32);
+        }
+        Some(r)
+    }
+
     pub fn position(&self, addr: &Addr) -> Option<u32> {
         self.index.get(addr).copied()
     }

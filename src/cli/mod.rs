@@ -1,6 +1,8 @@
 //! The command line: flags (clap structs whose doc comments are the `--help`), then a call
 //! into the library, then a view that renders for people or as JSON. No logic of its own.
 
+mod run;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +25,8 @@ use crate::state::{self, Lock, State};
 ///   vmthunder validate -f examples/lab.json
 ///   vmthunder plan -f examples/lab.json --out plans/lab.json
 ///   vmthunder show plans/lab.json
+///   vmthunder apply plans/lab.json        (or: apply -f SPEC, which asks first)
+///   vmthunder destroy -f examples/lab.json
 #[derive(Debug, Parser)]
 #[command(name = "vmthunder", version, about, long_about, verbatim_doc_comment)]
 pub struct Cli {
@@ -54,6 +58,13 @@ pub enum Command {
     ///
     /// Exit status: 0 success; 1 error; with --detailed-exitcode, 2 when there are changes.
     Plan(PlanArgs),
+    /// Make the hosts match the spec: plan, confirm, then create, replace and delete.
+    ///
+    /// With a saved plan (`vmthunder plan --out FILE`), runs exactly that plan, and refuses it
+    /// if the state changed since. Exit status: 0 when every operation succeeded, 1 otherwise.
+    Apply(ApplyArgs),
+    /// Delete every resource the state records, dependents first, and every trace on the hosts.
+    Destroy(DestroyArgs),
     /// Render a saved plan file for people, or as JSON.
     Show {
         /// A plan saved with `vmthunder plan --out FILE`.
@@ -175,6 +186,54 @@ pub struct PlanArgs {
     pub full: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Operations running at once, overall.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: u32,
+    /// Operations running at once on one host.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_host: u32,
+    /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `vmthunder plan --out FILE`; without it, apply plans from -f SPEC.
+    #[arg(value_name = "PLANFILE")]
+    pub plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub spec: OptSpecArg,
+    #[command(flatten)]
+    pub state: StateArg,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Limit to ADDR (or every address under a prefix) and what it needs. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Replace ADDR (and what is built on it) even if unchanged. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub replace: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub spec: SpecArg,
+    #[command(flatten)]
+    pub state: StateArg,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Destroy only ADDR (or every address under a prefix) and what is built on it.
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+}
+
 /// A failure that ends the command: what to print, and the exit status.
 #[derive(Debug)]
 pub struct Failure {
@@ -193,7 +252,7 @@ impl<E: std::error::Error> From<E> for Failure {
     }
 }
 
-fn fail(message: impl Into<String>) -> Failure {
+pub(crate) fn fail(message: impl Into<String>) -> Failure {
     Failure {
         message: message.into(),
     }
@@ -238,6 +297,8 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
     match command {
         Command::Validate { spec, json } => validate(&spec.file, json),
         Command::Plan(args) => plan_command(args, color),
+        Command::Apply(args) => run::apply(args, color),
+        Command::Destroy(args) => run::destroy(args, color),
         Command::Show { plan, json, full } => {
             let plan = Plan::load(&plan)?;
             if json {
@@ -283,14 +344,14 @@ pub fn schema_bytes() -> Vec<u8> {
     s
 }
 
-fn render_options(color: bool, full: bool) -> RenderOptions {
+pub(crate) fn render_options(color: bool, full: bool) -> RenderOptions {
     RenderOptions {
         color,
         max_listed: if full { None } else { Some(500) },
     }
 }
 
-fn emit(bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn emit(bytes: &[u8]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
@@ -300,7 +361,7 @@ fn emit(bytes: &[u8]) -> Result<(), Failure> {
     }
 }
 
-fn load_spec(path: &Path) -> Result<Spec, Failure> {
+pub(crate) fn load_spec(path: &Path) -> Result<Spec, Failure> {
     Spec::load(path).map_err(|e| match e {
         SpecError::Invalid { path, diagnostics } => {
             let mut m = format!(
@@ -352,7 +413,7 @@ fn validate(path: &Path, json: bool) -> Result<i32, Failure> {
     Ok(if valid { 0 } else { 1 })
 }
 
-fn state_path(given: Option<PathBuf>, cluster: &str) -> PathBuf {
+pub(crate) fn state_path(given: Option<PathBuf>, cluster: &str) -> PathBuf {
     given.unwrap_or_else(|| PathBuf::from("state").join(format!("{cluster}.json")))
 }
 
@@ -407,8 +468,9 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         targets: args.target,
         replace,
     };
-    let plan = plan::diff(graph, &state, &opts, Some(spec.digest()))?;
+    let mut plan = plan::diff(graph, &state, &opts, Some(spec.digest()))?;
     OpGraph::build(&plan).order(&plan)?;
+    plan.spec = Some(serde_json::to_value(&spec).expect("specs serialize"));
     if let Some(out) = &args.out {
         plan.save(out)?;
     }

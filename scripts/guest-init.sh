@@ -1,0 +1,93 @@
+#!/bin/busybox sh
+# /init of the vmthunder test guest (packed into initrd.img by scripts/build-guest.sh).
+#
+# Boots from the initramfs only; the disk is never mounted. It proves, on the serial console:
+#   VMTHUNDER-READY name=<name> uuid=<uuid> mac=<mac> disk_sha256=<hex> disk_bytes=<n>
+#     the guest saw its disk (/dev/vda, checksum of the whole device), its NIC and its SMBIOS
+#     UUID; the caller compares these with what it provisioned;
+#   VMTHUNDER-WROTE name=<name>
+#     it wrote "written by <name>" (padded to 4 KiB) to the LAST 4 KiB of /dev/vda, so the caller
+#     can check that clone writes stay in the clone's overlay;
+# or, on any failure: VMTHUNDER-FAILED name=<name> reason=<word>
+# and then idles forever, so the VM keeps running until the caller stops it.
+# Kernel command line parameters read: vmthunder.name=NAME (default "unnamed"),
+# vmthunder.verbose=1 (keep kernel messages on the console).
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+# The console may not have been open when the kernel started /init.
+[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
+name=unnamed
+verbose=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmthunder.name=*) name=${arg#vmthunder.name=} ;;
+        vmthunder.verbose=1) verbose=1 ;;
+    esac
+done
+# Keep the kernel's own messages off the console so our lines stay whole
+# (vmthunder.verbose=1 keeps them, for debugging).
+[ "$verbose" = 1 ] || echo 1 > /proc/sys/kernel/printk 2>/dev/null || true
+
+idle() {
+    while :; do sleep 3600; done
+}
+
+fail() {
+    echo "VMTHUNDER-FAILED name=$name reason=$1"
+    idle
+}
+
+# Modules in dependency order, listed by build-guest.sh.
+if [ -f /lib/modules/load.order ]; then
+    while read -r ko; do
+        [ -n "$ko" ] || continue
+        insmod "/lib/modules/$ko" || fail "insmod-$(basename "$ko" .ko)"
+    done < /lib/modules/load.order
+fi
+
+# Wait (bounded: 10 s) for the disk and a non-loopback NIC.
+nic=
+i=0
+while [ $i -lt 100 ]; do
+    if [ -z "$nic" ]; then
+        for n in /sys/class/net/*; do
+            n=${n##*/}
+            [ "$n" = lo ] || [ "$n" = "*" ] || { nic=$n; break; }
+        done
+    fi
+    [ -b /dev/vda ] && [ -n "$nic" ] && break
+    sleep 0.1
+    i=$((i + 1))
+done
+[ -b /dev/vda ] || fail no-disk
+
+mac=none
+[ -n "$nic" ] && [ -r "/sys/class/net/$nic/address" ] && mac=$(cat "/sys/class/net/$nic/address")
+uuid=none
+[ -r /sys/class/dmi/id/product_uuid ] && uuid=$(cat /sys/class/dmi/id/product_uuid)
+
+sectors=$(cat /sys/block/vda/size 2>/dev/null) || fail no-disk-size
+bytes=$((sectors * 512))
+[ "$bytes" -ge 4096 ] || fail disk-too-small
+
+sum=$(sha256sum /dev/vda) || fail disk-read
+sum=${sum%% *}
+[ ${#sum} -eq 64 ] || fail disk-read
+
+echo "VMTHUNDER-READY name=$name uuid=$uuid mac=$mac disk_sha256=$sum disk_bytes=$bytes"
+
+# The marker: "written by NAME\n" padded with zero bytes to 4 KiB, into the last 4 KiB
+# (8 sectors of 512 bytes, so a size that is not a multiple of 4 KiB works too).
+{ echo "written by $name"; head -c 4096 /dev/zero; } | head -c 4096 > /tmp/marker
+dd if=/tmp/marker of=/dev/vda bs=512 count=8 seek=$((sectors - 8)) conv=notrunc,fsync \
+    2>/dev/null || fail disk-write
+sync
+echo "VMTHUNDER-WROTE name=$name"
+
+idle

@@ -1,0 +1,125 @@
+//! Backends: what creates, reads and deletes the real objects behind resources.
+//!
+//! One trait for every stack. `read` observes and never mutates (absent is `Ok(None)`),
+//! `create` adopts a matching object instead of duplicating it, `delete` treats "already gone"
+//! as success, so every operation can be re-run after vmthunder was killed at any instant.
+//! Each returns the observed attributes that state records and dependents consume (an
+//! export's endpoint, a file path, a pid). Stacks reach hosts through a [`Transport`].
+
+pub mod qemu;
+pub mod qmp;
+pub mod transport;
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::plan::Plan;
+use crate::resource::{Addr, Desired};
+use crate::spec::{Spec, Stack, Transport as TransportKind};
+use crate::state::State;
+
+pub use transport::{CommandError, Transport};
+
+/// What a backend observed of a real object, recorded in state beside the desired attributes.
+pub type Observed = serde_json::Map<String, Value>;
+
+/// The resource an operation works on.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub addr: &'a Addr,
+    pub desired: &'a Desired,
+}
+
+/// A failed operation: a message, and the command and its stderr when one failed.
+#[derive(Debug, Default)]
+pub struct BackendError {
+    pub message: String,
+    pub command: Option<String>,
+    pub stderr: Option<String>,
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> BackendError {
+        BackendError {
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(c) = &self.command {
+            write!(f, "\n  command: {c}")?;
+        }
+        if let Some(s) = self.stderr.as_deref().filter(|s| !s.is_empty()) {
+            write!(f, "\n  stderr: {}", s.trim_end().replace('\n', "\n          "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl From<CommandError> for BackendError {
+    fn from(e: CommandError) -> BackendError {
+        BackendError {
+            message: format!("on host {}: a command {}", e.host, e.status),
+            command: Some(e.command),
+            stderr: Some(e.stderr),
+        }
+    }
+}
+
+impl From<qmp::QmpError> for BackendError {
+    fn from(e: qmp::QmpError) -> BackendError {
+        BackendError::new(e.to_string())
+    }
+}
+
+pub trait Backend: Send + Sync {
+    /// Checks, before anything is touched, that the plan can start: inputs exist, tools are
+    /// installed. Returns every problem found.
+    fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>>;
+    /// Observes the object behind a recorded resource; `None` when it does not exist.
+    fn read(&self, t: Target<'_>, observed: &Observed) -> Result<Option<Observed>, BackendError>;
+    /// Makes the object exist (adopting a matching one). `deps` are the resource's
+    /// dependencies with what was observed of them.
+    fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError>;
+    /// Makes the object not exist.
+    fn delete(&self, t: Target<'_>, observed: &Observed) -> Result<(), BackendError>;
+    /// After an apply: removes per-host scaffolding (directories, namespaces) of hosts that
+    /// `state` no longer records anything on.
+    fn finish(&self, state: &State) -> Result<(), BackendError>;
+}
+
+/// The backend a spec asks for.
+pub fn for_spec(spec: &Spec) -> Result<Box<dyn Backend>, BackendError> {
+    match (spec.backend.stack, spec.backend.transport) {
+        (Stack::Qemu, TransportKind::Local) => Ok(Box::new(qemu::QemuStack::new(spec)?)),
+        (stack, transport) => Err(BackendError::new(format!(
+            "the {} stack over the {} transport is not available in this build yet; use \"stack\": \"qemu\" with \"transport\": \"local\"",
+            serde_json::to_value(stack).unwrap_or_default().as_str().unwrap_or("?"),
+            serde_json::to_value(transport).unwrap_or_default().as_str().unwrap_or("?"),
+        ))),
+    }
+}
+
+/// A string attribute of a dependency of the given kind.
+pub fn dep_attr<'a>(
+    deps: &'a [(Addr, Observed)],
+    kind: crate::resource::Kind,
+    key: &str,
+) -> Result<&'a str, BackendError> {
+    deps.iter()
+        .find(|(a, _)| a.kind == kind)
+        .and_then(|(_, o)| o.get(key))
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            BackendError::new(format!(
+                "internal error: no {key:?} observed on the {kind} this depends on"
+            ))
+        })
+}

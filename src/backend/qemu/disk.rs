@@ -1,0 +1,188 @@
+//! `lv`s (sparse files of the requested size) and `snapshot`s (qcow2 overlays written into a
+//! clone's cow `lv`, backed by the host relay's `local` export of its cache).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::{args, QemuStack, COMMAND_TIMEOUT};
+use crate::backend::{dep_attr, BackendError, Observed, Target};
+use crate::resource::{Addr, Desired, Kind, LvPurpose};
+
+fn lv_path(stack: &QemuStack, addr: &Addr, purpose: LvPurpose) -> PathBuf {
+    let dir = stack.dir(&addr.host, &addr.image);
+    match (purpose, addr.n) {
+        (LvPurpose::Cow, Some(n)) => dir.join(format!("lv-cow-{n}.img")),
+        (LvPurpose::Cow, None) => dir.join("lv-cow.img"),
+        (LvPurpose::Cache, _) => dir.join("lv-cache.img"),
+    }
+}
+
+fn lv_of(t: Target<'_>) -> (LvPurpose, u64) {
+    match t.desired {
+        Desired::Lv(a) => (a.purpose, a.size.0),
+        _ => unreachable!("lv attributes"),
+    }
+}
+
+fn lv_observed(path: &std::path::Path, size: u64) -> Observed {
+    let mut o = Observed::new();
+    o.insert("path".into(), path.display().to_string().into());
+    o.insert("size".into(), size.into());
+    o
+}
+
+pub(super) fn read_lv(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>, BackendError> {
+    let (purpose, size) = lv_of(t);
+    let path = lv_path(stack, t.addr, purpose);
+    match stack.transport.file_len(&t.addr.host, &path) {
+        Ok(Some(_)) => Ok(Some(lv_observed(&path, size))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(stack.io_error("cannot inspect", &t.addr.host, &path, e)),
+    }
+}
+
+pub(super) fn create_lv(stack: &QemuStack, t: Target<'_>) -> Result<Observed, BackendError> {
+    let (purpose, size) = lv_of(t);
+    let host = &*t.addr.host;
+    let path = lv_path(stack, t.addr, purpose);
+    let tr = &stack.transport;
+    let dir = path.parent().expect("lv dir");
+    tr.create_dir_all(host, dir)
+        .map_err(|e| stack.io_error("cannot create", host, dir, e))?;
+    // An existing file is adopted as it is: a cache or snapshot may already live in it. A
+    // zero-length one is what a killed create leaves.
+    let existing = tr
+        .file_len(host, &path)
+        .map_err(|e| stack.io_error("cannot inspect", host, &path, e))?;
+    if existing.unwrap_or(0) == 0 {
+        tr.set_len(host, &path, size, false)
+            .map_err(|e| stack.io_error("cannot create", host, &path, e))?;
+    }
+    Ok(lv_observed(&path, size))
+}
+
+pub(super) fn delete_lv(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendError> {
+    let (purpose, _) = lv_of(t);
+    let path = lv_path(stack, t.addr, purpose);
+    stack
+        .transport
+        .remove_file(&t.addr.host, &path)
+        .map_err(|e| stack.io_error("cannot remove", &t.addr.host, &path, e))
+}
+
+/// `qemu-img info` of a file, without opening its backing chain; `None` if unreadable.
+fn info(stack: &QemuStack, host: &str, path: &str) -> Option<Value> {
+    let out = stack
+        .transport
+        .run(
+            host,
+            &args(&["qemu-img", "info", "-U", "--output=json", path]),
+            COMMAND_TIMEOUT,
+        )
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn snapshot_path(stack: &QemuStack, addr: &Addr) -> PathBuf {
+    lv_path(stack, addr, LvPurpose::Cow)
+}
+
+pub(super) fn read_snapshot(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+) -> Result<Option<Observed>, BackendError> {
+    let path = snapshot_path(stack, t.addr);
+    let Some(i) = info(stack, &t.addr.host, &path.to_string_lossy()) else {
+        return Ok(None);
+    };
+    let backing = observed.get("backing").and_then(Value::as_str);
+    let ok = i["format"] == "qcow2"
+        && (backing.is_none() || i["backing-filename"].as_str() == backing);
+    Ok(ok.then(|| observed.clone()))
+}
+
+pub(super) fn create_snapshot(
+    stack: &QemuStack,
+    t: Target<'_>,
+    deps: &[(Addr, Observed)],
+) -> Result<Observed, BackendError> {
+    let host = &*t.addr.host;
+    let lv = dep_attr(deps, Kind::Lv, "path")?.to_string();
+    let lv_size = deps
+        .iter()
+        .find(|(a, _)| a.kind == Kind::Lv)
+        .and_then(|(_, o)| o.get("size"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let backing = dep_attr(deps, Kind::Cache, "uri")?.to_string();
+    let adopt = info(stack, host, &lv).is_some_and(|i| {
+        i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing.as_str())
+    });
+    if !adopt {
+        stack.transport.run(
+            host,
+            &args(&[
+                "qemu-img", "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "raw", &lv,
+            ]),
+            COMMAND_TIMEOUT,
+        )?;
+    }
+    let mut o = Observed::new();
+    o.insert("path".into(), lv.into());
+    o.insert("backing".into(), backing.into());
+    o.insert("lv_size".into(), lv_size);
+    Ok(o)
+}
+
+pub(super) fn delete_snapshot(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+) -> Result<(), BackendError> {
+    let host = &*t.addr.host;
+    let path = snapshot_path(stack, t.addr);
+    let tr = &stack.transport;
+    // The clone's writes go; the lv stays, as plain space of its size.
+    if tr
+        .file_len(host, &path)
+        .map_err(|e| stack.io_error("cannot inspect", host, &path, e))?
+        .is_some()
+    {
+        let len = observed.get("lv_size").and_then(Value::as_u64).unwrap_or(0);
+        tr.set_len(host, &path, len, true)
+            .map_err(|e| stack.io_error("cannot reset", host, &path, e))?;
+    }
+    Ok(())
+}
+
+/// Removes lv files that state does not record (left by a run killed between creating one
+/// and recording it).
+pub(super) fn sweep(
+    stack: &QemuStack,
+    host: &str,
+    image: &str,
+    recorded: &[&Addr],
+) -> Result<(), BackendError> {
+    let dir = stack.dir(host, image);
+    for name in stack.transport.list_dir(host, &dir).unwrap_or_default() {
+        let n = if name == "lv-cache.img" {
+            None
+        } else if let Some(n) = name
+            .strip_prefix("lv-cow-")
+            .and_then(|r| r.strip_suffix(".img"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n)
+        } else {
+            continue;
+        };
+        let known = recorded.iter().any(|a| a.kind == Kind::Lv && a.n == n);
+        if !known {
+            tracing::info!(host, file = %name, "removing an lv file that state does not record");
+            let _ = stack.transport.remove_file(host, &dir.join(&name));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! The relay: one qemu-storage-daemon per host and image, holding the `session`, `cache`
+//! and `target` of that host's part of the image tree as QMP-managed nodes and exports.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT};
+use crate::backend::qmp::{Qmp, QmpError};
+use crate::backend::{dep_attr, BackendError, Observed, Target};
+use crate::resource::{Addr, Desired, Kind, TargetAttrs};
+
+/// Node names inside a relay.
+const IMAGE_FILE: &str = "image-file";
+const IMAGE: &str = "image";
+const SESSION: &str = "session";
+const CACHE: &str = "cache";
+const COR: &str = "cor";
+/// Export ids (and the local export's NBD name).
+const TARGET_EXPORT: &str = "target";
+const LOCAL_EXPORT: &str = "local";
+
+pub(super) struct Relay<'a> {
+    stack: &'a QemuStack,
+    host: &'a str,
+    dir: PathBuf,
+}
+
+impl<'a> Relay<'a> {
+    pub(super) fn new(stack: &'a QemuStack, host: &'a str, image: &str) -> Relay<'a> {
+        Relay {
+            stack,
+            host,
+            dir: stack.dir(host, image),
+        }
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("relay.pid")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("relay.qmp")
+    }
+
+    fn pid(&self) -> Option<u32> {
+        let pidfile = self.pidfile();
+        let bytes = self.stack.transport.read_file(self.host, &pidfile).ok()??;
+        let pid: u32 = String::from_utf8_lossy(&bytes).trim().parse().ok()?;
+        self.stack
+            .transport
+            .process_alive(self.host, pid, &pidfile.to_string_lossy())
+            .then_some(pid)
+    }
+
+    fn connect(&self) -> Result<Qmp, BackendError> {
+        let stream = self
+            .stack
+            .transport
+            .connect_unix(self.host, &self.socket())
+            .map_err(|e| {
+                BackendError::new(format!(
+                    "on host {}: cannot reach the relay's monitor `{}`: {e}",
+                    self.host,
+                    self.socket().display()
+                ))
+            })?;
+        drop(stream);
+        Ok(Qmp::connect(&self.socket(), QMP_TIMEOUT)?)
+    }
+
+    /// The monitor of the running relay, if it runs.
+    pub(super) fn running(&self) -> Result<Option<Qmp>, BackendError> {
+        match self.pid() {
+            Some(_) => self.connect().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The monitor of the relay, started if it is not running.
+    fn ensure(&self) -> Result<Qmp, BackendError> {
+        if let Some(q) = self.running()? {
+            return Ok(q);
+        }
+        let t = &self.stack.transport;
+        t.create_dir_all(self.host, &self.dir)
+            .map_err(|e| self.stack.io_error("cannot create", self.host, &self.dir, e))?;
+        let _ = t.remove_file(self.host, &self.socket());
+        let _ = t.remove_file(self.host, &self.pidfile());
+        let socket = self.socket().display().to_string();
+        let pidfile = self.pidfile().display().to_string();
+        t.run(
+            self.host,
+            &args(&[
+                "qemu-storage-daemon",
+                "--daemonize",
+                "--pidfile",
+                &pidfile,
+                "--chardev",
+                &format!("socket,id=mon,path={socket},server=on,wait=off"),
+                "--monitor",
+                "chardev=mon",
+            ]),
+            COMMAND_TIMEOUT,
+        )?;
+        self.connect()
+    }
+
+    /// Quits the relay when nothing is left in it, and waits until it is gone.
+    fn stop_if_empty(&self, qmp: &mut Qmp) -> Result<(), BackendError> {
+        if !nodes(qmp)?.is_empty() || !exports(qmp)?.is_empty() {
+            return Ok(());
+        }
+        let pid = self.pid();
+        let _ = qmp.execute("quit", json!({}));
+        if let Some(pid) = pid {
+            wait_gone(self.stack, self.host, pid, &self.pidfile().to_string_lossy());
+        }
+        let t = &self.stack.transport;
+        let _ = t.remove_file(self.host, &self.socket());
+        let _ = t.remove_file(self.host, &self.pidfile());
+        Ok(())
+    }
+}
+
+/// Waits up to 10 s for a process to exit, then kills it.
+pub(super) fn wait_gone(stack: &QemuStack, host: &str, pid: u32, marker: &str) {
+    let start = Instant::now();
+    while stack.transport.process_alive(host, pid, marker) {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = stack.transport.kill(host, pid);
+            std::thread::sleep(Duration::from_millis(100));
+            if start.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn nodes(qmp: &mut Qmp) -> Result<Vec<Value>, BackendError> {
+    let v = qmp.execute("query-named-block-nodes", json!({ "flat": true }))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn node<'v>(nodes: &'v [Value], name: &str) -> Option<&'v Value> {
+    nodes.iter().find(|n| n["node-name"] == name)
+}
+
+fn exports(qmp: &mut Qmp) -> Result<Vec<String>, BackendError> {
+    let v = qmp.execute("query-block-exports", json!({}))?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn uri(address: &str, port: u16, export: &str) -> String {
+    if address.contains(':') {
+        format!("nbd://[{address}]:{port}/{export}")
+    } else {
+        format!("nbd://{address}:{port}/{export}")
+    }
+}
+
+fn start_server(qmp: &mut Qmp, host: &str, address: &str, port: u16) -> Result<(), BackendError> {
+    let r = qmp.execute(
+        "nbd-server-start",
+        json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } }),
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(QmpError::Command { desc, .. }) if desc.contains("already running") => Ok(()),
+        Err(QmpError::Command { desc, .. }) => Err(BackendError::new(format!(
+            "on host {host}: cannot listen on {address}:{port}: {desc} (is another program using the port? change backend.base_port or free it)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn add_export(qmp: &mut Qmp, id: &str, node_name: &str, name: &str) -> Result<(), BackendError> {
+    if exports(qmp)?.iter().any(|e| e == id) {
+        return Ok(());
+    }
+    qmp.execute(
+        "block-export-add",
+        json!({ "type": "nbd", "id": id, "node-name": node_name, "name": name,
+                "writable": false, "allocation-depth": true }),
+    )?;
+    Ok(())
+}
+
+/// Removes an export and waits until its clients are gone; stops the NBD server when no
+/// export is left.
+fn remove_export(qmp: &mut Qmp, id: &str) -> Result<(), BackendError> {
+    if exports(qmp)?.iter().any(|e| e == id) {
+        qmp.execute("block-export-del", json!({ "id": id }))?;
+        let start = Instant::now();
+        while exports(qmp)?.iter().any(|e| e == id) {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(BackendError::new(format!(
+                    "export {id:?} still has clients after 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if exports(qmp)?.is_empty() {
+        match qmp.execute("nbd-server-stop", json!({})) {
+            Ok(_) => {}
+            Err(QmpError::Command { desc, .. }) if desc.contains("not running") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn del_node(qmp: &mut Qmp, name: &str) -> Result<(), BackendError> {
+    if node(&nodes(qmp)?, name).is_some() {
+        qmp.execute("blockdev-del", json!({ "node-name": name }))?;
+    }
+    Ok(())
+}
+
+pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>, BackendError> {
+    let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
+    let lock = stack.relay_lock(&relay.dir);
+    let _g = lock.lock().expect("relay lock");
+    let Some(mut qmp) = relay.running()? else {
+        return Ok(None);
+    };
+    let present = match t.desired {
+        Desired::Session(_) => node(&nodes(&mut qmp)?, SESSION).is_some(),
+        Desired::Cache(_) => {
+            node(&nodes(&mut qmp)?, COR).is_some()
+                && exports(&mut qmp)?.iter().any(|e| e == LOCAL_EXPORT)
+        }
+        Desired::Target(_) => exports(&mut qmp)?.iter().any(|e| e == TARGET_EXPORT),
+        _ => unreachable!("relay kinds only"),
+    };
+    Ok(present.then(|| observed(&relay, t)))
+}
+
+fn observed(relay: &Relay<'_>, t: Target<'_>) -> Observed {
+    let mut o = Observed::new();
+    o.insert("monitor".into(), relay.socket().display().to_string().into());
+    match t.desired {
+        Desired::Target(TargetAttrs::Image { address, port, .. })
+        | Desired::Target(TargetAttrs::Cache { address, port }) => {
+            o.insert("uri".into(), uri(address, *port, &t.addr.image).into());
+        }
+        Desired::Cache(c) => {
+            o.insert("uri".into(), uri(&c.address, c.port, LOCAL_EXPORT).into());
+        }
+        Desired::Session(s) => {
+            o.insert(
+                "parent_uri".into(),
+                uri(&s.parent_address, s.parent_port, &t.addr.image).into(),
+            );
+        }
+        _ => {}
+    }
+    o
+}
+
+pub(super) fn create(
+    stack: &QemuStack,
+    t: Target<'_>,
+    deps: &[(Addr, Observed)],
+) -> Result<Observed, BackendError> {
+    let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
+    let lock = stack.relay_lock(&relay.dir);
+    let _g = lock.lock().expect("relay lock");
+    let mut qmp = relay.ensure()?;
+    let lv = deps.iter().find(|(a, _)| a.kind == Kind::Lv).map(|(_, o)| o);
+    let lv_size = lv.and_then(|o| o.get("size")).and_then(Value::as_u64);
+    let r = build(&relay, &mut qmp, t, deps);
+    if r.is_err() {
+        // Leave nothing half-built behind: the failed resource is recorded tainted, and the
+        // objects state does not know about are removed now.
+        let _ = teardown(&relay, &mut qmp, t, lv_size);
+    }
+    r.map(|()| {
+        let mut o = observed(&relay, t);
+        if let Some(size) = lv_size {
+            o.insert("lv_size".into(), size.into());
+        }
+        o
+    })
+}
+
+fn build(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    t: Target<'_>,
+    deps: &[(Addr, Observed)],
+) -> Result<(), BackendError> {
+    let host = relay.host;
+    let image = &*t.addr.image;
+    match t.desired {
+        Desired::Target(TargetAttrs::Image {
+            path,
+            format,
+            address,
+            port,
+            ..
+        }) => {
+            let present = nodes(qmp)?;
+            if node(&present, IMAGE).is_none() {
+                let file = super::absolute(path);
+                if node(&present, IMAGE_FILE).is_none() {
+                    qmp.execute(
+                        "blockdev-add",
+                        json!({ "driver": "file", "node-name": IMAGE_FILE,
+                                "filename": file, "read-only": true }),
+                    )
+                    .map_err(|e| {
+                        BackendError::new(format!("on host {host}: cannot open the image: {e}"))
+                    })?;
+                }
+                qmp.execute(
+                    "blockdev-add",
+                    json!({ "driver": format, "node-name": IMAGE, "file": IMAGE_FILE,
+                            "read-only": true }),
+                )
+                .map_err(|e| {
+                    BackendError::new(format!(
+                        "on host {host}: `{}` is not a readable {} image: {e}",
+                        file.display(),
+                        serde_json::to_value(format).unwrap_or_default().as_str().unwrap_or("?")
+                    ))
+                })?;
+            }
+            start_server(qmp, host, address, *port)?;
+            add_export(qmp, TARGET_EXPORT, IMAGE, image)
+        }
+        Desired::Target(TargetAttrs::Cache { address, port }) => {
+            if node(&nodes(qmp)?, COR).is_none() {
+                return Err(BackendError::new(format!(
+                    "on host {host}: the relay has no cache to export; the cache was removed outside vmthunder (run `vmthunder apply` to rebuild it)"
+                )));
+            }
+            start_server(qmp, host, address, *port)?;
+            add_export(qmp, TARGET_EXPORT, COR, image)
+        }
+        Desired::Session(s) => {
+            let present = nodes(qmp)?;
+            let want = format!("{}:{}", s.parent_address, s.parent_port);
+            if let Some(n) = node(&present, SESSION) {
+                let file = n["file"].as_str().unwrap_or_default();
+                if file.contains(&want) {
+                    return Ok(());
+                }
+                del_node(qmp, SESSION)?;
+            }
+            qmp.execute(
+                "blockdev-add",
+                json!({ "driver": "nbd", "node-name": SESSION, "read-only": true,
+                        "export": image,
+                        "server": { "type": "inet", "host": s.parent_address,
+                                    "port": s.parent_port.to_string() } }),
+            )
+            .map_err(|e| {
+                BackendError::new(format!(
+                    "on host {host}: cannot connect to {}'s export at {want}: {e}",
+                    s.parent
+                ))
+            })?;
+            Ok(())
+        }
+        Desired::Cache(c) => {
+            let present = nodes(qmp)?;
+            if node(&present, COR).is_none() {
+                let lv = dep_attr(deps, Kind::Lv, "path")?;
+                let session = node(&present, SESSION).ok_or_else(|| {
+                    BackendError::new(format!(
+                        "on host {host}: the relay has no session to cache; it was removed outside vmthunder (run `vmthunder apply` to rebuild it)"
+                    ))
+                })?;
+                let size = session["image"]["virtual-size"].as_u64().unwrap_or(0);
+                if node(&present, CACHE).is_none() {
+                    format_cache(relay, lv, size)?;
+                    qmp.execute(
+                        "blockdev-add",
+                        json!({ "driver": "qcow2", "node-name": CACHE, "backing": SESSION,
+                                "file": { "driver": "file", "filename": lv } }),
+                    )?;
+                }
+                qmp.execute(
+                    "blockdev-add",
+                    json!({ "driver": "copy-on-read", "node-name": COR, "file": CACHE }),
+                )?;
+            }
+            start_server(qmp, host, &c.address, c.port)?;
+            add_export(qmp, LOCAL_EXPORT, COR, LOCAL_EXPORT)
+        }
+        _ => unreachable!("relay kinds only"),
+    }
+}
+
+/// Makes the cache `lv` a qcow2 of the image's size with no backing file of its own (the
+/// session is attached as its backing node). A matching qcow2 is kept: a warm cache survives
+/// a relay restart.
+fn format_cache(relay: &Relay<'_>, lv: &str, size: u64) -> Result<(), BackendError> {
+    let t = &relay.stack.transport;
+    let info = t
+        .run(
+            relay.host,
+            &args(&["qemu-img", "info", "-U", "--output=json", lv]),
+            COMMAND_TIMEOUT,
+        )
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
+    if let Some(i) = info {
+        if i["format"] == "qcow2"
+            && i["virtual-size"].as_u64() == Some(size)
+            && i.get("backing-filename").is_none()
+        {
+            return Ok(());
+        }
+    }
+    t.run(
+        relay.host,
+        &args(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            lv,
+            &size.to_string(),
+        ]),
+        COMMAND_TIMEOUT,
+    )?;
+    Ok(())
+}
+
+/// Removes what a resource put into the relay.
+fn teardown(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    t: Target<'_>,
+    lv_size: Option<u64>,
+) -> Result<(), BackendError> {
+    match t.desired {
+        Desired::Target(TargetAttrs::Image { .. }) => {
+            remove_export(qmp, TARGET_EXPORT)?;
+            del_node(qmp, IMAGE)?;
+            del_node(qmp, IMAGE_FILE)?;
+        }
+        Desired::Target(TargetAttrs::Cache { .. }) => remove_export(qmp, TARGET_EXPORT)?,
+        Desired::Session(_) => del_node(qmp, SESSION)?,
+        Desired::Cache(_) => {
+            remove_export(qmp, LOCAL_EXPORT)?;
+            del_node(qmp, COR)?;
+            let file = node(&nodes(qmp)?, CACHE)
+                .and_then(|n| n["file"].as_str().map(String::from));
+            del_node(qmp, CACHE)?;
+            // The cached blocks go with the cache: the lv is plain space again.
+            if let (Some(lv), Some(len)) = (file.filter(|f| f.starts_with('/')), lv_size) {
+                let path = std::path::Path::new(&lv);
+                let t = &relay.stack.transport;
+                if let Ok(Some(_)) = t.file_len(relay.host, path) {
+                    t.set_len(relay.host, path, len, true)
+                        .map_err(|e| relay.stack.io_error("cannot reset", relay.host, path, e))?;
+                }
+            }
+        }
+        _ => unreachable!("relay kinds only"),
+    }
+    relay.stop_if_empty(qmp)
+}
+
+pub(super) fn delete(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+) -> Result<(), BackendError> {
+    let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
+    let lock = stack.relay_lock(&relay.dir);
+    let _g = lock.lock().expect("relay lock");
+    let lv_size = observed.get("lv_size").and_then(Value::as_u64);
+    match relay.running()? {
+        Some(mut qmp) => teardown(&relay, &mut qmp, t, lv_size),
+        None => Ok(()),
+    }
+}
+
+/// Stops a relay that runs although state records nothing in it (left by a run that was
+/// killed between starting it and recording what it built).
+pub(super) fn sweep(
+    stack: &QemuStack,
+    host: &str,
+    image: &str,
+    recorded: &[&Addr],
+) -> Result<(), BackendError> {
+    if recorded
+        .iter()
+        .any(|a| matches!(a.kind, Kind::Session | Kind::Cache | Kind::Target))
+    {
+        return Ok(());
+    }
+    let relay = Relay::new(stack, host, image);
+    if let Some(pid) = relay.pid() {
+        tracing::info!(host, image, pid, "stopping a relay that state does not record");
+        if let Ok(mut q) = relay.connect() {
+            let _ = q.execute("quit", json!({}));
+        }
+        wait_gone(stack, host, pid, &relay.pidfile().to_string_lossy());
+    }
+    let _ = stack.transport.remove_file(host, &relay.socket());
+    let _ = stack.transport.remove_file(host, &relay.pidfile());
+    Ok(())
+}
+
+/// Bytes read from a relay's export nodes, for measurements: (node name, bytes read).
+#[allow(dead_code)]
+pub fn read_stats(monitor: &std::path::Path) -> Result<Vec<(String, u64)>, QmpError> {
+    let mut q = Qmp::connect(monitor, QMP_TIMEOUT)?;
+    let v = q.execute("query-blockstats", json!({ "query-nodes": true }))?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["node-name"].as_str().unwrap_or_default().to_string(),
+                        s["stats"]["rd_bytes"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}

@@ -1,0 +1,125 @@
+//! A minimal QMP client: the JSON monitor protocol of qemu-storage-daemon and QEMU.
+//!
+//! One command at a time; asynchronous events that arrive in between are skipped. Every read
+//! and write is bounded by the timeout given at connect.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP socket `{path}`: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP socket `{path}`: unexpected reply {reply}")]
+    Protocol { path: String, reply: String },
+    /// The command ran and failed; `class` is QEMU's error class.
+    #[error("{command}: {desc}")]
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+pub struct Qmp {
+    path: String,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and leaves capabilities negotiation mode.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let p = path.display().to_string();
+        let io = |source| QmpError::Io {
+            path: p.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(path).map_err(io)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let mut qmp = Qmp {
+            path: p.clone(),
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            return Err(QmpError::Protocol {
+                path: p,
+                reply: greeting.to_string(),
+            });
+        }
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<Value, QmpError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(QmpError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the monitor closed the connection",
+                ),
+            });
+        }
+        serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
+            path: self.path.clone(),
+            reply: line.trim_end().to_string(),
+        })
+    }
+
+    /// Runs `command` with `arguments` (an object) and returns its `return` value.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        let mut msg = json!({ "execute": command });
+        if arguments.as_object().is_some_and(|a| !a.is_empty()) {
+            msg["arguments"] = arguments;
+        }
+        let mut bytes = serde_json::to_vec(&msg).expect("serializes");
+        bytes.push(b'\n');
+        self.writer
+            .write_all(&bytes)
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        loop {
+            let mut reply = self.read_message()?;
+            if reply.get("event").is_some() {
+                continue;
+            }
+            if let Some(ret) = reply.get_mut("return") {
+                return Ok(ret.take());
+            }
+            if let Some(err) = reply.get("error") {
+                return Err(QmpError::Command {
+                    command: command.to_string(),
+                    class: err["class"].as_str().unwrap_or("").to_string(),
+                    desc: err["desc"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            return Err(QmpError::Protocol {
+                path: self.path.clone(),
+                reply: reply.to_string(),
+            });
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! How a stack's commands and file operations reach the host that owns a resource.
+//!
+//! Stacks build argument vectors (never shell strings) and call these; the local transport
+//! runs them on this machine, optionally inside the host's network namespace. The SSH
+//! transport implements the same trait over a multiplexed connection.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command that failed: what ran, where, and what it said.
+#[derive(Debug, thiserror::Error)]
+#[error("on host {host}: `{command}` {status}")]
+pub struct CommandError {
+    pub host: String,
+    pub command: String,
+    /// "exited with status 1", "timed out after 120s", "could not start: ...".
+    pub status: String,
+    pub stderr: String,
+}
+
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+pub trait Transport: Send + Sync {
+    /// Runs `argv` on `host` and waits at most `timeout`; a non-zero exit is an error that
+    /// carries stderr.
+    fn run(&self, host: &str, argv: &[String], timeout: Duration)
+        -> Result<Output, CommandError>;
+    /// Opens a unix socket on `host` (a QMP monitor).
+    fn connect_unix(&self, host: &str, path: &Path) -> std::io::Result<UnixStream>;
+    /// Reads a whole file; `None` when it does not exist.
+    fn read_file(&self, host: &str, path: &Path) -> std::io::Result<Option<Vec<u8>>>;
+    /// The names in a directory; empty when it does not exist.
+    fn list_dir(&self, host: &str, path: &Path) -> std::io::Result<Vec<String>>;
+    /// Creates the directory and its parents.
+    fn create_dir_all(&self, host: &str, path: &Path) -> std::io::Result<()>;
+    /// Removes a directory if it is empty; `Ok(false)` when it is not empty or absent.
+    fn remove_dir_if_empty(&self, host: &str, path: &Path) -> std::io::Result<bool>;
+    /// Removes a file; absent is success.
+    fn remove_file(&self, host: &str, path: &Path) -> std::io::Result<()>;
+    /// Creates (if needed) a sparse file of exactly `len` bytes, discarding its contents when
+    /// `reset`.
+    fn set_len(&self, host: &str, path: &Path, len: u64, reset: bool) -> std::io::Result<()>;
+    /// The length of a file; `None` when it does not exist.
+    fn file_len(&self, host: &str, path: &Path) -> std::io::Result<Option<u64>>;
+    /// Whether process `pid` is alive and its command line contains `marker` (so a recycled
+    /// pid is never mistaken for ours).
+    fn process_alive(&self, host: &str, pid: u32, marker: &str) -> bool;
+    /// Sends SIGKILL to `pid` (already gone is success).
+    fn kill(&self, host: &str, pid: u32) -> std::io::Result<()>;
+}
+
+/// Commands run here, as child processes; with `netns`, inside each host's namespace.
+pub struct Local {
+    /// host name -> network namespace name.
+    pub netns: Option<rustc_hash::FxHashMap<String, String>>,
+}
+
+impl Local {
+    fn wrap(&self, host: &str, argv: &[String]) -> Vec<String> {
+        match self.netns.as_ref().and_then(|m| m.get(host)) {
+            Some(ns) => ["ip", "netns", "exec", ns.as_str()]
+                .into_iter()
+                .map(String::from)
+                .chain(argv.iter().cloned())
+                .collect(),
+            None => argv.to_vec(),
+        }
+    }
+}
+
+/// Shell-style rendering of an argument vector, for messages only.
+pub fn display_command(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Transport for Local {
+    fn run(
+        &self,
+        host: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
+        let argv = self.wrap(host, argv);
+        let err = |status: String, stderr: String| CommandError {
+            host: host.to_string(),
+            command: display_command(&argv),
+            status,
+            stderr,
+        };
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("could not start: {e}"), String::new()))?;
+        // Drain both pipes on their own threads so a chatty child never blocks.
+        let mut out = child.stdout.take().expect("piped");
+        let mut errp = child.stderr.take().expect("piped");
+        let t_out = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = out.read_to_end(&mut b);
+            b
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = errp.read_to_end(&mut b);
+            b
+        });
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if start.elapsed() >= timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(err(format!("could not wait: {e}"), String::new())),
+            }
+        };
+        let stdout = t_out.join().unwrap_or_default();
+        let stderr = t_err.join().unwrap_or_default();
+        match status {
+            None => Err(err(
+                format!("timed out after {}s", timeout.as_secs()),
+                String::from_utf8_lossy(&stderr).into_owned(),
+            )),
+            Some(s) if s.success() => Ok(Output { stdout, stderr }),
+            Some(s) => Err(err(
+                match s.code() {
+                    Some(c) => format!("exited with status {c}"),
+                    None => format!("was killed ({s})"),
+                },
+                String::from_utf8_lossy(&stderr).trim_end().to_string(),
+            )),
+        }
+    }
+
+    fn connect_unix(&self, _host: &str, path: &Path) -> std::io::Result<UnixStream> {
+        UnixStream::connect(path)
+    }
+
+    fn read_file(&self, _host: &str, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_dir(&self, _host: &str, path: &Path) -> std::io::Result<Vec<String>> {
+        match std::fs::read_dir(path) {
+            Ok(d) => Ok(d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_dir_all(&self, _host: &str, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn remove_dir_if_empty(&self, _host: &str, path: &Path) -> std::io::Result<bool> {
+        match std::fs::remove_dir(path) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_file(&self, _host: &str, path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn set_len(&self, _host: &str, path: &Path, len: u64, reset: bool) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(reset)
+            .open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn file_len(&self, _host: &str, path: &Path) -> std::io::Result<Option<u64>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn process_alive(&self, _host: &str, pid: u32, marker: &str) -> bool {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(cmd) => {
+                // A zombie has an empty command line: it is not running.
+                !cmd.is_empty()
+                    && String::from_utf8_lossy(&cmd)
+                        .split('\0')
+                        .any(|a| a.contains(marker))
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn kill(&self, host: &str, pid: u32) -> std::io::Result<()> {
+        let r = self.run(
+            host,
+            &["kill".into(), "-9".into(), pid.to_string()],
+            Duration::from_secs(10),
+        );
+        // `kill` fails only when the process is already gone.
+        let _ = r;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_report_status_and_stderr() {
+        let t = Local { netns: None };
+        let out = t
+            .run("h", &["echo".into(), "hi".into()], Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        let e = t
+            .run(
+                "h",
+                &["sh".into(), "-c".into(), "echo oops >&2; exit 3".into()],
+                Duration::from_secs(5),
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.status, "exited with status 3");
+        assert_eq!(e.stderr, "oops");
+        assert!(e.to_string().contains("on host h"), "{e}");
+        let e = t
+            .run("h", &["sleep".into(), "5".into()], Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert!(e.status.starts_with("timed out"), "{}", e.status);
+    }
+
+    #[test]
+    fn displayed_commands_quote_what_a_shell_would_split() {
+        let argv: Vec<String> = ["qemu-img", "create", "-b", "a b", "it's"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            display_command(&argv),
+            r"qemu-img create -b 'a b' 'it'\''s'"
+        );
+    }
+}
