@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The newcomer's main job: build vmthunder and run it on the shipped lab example with the
-# embedded default stack (qemu, local transport).
+# The newcomer's main job: set up this machine (QEMU 10, the tiny test guest, its base image),
+# build vmthunder and apply the shipped example on the embedded default stack (qemu, local
+# transport): a source host and six hosts in a degree-2 tree of qemu-storage-daemon relays,
+# each booting two TCG guests from copy-on-write clones of the image.
 #
-# Today (core engine): validates the spec, saves a plan to plans/lab.json and shows it.
-# The apply step joins here when the qemu backend lands.
+# Usage: bash scripts/quickstart.sh [SPEC]      (default: examples/local.json)
+# Afterwards: target/debug/vmthunder destroy -f examples/local.json --auto-approve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +13,17 @@ if ! command -v cargo >/dev/null; then
     echo "quickstart: cargo is missing; install a Rust toolchain (rustup) first" >&2
     exit 1
 fi
+bash scripts/setup.sh
 cargo build --quiet
 bin=target/debug/vmthunder
-spec=${1:-examples/lab.json}
+spec=${1:-examples/local.json}
 
 "$bin" validate -f "$spec"
-"$bin" plan -f "$spec" --out plans/lab.json
-"$bin" graph -f "$spec" > plans/lab.dot
-echo "The resource DAG is in plans/lab.dot (render it with: dot -Tsvg plans/lab.dot > lab.svg)."
+"$bin" apply -f "$spec" --auto-approve
+echo
+echo "The guests' ready lines (each read its whole disk through the relay tree):"
+grep -h VMTHUNDER-READY .vmthunder/*/*/*/vm-*.log | cut -c1-120 || true
+echo
+echo "Next: $bin plan -f $spec          (no changes)"
+echo "      $bin state list -f $spec"
+echo "      $bin destroy -f $spec --auto-approve"

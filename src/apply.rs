@@ -149,7 +149,9 @@ pub fn run(
                 };
                 let result = match job.kind {
                     OpKind::Create => backend.create(target, &job.deps),
-                    OpKind::Delete => backend.delete(target, &job.observed).map(|()| Observed::new()),
+                    OpKind::Delete => backend
+                        .delete(target, &job.observed)
+                        .map(|()| Observed::new()),
                 };
                 if tx
                     .send(Done {
@@ -184,12 +186,16 @@ pub fn run(
                 started_at[i as usize] = Some(Instant::now());
                 let (desired, deps, observed) = match op.kind {
                     OpKind::Create => (
-                        change.after.clone().expect("creates have desired attributes"),
+                        change
+                            .after
+                            .clone()
+                            .expect("creates have desired attributes"),
                         change
                             .deps
                             .iter()
                             .map(|d| {
-                                let o = state.get(d).map(|r| r.observed.clone()).unwrap_or_default();
+                                let o =
+                                    state.get(d).map(|r| r.observed.clone()).unwrap_or_default();
                                 (d.clone(), o)
                             })
                             .collect(),
@@ -329,8 +335,7 @@ fn skip_after(failed: u32, after: &[Vec<u32>], skipped: &mut [bool]) -> Vec<u32>
 /// Per operation, the number of operations on the longest chain that starts at it.
 fn ranks(after: &[Vec<u32>]) -> Vec<u32> {
     // Ordering by the reversed edges puts every operation after all its successors.
-    let order =
-        crate::dag::topo_order(after).unwrap_or_else(|_| (0..after.len() as u32).collect());
+    let order = crate::dag::topo_order(after).unwrap_or_else(|_| (0..after.len() as u32).collect());
     let mut rank = vec![1u32; after.len()];
     for &i in &order {
         let best = after[i as usize]

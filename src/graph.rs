@@ -25,40 +25,78 @@ use crate::state::{Placement, State};
 /// Namespace of clone UUIDs (UUIDv5 of `cluster/image/host/n`).
 const CLONE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_0b7e_2d4a_4c1e_9a53_8e0f_7b1d_c0de);
 
-/// Where each host-image relay listens: the host's address, at `base_port` plus the image's
-/// index; hosts sharing an address take consecutive ranges of `images.len()` ports in spec
-/// order, so no two relays on one address collide.
+/// Where each host-image relay listens: its host's address and a port. A relay keeps the
+/// port state records for it (so adding or removing hosts never moves another host's
+/// exports); a new one takes `base_port` plus its image's index, offset by a range of
+/// `images.len()` ports per earlier host sharing its address, or the lowest free port above.
 struct Endpoints<'s> {
-    hosts: HashMap<&'s str, (&'s str, u32)>,
-    base: u32,
-    images: u32,
+    addresses: HashMap<&'s str, &'s str>,
+    ports: HashMap<(&'s str, u32), u16>,
 }
 
 impl<'s> Endpoints<'s> {
-    fn new(spec: &'s Spec) -> Endpoints<'s> {
-        let mut sharing: HashMap<&str, u32> = HashMap::default();
-        let hosts = spec
+    fn new(spec: &'s Spec, prior: &State) -> Endpoints<'s> {
+        let images = spec.images.len() as u32;
+        let base = u32::from(spec.backend.base_port);
+        let addresses: HashMap<&str, &str> = spec
             .hosts
             .iter()
-            .map(|h| {
-                let rank = sharing.entry(h.address.as_str()).or_default();
-                let r = *rank;
-                *rank += 1;
-                (h.name.as_str(), (h.address.as_str(), r))
-            })
+            .map(|h| (h.name.as_str(), h.address.as_str()))
             .collect();
-        Endpoints {
-            hosts,
-            base: u32::from(spec.backend.base_port),
-            images: spec.images.len() as u32,
+        let mut used: HashSet<(&str, u16)> = HashSet::default();
+        let mut ports: HashMap<(&str, u32), u16> = HashMap::default();
+        let mut pending = Vec::new();
+        let mut rank: HashMap<&str, u32> = HashMap::default();
+        for h in &spec.hosts {
+            let r = rank.entry(h.address.as_str()).or_default();
+            let host_rank = *r;
+            *r += 1;
+            for (i, image) in spec.images.iter().enumerate() {
+                let key = (h.name.as_str(), i as u32);
+                match recorded_port(prior, &h.name, &image.name) {
+                    Some(p) if used.insert((h.address.as_str(), p)) => {
+                        ports.insert(key, p);
+                    }
+                    _ => pending.push((key, h.address.as_str(), host_rank)),
+                }
+            }
         }
+        for (key, address, host_rank) in pending {
+            let wanted = base + host_rank * images + key.1;
+            let mut port = u16::try_from(wanted).unwrap_or(u16::MAX);
+            while !used.insert((address, port)) && port < u16::MAX {
+                port += 1;
+            }
+            ports.insert(key, port);
+        }
+        Endpoints { addresses, ports }
     }
 
     fn of(&self, host: &str, image_index: usize) -> (&'s str, u16) {
-        let (address, rank) = self.hosts.get(host).copied().unwrap_or(("", 0));
-        let port = self.base + rank * self.images + image_index as u32;
-        (address, u16::try_from(port).unwrap_or(u16::MAX))
+        let address = self.addresses.get(host).copied().unwrap_or("");
+        let port = self
+            .ports
+            .get(&(host, image_index as u32))
+            .copied()
+            .unwrap_or(0);
+        (address, port)
     }
+}
+
+/// The port state records for a host's relay of an image (on its cache or its target).
+fn recorded_port(prior: &State, host: &str, image: &str) -> Option<u16> {
+    let (h, i): (Arc<str>, Arc<str>) = (host.into(), image.into());
+    [Kind::Cache, Kind::Target].into_iter().find_map(|kind| {
+        match prior
+            .get(&Addr::new(kind, &h, &i, None))
+            .map(|r| &r.desired)
+        {
+            Some(Desired::Cache(c)) => Some(c.port),
+            Some(Desired::Target(TargetAttrs::Image { port, .. }))
+            | Some(Desired::Target(TargetAttrs::Cache { port, .. })) => Some(*port),
+            _ => None,
+        }
+    })
 }
 
 /// One resource the spec asks for.
@@ -104,7 +142,7 @@ impl Graph {
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
-        let endpoints = Endpoints::new(spec);
+        let endpoints = Endpoints::new(spec, prior);
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
             let source: Arc<str> = image.source_host.as_str().into();

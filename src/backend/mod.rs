@@ -55,7 +55,11 @@ impl fmt::Display for BackendError {
             write!(f, "\n  command: {c}")?;
         }
         if let Some(s) = self.stderr.as_deref().filter(|s| !s.is_empty()) {
-            write!(f, "\n  stderr: {}", s.trim_end().replace('\n', "\n          "))?;
+            write!(
+                f,
+                "\n  stderr: {}",
+                s.trim_end().replace('\n', "\n          ")
+            )?;
         }
         Ok(())
     }

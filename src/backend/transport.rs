@@ -29,8 +29,7 @@ pub struct Output {
 pub trait Transport: Send + Sync {
     /// Runs `argv` on `host` and waits at most `timeout`; a non-zero exit is an error that
     /// carries stderr.
-    fn run(&self, host: &str, argv: &[String], timeout: Duration)
-        -> Result<Output, CommandError>;
+    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError>;
     /// Opens a unix socket on `host` (a QMP monitor).
     fn connect_unix(&self, host: &str, path: &Path) -> std::io::Result<UnixStream>;
     /// Reads a whole file; `None` when it does not exist.
@@ -92,12 +91,7 @@ pub fn display_command(argv: &[String]) -> String {
 }
 
 impl Transport for Local {
-    fn run(
-        &self,
-        host: &str,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<Output, CommandError> {
+    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
         let argv = self.wrap(host, argv);
         let err = |status: String, stderr: String| CommandError {
             host: host.to_string(),
@@ -271,7 +265,11 @@ mod tests {
         assert_eq!(e.stderr, "oops");
         assert!(e.to_string().contains("on host h"), "{e}");
         let e = t
-            .run("h", &["sleep".into(), "5".into()], Duration::from_millis(100))
+            .run(
+                "h",
+                &["sleep".into(), "5".into()],
+                Duration::from_millis(100),
+            )
             .err()
             .unwrap();
         assert!(e.status.starts_with("timed out"), "{}", e.status);

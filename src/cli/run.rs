@@ -4,7 +4,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{emit, fail, load_spec, render_options, state_path, ApplyArgs, DestroyArgs, Failure, RunArgs};
+use super::{
+    emit, fail, load_spec, render_options, state_path, ApplyArgs, DestroyArgs, Failure, RunArgs,
+};
 use crate::apply::{self, Limits, Outcome, Progress};
 use crate::backend;
 use crate::graph::Graph;
@@ -128,7 +130,11 @@ fn execute(
         let _ = backend.finish(state);
         println!(
             "No changes. The hosts match the {}.",
-            if destroying { "(empty) destroy plan" } else { "spec" }
+            if destroying {
+                "(empty) destroy plan"
+            } else {
+                "spec"
+            }
         );
         return Ok(0);
     }
@@ -136,7 +142,10 @@ fn execute(
         emit(plan::render(&plan, render_options(color, false)).as_bytes())?;
     }
     if !saved && !run.auto_approve && !confirm(destroying)? {
-        println!("{} cancelled.", if destroying { "Destroy" } else { "Apply" });
+        println!(
+            "{} cancelled.",
+            if destroying { "Destroy" } else { "Apply" }
+        );
         return Ok(1);
     }
     let limits = Limits {
@@ -172,7 +181,11 @@ fn execute(
                 error,
                 skipped,
             } => {
-                let label = if color { "\x1b[1;31mError:\x1b[0m" } else { "Error:" };
+                let label = if color {
+                    "\x1b[1;31mError:\x1b[0m"
+                } else {
+                    "Error:"
+                };
                 let mut m = format!(
                     "{label} {} {addr} failed after {}: {error}",
                     match kind {
@@ -265,4 +278,3 @@ fn confirm(destroying: bool) -> Result<bool, Failure> {
     stdin.lock().read_line(&mut line)?;
     Ok(line.trim() == "yes")
 }
-

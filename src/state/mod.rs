@@ -147,7 +147,8 @@ impl State {
         match self.index.get(&r.addr) {
             Some(&i) => self.resources[i as usize] = r,
             None => {
-                self.index.insert(r.addr.clone(), self.resources.len() as u32);
+                self.index
+                    .insert(r.addr.clone(), self.resources.len() as u32);
                 self.resources.push(r);
             }
         }

@@ -98,8 +98,8 @@ pub(super) fn read_snapshot(
         return Ok(None);
     };
     let backing = observed.get("backing").and_then(Value::as_str);
-    let ok = i["format"] == "qcow2"
-        && (backing.is_none() || i["backing-filename"].as_str() == backing);
+    let ok =
+        i["format"] == "qcow2" && (backing.is_none() || i["backing-filename"].as_str() == backing);
     Ok(ok.then(|| observed.clone()))
 }
 

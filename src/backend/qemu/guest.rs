@@ -277,7 +277,13 @@ pub(super) fn sweep(
         };
         let f = files(stack, &addr);
         if let Some(pid) = pid(stack, host, &f) {
-            tracing::info!(host, image, n, pid, "stopping a guest that state does not record");
+            tracing::info!(
+                host,
+                image,
+                n,
+                pid,
+                "stopping a guest that state does not record"
+            );
             stack.transport.kill(host, pid).ok();
             wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());
         }
@@ -328,15 +334,23 @@ fn kvm_boots(boot: &Boot, scratch: &std::path::Path) -> bool {
     }
     let log = scratch.join("accel-probe.log");
     let mut cmd = std::process::Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "kvm", "-machine", "q35", "-m", "128M", "-nodefaults"])
-        .args(["-display", "none", "-no-reboot", "-serial"])
-        .arg(format!("file:{}", log.display()))
-        .arg("-kernel")
-        .arg(super::absolute(&boot.kernel))
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=6"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "-accel",
+        "kvm",
+        "-machine",
+        "q35",
+        "-m",
+        "128M",
+        "-nodefaults",
+    ])
+    .args(["-display", "none", "-no-reboot", "-serial"])
+    .arg(format!("file:{}", log.display()))
+    .arg("-kernel")
+    .arg(super::absolute(&boot.kernel))
+    .args(["-append", "console=ttyS0 panic=-1 loglevel=6"])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     if let Some(i) = &boot.initrd {
         cmd.arg("-initrd").arg(super::absolute(i));
     }

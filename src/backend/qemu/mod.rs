@@ -90,10 +90,7 @@ impl QemuStack {
     }
 
     fn io_error(&self, what: &str, host: &str, path: &Path, e: std::io::Error) -> BackendError {
-        BackendError::new(format!(
-            "on host {host}: {what} `{}`: {e}",
-            path.display()
-        ))
+        BackendError::new(format!("on host {host}: {what} `{}`: {e}", path.display()))
     }
 
     /// Removes the host-image directory, the host directory and the cluster directory when
@@ -238,12 +235,11 @@ impl Backend for QemuStack {
         }
         if !state.resources.iter().any(|r| r.addr.kind == Kind::Domain) {
             let _ = std::fs::remove_file(self.base.join(guest::ACCEL_CACHE));
-            if self.transport.remove_dir_if_empty("localhost", &self.base).unwrap_or(false) {
-                // The root too, when vmthunder's clusters were all that was in it.
-                let _ = self
-                    .transport
-                    .remove_dir_if_empty("localhost", self.base.parent().expect("root"));
-            }
+            let _ = self.transport.remove_dir_if_empty("localhost", &self.base);
+            // The root too, when this cluster was all that was in it.
+            let _ = self
+                .transport
+                .remove_dir_if_empty("localhost", self.base.parent().expect("root"));
         }
         Ok(())
     }

@@ -84,8 +84,10 @@ impl<'a> Relay<'a> {
             return Ok(q);
         }
         let t = &self.stack.transport;
-        t.create_dir_all(self.host, &self.dir)
-            .map_err(|e| self.stack.io_error("cannot create", self.host, &self.dir, e))?;
+        t.create_dir_all(self.host, &self.dir).map_err(|e| {
+            self.stack
+                .io_error("cannot create", self.host, &self.dir, e)
+        })?;
         let _ = t.remove_file(self.host, &self.socket());
         let _ = t.remove_file(self.host, &self.pidfile());
         let socket = self.socket().display().to_string();
@@ -115,7 +117,12 @@ impl<'a> Relay<'a> {
         let pid = self.pid();
         let _ = qmp.execute("quit", json!({}));
         if let Some(pid) = pid {
-            wait_gone(self.stack, self.host, pid, &self.pidfile().to_string_lossy());
+            wait_gone(
+                self.stack,
+                self.host,
+                pid,
+                &self.pidfile().to_string_lossy(),
+            );
         }
         let t = &self.stack.transport;
         let _ = t.remove_file(self.host, &self.socket());
@@ -247,7 +254,10 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
 
 fn observed(relay: &Relay<'_>, t: Target<'_>) -> Observed {
     let mut o = Observed::new();
-    o.insert("monitor".into(), relay.socket().display().to_string().into());
+    o.insert(
+        "monitor".into(),
+        relay.socket().display().to_string().into(),
+    );
     match t.desired {
         Desired::Target(TargetAttrs::Image { address, port, .. })
         | Desired::Target(TargetAttrs::Cache { address, port }) => {
@@ -276,7 +286,10 @@ pub(super) fn create(
     let lock = stack.relay_lock(&relay.dir);
     let _g = lock.lock().expect("relay lock");
     let mut qmp = relay.ensure()?;
-    let lv = deps.iter().find(|(a, _)| a.kind == Kind::Lv).map(|(_, o)| o);
+    let lv = deps
+        .iter()
+        .find(|(a, _)| a.kind == Kind::Lv)
+        .map(|(_, o)| o);
     let lv_size = lv.and_then(|o| o.get("size")).and_then(Value::as_u64);
     let r = build(&relay, &mut qmp, t, deps);
     if r.is_err() {
@@ -331,7 +344,10 @@ fn build(
                     BackendError::new(format!(
                         "on host {host}: `{}` is not a readable {} image: {e}",
                         file.display(),
-                        serde_json::to_value(format).unwrap_or_default().as_str().unwrap_or("?")
+                        serde_json::to_value(format)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("?")
                     ))
                 })?;
             }
@@ -457,8 +473,7 @@ fn teardown(
         Desired::Cache(_) => {
             remove_export(qmp, LOCAL_EXPORT)?;
             del_node(qmp, COR)?;
-            let file = node(&nodes(qmp)?, CACHE)
-                .and_then(|n| n["file"].as_str().map(String::from));
+            let file = node(&nodes(qmp)?, CACHE).and_then(|n| n["file"].as_str().map(String::from));
             del_node(qmp, CACHE)?;
             // The cached blocks go with the cache: the lv is plain space again.
             if let (Some(lv), Some(len)) = (file.filter(|f| f.starts_with('/')), lv_size) {
@@ -506,7 +521,12 @@ pub(super) fn sweep(
     }
     let relay = Relay::new(stack, host, image);
     if let Some(pid) = relay.pid() {
-        tracing::info!(host, image, pid, "stopping a relay that state does not record");
+        tracing::info!(
+            host,
+            image,
+            pid,
+            "stopping a relay that state does not record"
+        );
         if let Ok(mut q) = relay.connect() {
             let _ = q.execute("quit", json!({}));
         }

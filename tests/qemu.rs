@@ -1,0 +1,541 @@
+//! apply and destroy on the qemu stack, with real qemu-storage-daemon relays, real NBD
+//! traffic over loopback addresses and real TCG guests.
+//!
+//! Needs what `scripts/setup.sh` installs and builds (QEMU 10, the test guest in
+//! target/guest). Every test works in its own scratch directory and its own 127.0.N.0/24
+//! addresses, and its guard destroys the cluster and kills anything left with the scratch
+//! path in its command line, also when the test fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn guest(file: &str) -> String {
+    let p = repo().join("target/guest").join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/setup.sh` (it builds the test guest)",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A cluster in a scratch directory; destroyed (and any stray process killed) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(spec: &Value) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("vmt-").tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("spec.json"),
+            serde_json::to_vec_pretty(spec).unwrap(),
+        )
+        .unwrap();
+        Cluster { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmthunder"))
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("VMTHUNDER_SPEC")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ vmthunder {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn apply(&self) -> Output {
+        self.run(&["apply", "-f", "spec.json", "--auto-approve"])
+    }
+
+    fn state(&self, cluster: &str) -> Value {
+        let p = self.path().join("state").join(format!("{cluster}.json"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    /// Processes whose command line mentions this cluster's directory.
+    fn processes(&self) -> Vec<u32> {
+        let needle = self.path().display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Files left under the backend root.
+    fn files(&self) -> Vec<String> {
+        let root = self.path().join(".vmthunder");
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                out.push(e.path().display().to_string());
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        if self.path().join(".vmthunder").exists() {
+            out.push(".vmthunder itself".into());
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.path().join("spec.json").exists() {
+            let _ = Command::new(env!("CARGO_BIN_EXE_vmthunder"))
+                .args(["destroy", "-f", "spec.json", "--auto-approve"])
+                .current_dir(self.path())
+                .output();
+        }
+        for pid in self.processes() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// A spec: `img0` plus `hosts` nodes on 127.0.`net`.x, the test guest's base image.
+fn spec(net: u8, hosts: usize, degree: u32, clones: u32, boot: bool) -> Value {
+    let mut hs = vec![json!({ "name": "img0", "address": format!("127.0.{net}.1") })];
+    for i in 1..=hosts {
+        hs.push(
+            json!({ "name": format!("node{i:02}"), "address": format!("127.0.{net}.{}", 10 + i) }),
+        );
+    }
+    let mut clones_v = json!({ "per_host": clones, "memory": "128MiB", "cow_size": "64MiB" });
+    if boot {
+        clones_v["boot"] = json!({
+            "kernel": guest("vmlinuz"),
+            "initrd": guest("initrd.img"),
+            "append": "console=ttyS0 panic=-1 quiet vmthunder.name={name}"
+        });
+        clones_v["ready"] = json!({ "line": "VMTHUNDER-READY", "timeout_secs": 600 });
+    }
+    json!({
+        "version": 1,
+        "cluster": "t",
+        "backend": { "stack": "qemu", "root": ".vmthunder", "accel": "tcg" },
+        "hosts": hs,
+        "images": [{ "name": "base", "source_host": "img0", "path": guest("base.raw"),
+                     "format": "raw" }],
+        "tree": { "degree": degree },
+        "cache": { "size": "64MiB" },
+        "clones": clones_v,
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Reads a clone's whole disk (its overlay, through every relay above it) into a file.
+fn read_clone(c: &Cluster, host: &str, n: u32, out: &str) -> PathBuf {
+    let overlay = c
+        .path()
+        .join(format!(".vmthunder/t/{host}/base/lv-cow-{n}.img"));
+    let dst = c.path().join(out);
+    let st = Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    dst
+}
+
+fn pid_of_relay(c: &Cluster, host: &str) -> u32 {
+    std::fs::read_to_string(c.path().join(format!(".vmthunder/t/{host}/base/relay.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
+    let base = PathBuf::from(guest("base.raw"));
+    let base_sum = sha256(&base);
+    // A chain img0 -> node01 -> node02 -> node03 (degree 1), one clone each, no guests.
+    let c = Cluster::new(&spec(21, 3, 1, 1, false));
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "snapshot",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Apply complete! Resources: 18 added"),
+        "{}",
+        text(&out)
+    );
+
+    // Every completed create is in state with what the backend observed.
+    let state = c.state("t");
+    let recorded = state["resources"].as_array().unwrap();
+    assert_eq!(recorded.len(), 18);
+    let target = recorded
+        .iter()
+        .find(|r| r["address"] == "target.img0.base")
+        .unwrap();
+    assert_eq!(target["observed"]["uri"], "nbd://127.0.21.1:10809/base");
+
+    // A second plan shows no changes.
+    let plan = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--target",
+        "snapshot",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // The leaf's clone reads the image through three relays.
+    let leaf = read_clone(&c, "node03", 0, "leaf.raw");
+    assert_eq!(sha256(&leaf), base_sum);
+
+    // Writes to one clone stay in its overlay.
+    let overlay = c.path().join(".vmthunder/t/node02/base/lv-cow-0.img");
+    let w = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 0 1M"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let mid = read_clone(&c, "node02", 0, "mid.raw");
+    assert_ne!(
+        sha256(&mid),
+        base_sum,
+        "the write is visible in its own clone"
+    );
+    let again = read_clone(&c, "node03", 0, "leaf2.raw");
+    assert_eq!(
+        sha256(&again),
+        base_sum,
+        "other clones and every cache are unchanged"
+    );
+
+    // With its parent (node02) and the source killed, node03's cache serves the re-read.
+    for host in ["node02", "img0"] {
+        let pid = pid_of_relay(&c, host);
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let cached = read_clone(&c, "node03", 0, "leaf3.raw");
+    assert_eq!(
+        sha256(&cached),
+        base_sum,
+        "the cache answered without its parent"
+    );
+    assert_eq!(sha256(&base), base_sum, "the base image is unmodified");
+
+    // Destroy leaves nothing: no process, file, socket or directory.
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Destroy complete! Resources: 18 destroyed"));
+    assert_eq!(c.files(), Vec::<String>::new());
+    assert_eq!(c.processes(), Vec::<u32>::new());
+    assert_eq!(c.state("t")["resources"], json!([]));
+}
+
+#[test]
+fn guests_of_the_local_example_boot_and_print_their_ready_line() {
+    // examples/local.json as shipped, with paths made absolute for the scratch directory.
+    let mut s: Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/local.json")).unwrap())
+            .unwrap();
+    s.as_object_mut().unwrap().remove("$schema");
+    for (ptr, file) in [
+        ("/images/0/path", "base.raw"),
+        ("/clones/boot/kernel", "vmlinuz"),
+        ("/clones/boot/initrd", "initrd.img"),
+    ] {
+        *s.pointer_mut(ptr).unwrap() = json!(guest(file));
+    }
+    s["backend"]["accel"] = json!("tcg");
+    for h in s["hosts"].as_array_mut().unwrap() {
+        // Off the example's own 127.0.1.x, so a running quickstart does not collide.
+        let a = h["address"]
+            .as_str()
+            .unwrap()
+            .replace("127.0.1.", "127.0.22.");
+        h["address"] = json!(a);
+    }
+    let c = Cluster::new(&s);
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    let base_sum = sha256(Path::new(&guest("base.raw")));
+    let state = c.state("local");
+    let domains: Vec<&Value> = state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["address"].as_str().unwrap().starts_with("domain."))
+        .collect();
+    assert_eq!(domains.len(), 12);
+    for d in domains {
+        let console = std::fs::read_to_string(d["observed"]["console"].as_str().unwrap()).unwrap();
+        let ready = console
+            .lines()
+            .find(|l| l.contains("VMTHUNDER-READY"))
+            .unwrap_or_else(|| panic!("no ready line from {}: {console}", d["address"]));
+        let a = &d["desired"];
+        assert!(
+            ready.contains(&format!("name={}", a["name"].as_str().unwrap())),
+            "{ready}"
+        );
+        assert!(
+            ready.contains(&format!("uuid={}", a["uuid"].as_str().unwrap())),
+            "{ready}"
+        );
+        assert!(
+            ready.contains(&format!("mac={}", a["mac"].as_str().unwrap())),
+            "{ready}"
+        );
+        assert!(
+            ready.contains(&format!("disk_sha256={base_sum}")),
+            "{ready}"
+        );
+        assert_eq!(d["observed"]["status"], "running");
+    }
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.files(), Vec::<String>::new());
+    assert_eq!(c.processes(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_failing_operation_skips_only_its_dependents_and_is_reported_once() {
+    // Two images; the second's relay port on node02 is taken by another program, and a third
+    // image is not a qcow2 at all.
+    let mut s = spec(23, 3, 2, 1, false);
+    let c = Cluster::new(&s);
+    let junk = c.path().join("junk.qcow2");
+    std::fs::write(&junk, vec![0x5a; 1 << 20]).unwrap();
+    s["images"] = json!([
+        { "name": "base", "source_host": "img0", "path": guest("base.raw"), "format": "raw" },
+        { "name": "other", "source_host": "img0", "path": guest("base.raw"), "format": "raw" },
+        { "name": "junk", "source_host": "img0", "path": junk, "format": "qcow2" },
+    ]);
+    std::fs::write(c.path().join("spec.json"), serde_json::to_vec(&s).unwrap()).unwrap();
+    // node02 is 127.0.23.12; the relay of image 1 ("other") listens on base_port + 1.
+    let blocker = TcpListener::bind("127.0.23.12:10810").unwrap();
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "snapshot",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert_eq!(
+        t.matches("Error: creating cache.node02.other").count(),
+        1,
+        "{t}"
+    );
+    assert!(t.contains("cannot listen on 127.0.23.12:10810"), "{t}");
+    assert_eq!(
+        t.matches("Error: creating target.img0.junk").count(),
+        1,
+        "{t}"
+    );
+    assert!(t.contains("is not a readable qcow2 image"), "{t}");
+    assert_eq!(t.matches("Error:").count(), 2, "{t}");
+    assert!(t.contains("Apply failed."), "{t}");
+    // The healthy image is complete; of "other" only node02's branch is missing.
+    let state = c.state("t");
+    let status = |a: &str| {
+        state["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == a)
+            .map(|r| r["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("snapshot.node03.base.0").as_deref(), Some("ready"));
+    assert_eq!(status("snapshot.node01.other.0").as_deref(), Some("ready"));
+    assert_eq!(status("cache.node02.other").as_deref(), Some("tainted"));
+    assert_eq!(status("snapshot.node02.other.0"), None, "skipped");
+    assert_eq!(status("target.img0.junk").as_deref(), Some("tainted"));
+    assert_eq!(status("session.node01.junk"), None, "skipped");
+
+    // Once the port is free and the image fixed, apply replaces the tainted and converges.
+    drop(blocker);
+    Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&junk)
+        .arg("1M")
+        .status()
+        .unwrap();
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "snapshot",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--target",
+        "snapshot",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.files(), Vec::<String>::new());
+    assert_eq!(c.processes(), Vec::<u32>::new());
+}
+
+#[test]
+fn bad_input_fails_before_anything_is_touched() {
+    // A missing image file.
+    let mut s = spec(24, 2, 2, 1, false);
+    s["images"][0]["path"] = json!("/nonexistent/base.raw");
+    let c = Cluster::new(&s);
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "snapshot",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(
+            "target.img0.base: the image file `/nonexistent/base.raw` cannot be read on host img0"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("nothing was changed"), "{t}");
+    assert!(!c.path().join(".vmthunder").exists());
+    assert!(!c.path().join("state/t.json").exists());
+
+    // A stale saved plan: the state moved on after it was made.
+    let c = Cluster::new(&spec(24, 2, 2, 1, false));
+    let out = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--target",
+        "snapshot",
+        "--out",
+        "p.json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "lv",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = std::fs::read(c.path().join("state/t.json")).unwrap();
+    let files = c.files();
+    let out = c.run(&["apply", "p.json"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("the saved plan is stale"), "{t}");
+    assert_eq!(
+        std::fs::read(c.path().join("state/t.json")).unwrap(),
+        before
+    );
+    assert_eq!(c.files(), files);
+
+    // apply without --auto-approve and without a terminal refuses rather than guessing.
+    let out = c.run(&["apply", "-f", "spec.json", "--target", "snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("pass --auto-approve"), "{}", text(&out));
+}
+
+#[test]
+fn a_saved_plan_applies_exactly_and_only_once() {
+    let c = Cluster::new(&spec(25, 2, 2, 1, false));
+    let out = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--target",
+        "snapshot",
+        "--out",
+        "p.json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The spec changes after the plan was made: the plan still runs as it was made.
+    std::fs::write(c.path().join("spec.json"), b"{ not json").unwrap();
+    let out = c.run(&["apply", "p.json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Resources: 11 added"), "{}", text(&out));
+    let out = c.run(&["apply", "p.json"]);
+    assert!(text(&out).contains("stale"), "{}", text(&out));
+    std::fs::write(
+        c.path().join("spec.json"),
+        serde_json::to_vec(&spec(25, 2, 2, 1, false)).unwrap(),
+    )
+    .unwrap();
+}
