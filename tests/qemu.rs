@@ -129,7 +129,24 @@ impl Drop for Cluster {
         for pid in self.processes() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        for ns in namespaces(NETNS_CLUSTER) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
     }
+}
+
+/// The cluster name of the network-namespace test (its namespaces are `vmt-<cluster>-*`).
+const NETNS_CLUSTER: &str = "nstest";
+
+fn namespaces(cluster: &str) -> Vec<String> {
+    let prefix = format!("vmt-{cluster}-");
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 /// A spec: `img0` plus `hosts` nodes on 127.0.`net`.x, the test guest's base image.
@@ -538,4 +555,72 @@ fn a_saved_plan_applies_exactly_and_only_once() {
         serde_json::to_vec(&spec(25, 2, 2, 1, false)).unwrap(),
     )
     .unwrap();
+}
+
+#[test]
+fn with_netns_each_host_serves_from_its_own_namespace() {
+    let base_sum = sha256(Path::new(&guest("base.raw")));
+    let mut s = spec(26, 3, 1, 1, false);
+    s["cluster"] = json!(NETNS_CLUSTER);
+    s["backend"]["netns"] = json!(true);
+    for (i, h) in s["hosts"].as_array_mut().unwrap().iter_mut().enumerate() {
+        h["address"] = json!(format!("10.226.0.{}", i + 1));
+    }
+    let c = Cluster::new(&s);
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--auto-approve",
+        "--target",
+        "snapshot",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut have = namespaces(NETNS_CLUSTER);
+    have.sort();
+    assert_eq!(
+        have,
+        [
+            "vmt-nstest-bridge",
+            "vmt-nstest-img0",
+            "vmt-nstest-node01",
+            "vmt-nstest-node02",
+            "vmt-nstest-node03"
+        ]
+    );
+    // node02's export listens on node02's own address, inside its namespace only.
+    let ss = Command::new("ip")
+        .args(["netns", "exec", "vmt-nstest-node02", "ss", "-Htln"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ss.stdout).contains("10.226.0.3:10809"));
+    // The leaf reads the image across three namespaces and the bridge.
+    let overlay = c.path().join(".vmthunder/nstest/node03/base/lv-cow-0.img");
+    let dst = c.path().join("leaf.raw");
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "vmt-nstest-node03",
+            "qemu-img",
+            "convert",
+            "-U",
+            "-O",
+            "raw",
+        ])
+        .arg(&overlay)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(sha256(&dst), base_sum);
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(namespaces(NETNS_CLUSTER), Vec::<String>::new());
+    assert_eq!(c.files(), Vec::<String>::new());
+    assert_eq!(c.processes(), Vec::<u32>::new());
 }

@@ -6,6 +6,7 @@
 //! Each returns the observed attributes that state records and dependents consume (an
 //! export's endpoint, a file path, a pid). Stacks reach hosts through a [`Transport`].
 
+pub mod netns;
 pub mod qemu;
 pub mod qmp;
 pub mod transport;

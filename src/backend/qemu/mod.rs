@@ -42,6 +42,8 @@ pub struct QemuStack {
     /// Every (host, image) pair the spec knows, for the final sweep.
     pairs: Vec<(String, String)>,
     resolved_accel: OnceLock<&'static str>,
+    /// With `backend.netns`: each host's namespace.
+    netns: Option<super::netns::Netns>,
     /// One lock per relay: its operations never interleave on its monitor.
     relay_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
@@ -65,8 +67,14 @@ impl QemuStack {
                 pairs.push((h.to_string(), image.name.clone()));
             }
         }
+        let netns = spec.backend.netns.then(|| super::netns::Netns::new(spec));
+        let transport: Box<dyn Transport> = match &netns {
+            Some(n) => Box::new(n.transport()),
+            None => Box::new(Local { netns: None }),
+        };
         Ok(QemuStack {
-            transport: Box::new(Local { netns: None }),
+            transport,
+            netns,
             base: absolute(&spec.backend.root).join(&spec.cluster),
             accel: spec.backend.accel,
             ready: spec.clones.ready.clone(),
@@ -194,6 +202,9 @@ impl Backend for QemuStack {
     }
 
     fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError> {
+        if let Some(n) = &self.netns {
+            n.ensure(&t.addr.host)?;
+        }
         match t.addr.kind {
             Kind::Lv => disk::create_lv(self, t),
             Kind::Snapshot => disk::create_snapshot(self, t, deps),
@@ -232,6 +243,11 @@ impl Backend for QemuStack {
             guest::sweep(self, host, image, &addrs)?;
             disk::sweep(self, host, image, &addrs)?;
             self.prune_dirs(host, image);
+        }
+        if let Some(n) = &self.netns {
+            let keep: std::collections::HashSet<&str> =
+                state.resources.iter().map(|r| &*r.addr.host).collect();
+            n.prune(&keep)?;
         }
         if !state.resources.iter().any(|r| r.addr.kind == Kind::Domain) {
             let _ = std::fs::remove_file(self.base.join(guest::ACCEL_CACHE));
