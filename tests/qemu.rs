@@ -207,6 +207,15 @@ fn read_clone(c: &Cluster, host: &str, n: u32, out: &str) -> PathBuf {
     dst
 }
 
+/// Destroys the cluster and checks that no process, file, socket or directory is left.
+fn destroy_leaves_nothing(c: &Cluster) {
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Destroy complete!"), "{}", text(&out));
+    assert_eq!(c.files(), Vec::<String>::new());
+    assert_eq!(c.processes(), Vec::<u32>::new());
+}
+
 fn pid_of_relay(c: &Cluster, host: &str) -> u32 {
     std::fs::read_to_string(c.path().join(format!(".vmthunder/t/{host}/base/relay.pid")))
         .unwrap()
@@ -370,10 +379,7 @@ fn guests_of_the_local_example_boot_and_print_their_ready_line() {
     }
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
-    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(c.files(), Vec::<String>::new());
-    assert_eq!(c.processes(), Vec::<u32>::new());
+    destroy_leaves_nothing(&c);
 }
 
 #[test]
@@ -459,10 +465,7 @@ fn a_failing_operation_skips_only_its_dependents_and_is_reported_once() {
         "--detailed-exitcode",
     ]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
-    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(c.files(), Vec::<String>::new());
-    assert_eq!(c.processes(), Vec::<u32>::new());
+    destroy_leaves_nothing(&c);
 }
 
 #[test]

@@ -41,12 +41,7 @@ fn attrs<'a>(t: Target<'a>) -> &'a DomainAttrs {
 }
 
 fn pid(stack: &QemuStack, host: &str, f: &Files) -> Option<u32> {
-    let bytes = stack.transport.read_file(host, &f.pidfile).ok()??;
-    let pid: u32 = String::from_utf8_lossy(&bytes).trim().parse().ok()?;
-    stack
-        .transport
-        .process_alive(host, pid, &f.pidfile.to_string_lossy())
-        .then_some(pid)
+    stack.running_pid(host, &f.pidfile)
 }
 
 fn monitor(stack: &QemuStack, host: &str, f: &Files) -> Result<Qmp, BackendError> {

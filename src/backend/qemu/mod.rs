@@ -97,6 +97,15 @@ impl QemuStack {
             .clone()
     }
 
+    /// The pid in `pidfile` if that process runs and is the one that wrote it.
+    fn running_pid(&self, host: &str, pidfile: &Path) -> Option<u32> {
+        let bytes = self.transport.read_file(host, pidfile).ok()??;
+        let pid: u32 = String::from_utf8_lossy(&bytes).trim().parse().ok()?;
+        self.transport
+            .process_alive(host, pid, &pidfile.to_string_lossy())
+            .then_some(pid)
+    }
+
     fn io_error(&self, what: &str, host: &str, path: &Path, e: std::io::Error) -> BackendError {
         BackendError::new(format!("on host {host}: {what} `{}`: {e}", path.display()))
     }

@@ -45,13 +45,7 @@ impl<'a> Relay<'a> {
     }
 
     fn pid(&self) -> Option<u32> {
-        let pidfile = self.pidfile();
-        let bytes = self.stack.transport.read_file(self.host, &pidfile).ok()??;
-        let pid: u32 = String::from_utf8_lossy(&bytes).trim().parse().ok()?;
-        self.stack
-            .transport
-            .process_alive(self.host, pid, &pidfile.to_string_lossy())
-            .then_some(pid)
+        self.stack.running_pid(self.host, &self.pidfile())
     }
 
     fn connect(&self) -> Result<Qmp, BackendError> {
