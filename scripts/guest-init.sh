@@ -39,6 +39,7 @@ idle() {
 }
 
 fail() {
+    echo
     echo "VMTHUNDER-FAILED name=$name reason=$1"
     idle
 }
@@ -80,6 +81,9 @@ sum=$(sha256sum /dev/vda) || fail disk-read
 sum=${sum%% *}
 [ ${#sum} -eq 64 ] || fail disk-read
 
+# The firmware leaves the cursor mid-line (and "quiet" prints no kernel line after it): start a
+# fresh line so the result lines always begin at a line start.
+echo
 echo "VMTHUNDER-READY name=$name uuid=$uuid mac=$mac disk_sha256=$sum disk_bytes=$bytes"
 
 # The marker: "written by NAME\n" padded with zero bytes to 4 KiB, into the last 4 KiB
