@@ -112,15 +112,24 @@ pub fn for_spec(spec: &Spec) -> Result<Box<dyn Backend>, BackendError> {
     }
 }
 
+/// An observed attribute of a dependency of the given kind.
+pub fn dep_value<'a>(
+    deps: &'a [(Addr, Observed)],
+    kind: crate::resource::Kind,
+    key: &str,
+) -> Option<&'a Value> {
+    deps.iter()
+        .find(|(a, _)| a.kind == kind)
+        .and_then(|(_, o)| o.get(key))
+}
+
 /// A string attribute of a dependency of the given kind.
 pub fn dep_attr<'a>(
     deps: &'a [(Addr, Observed)],
     kind: crate::resource::Kind,
     key: &str,
 ) -> Result<&'a str, BackendError> {
-    deps.iter()
-        .find(|(a, _)| a.kind == kind)
-        .and_then(|(_, o)| o.get(key))
+    dep_value(deps, kind, key)
         .and_then(|v| v.as_str())
         .ok_or_else(|| {
             BackendError::new(format!(

@@ -36,14 +36,14 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects, reads the greeting and leaves capabilities negotiation mode.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+    /// Takes a connected monitor socket (`path` names it in errors), reads the greeting and
+    /// leaves capabilities negotiation mode.
+    pub fn start(stream: UnixStream, path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
         let p = path.display().to_string();
         let io = |source| QmpError::Io {
             path: p.clone(),
             source,
         };
-        let stream = UnixStream::connect(path).map_err(io)?;
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::{args, QemuStack, COMMAND_TIMEOUT};
-use crate::backend::{dep_attr, BackendError, Observed, Target};
+use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, Kind, LvPurpose};
 
 fn lv_path(stack: &QemuStack, addr: &Addr, purpose: LvPurpose) -> PathBuf {
@@ -110,10 +110,7 @@ pub(super) fn create_snapshot(
 ) -> Result<Observed, BackendError> {
     let host = &*t.addr.host;
     let lv = dep_attr(deps, Kind::Lv, "path")?.to_string();
-    let lv_size = deps
-        .iter()
-        .find(|(a, _)| a.kind == Kind::Lv)
-        .and_then(|(_, o)| o.get("size"))
+    let lv_size = dep_value(deps, Kind::Lv, "size")
         .cloned()
         .unwrap_or(Value::Null);
     let backing = dep_attr(deps, Kind::Cache, "uri")?.to_string();

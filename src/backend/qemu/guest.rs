@@ -45,13 +45,11 @@ fn pid(stack: &QemuStack, host: &str, f: &Files) -> Option<u32> {
 }
 
 fn monitor(stack: &QemuStack, host: &str, f: &Files) -> Result<Qmp, BackendError> {
-    drop(
-        stack
-            .transport
-            .connect_unix(host, &f.monitor)
-            .map_err(|e| stack.io_error("cannot reach the guest's monitor", host, &f.monitor, e))?,
-    );
-    Ok(Qmp::connect(&f.monitor, QMP_TIMEOUT)?)
+    let stream = stack
+        .transport
+        .connect_unix(host, &f.monitor)
+        .map_err(|e| stack.io_error("cannot reach the guest's monitor", host, &f.monitor, e))?;
+    Ok(Qmp::start(stream, &f.monitor, QMP_TIMEOUT)?)
 }
 
 fn observed(f: &Files, pid: u32, status: &str, accel: Option<&str>) -> Observed {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT};
 use crate::backend::qmp::{Qmp, QmpError};
-use crate::backend::{dep_attr, BackendError, Observed, Target};
+use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
 
 /// Node names inside a relay.
@@ -60,8 +60,7 @@ impl<'a> Relay<'a> {
                     self.socket().display()
                 ))
             })?;
-        drop(stream);
-        Ok(Qmp::connect(&self.socket(), QMP_TIMEOUT)?)
+        Ok(Qmp::start(stream, &self.socket(), QMP_TIMEOUT)?)
     }
 
     /// The monitor of the running relay, if it runs.
@@ -280,11 +279,7 @@ pub(super) fn create(
     let lock = stack.relay_lock(&relay.dir);
     let _g = lock.lock().expect("relay lock");
     let mut qmp = relay.ensure()?;
-    let lv = deps
-        .iter()
-        .find(|(a, _)| a.kind == Kind::Lv)
-        .map(|(_, o)| o);
-    let lv_size = lv.and_then(|o| o.get("size")).and_then(Value::as_u64);
+    let lv_size = dep_value(deps, Kind::Lv, "size").and_then(Value::as_u64);
     let r = build(&relay, &mut qmp, t, deps);
     if r.is_err() {
         // Leave nothing half-built behind: the failed resource is recorded tainted, and the
@@ -529,23 +524,4 @@ pub(super) fn sweep(
     let _ = stack.transport.remove_file(host, &relay.socket());
     let _ = stack.transport.remove_file(host, &relay.pidfile());
     Ok(())
-}
-
-/// Bytes read from a relay's export nodes, for measurements: (node name, bytes read).
-#[allow(dead_code)]
-pub fn read_stats(monitor: &std::path::Path) -> Result<Vec<(String, u64)>, QmpError> {
-    let mut q = Qmp::connect(monitor, QMP_TIMEOUT)?;
-    let v = q.execute("query-blockstats", json!({ "query-nodes": true }))?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    (
-                        s["node-name"].as_str().unwrap_or_default().to_string(),
-                        s["stats"]["rd_bytes"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
 }
