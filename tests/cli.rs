@@ -93,6 +93,127 @@ fn checked_in_schema_matches_the_types() {
     );
     let o = run(&repo(), &["schema"]);
     assert_eq!(o.stdout, checked_in);
+    let events = std::fs::read(repo().join("schemas/events.schema.json")).unwrap();
+    assert!(
+        events == vmthunder::cli::events::schema_bytes(),
+        "schemas/events.schema.json is stale: run `cargo run -- schema events > schemas/events.schema.json`"
+    );
+    assert_eq!(run(&repo(), &["schema", "events"]).stdout, events);
+}
+
+/// Every line is an event of the checked-in schema's types, and reads back unchanged.
+fn events_of(o: &Output) -> Vec<serde_json::Value> {
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("schemas/events.schema.json")).unwrap())
+            .unwrap();
+    let types: Vec<&str> = schema["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["properties"]["type"]["const"].as_str().unwrap())
+        .collect();
+    stdout(o)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let typed: vmthunder::cli::events::Event =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(serde_json::to_value(&typed).unwrap(), v, "{line}");
+            assert_eq!(v["format_version"], "1.0");
+            assert!(types.contains(&v["type"].as_str().unwrap()), "{line}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn sim_apply_and_destroy_print_json_events_and_keep_no_journal() {
+    let dir = workdir();
+    let args = [
+        "apply",
+        "-f",
+        "examples/sim.json",
+        "--auto-approve",
+        "--json",
+    ];
+    let needs_approval = run(dir.path(), &["apply", "-f", "examples/sim.json", "--json"]);
+    assert_eq!(needs_approval.status.code(), Some(1));
+    let diag = events_of(&needs_approval);
+    assert_eq!(diag.len(), 1);
+    assert_eq!(diag[0]["type"], "diagnostic");
+    assert!(
+        !dir.path().join("state").exists(),
+        "refused before anything"
+    );
+
+    let o = run(dir.path(), &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ev = events_of(&o);
+    let of = |t: &str| ev.iter().filter(|e| e["type"] == t).count();
+    let planned = of("planned_change");
+    assert_eq!(planned, 310);
+    assert_eq!(of("apply_start"), planned);
+    assert_eq!(of("apply_complete"), planned);
+    assert_eq!(ev[planned]["changes"]["operation"], "plan");
+    let last = ev.last().unwrap();
+    assert_eq!(last["type"], "change_summary");
+    assert_eq!(last["changes"]["operation"], "apply");
+    assert_eq!(last["changes"]["add"], 310);
+    // Nothing completes before it starts, nor before what it needs completed.
+    let pos = |t: &str, a: &str| {
+        ev.iter()
+            .position(|e| e["type"] == t && e["hook"]["address"] == a)
+            .unwrap()
+    };
+    assert!(pos("apply_start", "session.node01.base") > pos("apply_complete", "target.img0.base"));
+    assert!(
+        pos("apply_complete", "domain.node20.base.3") > pos("apply_start", "domain.node20.base.3")
+    );
+    assert!(dir.path().join("state/sim.json").exists());
+    assert!(!dir.path().join("state/sim.json.journal").exists());
+    let state = State::load(&dir.path().join("state/sim.json"), "sim").unwrap();
+    assert_eq!(state.len(), 310);
+
+    let o = run(
+        dir.path(),
+        &[
+            "destroy",
+            "-f",
+            "examples/sim.json",
+            "--auto-approve",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ev = events_of(&o);
+    assert_eq!(ev.last().unwrap()["changes"]["destroy"], 310);
+    assert!(State::load(&dir.path().join("state/sim.json"), "sim")
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn on_a_terminal_apply_shows_live_progress() {
+    let dir = workdir();
+    let cmd = format!(
+        "{} apply -f examples/sim.json --auto-approve --color never",
+        env!("CARGO_BIN_EXE_vmthunder")
+    );
+    // `script` gives the binary a pseudo-terminal for stdout.
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(dir.path())
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("operations"), "{out}");
+    assert!(out.contains("running "), "{out}");
+    assert!(
+        out.contains("Apply complete! Resources: 310 added"),
+        "{out}"
+    );
 }
 
 #[test]

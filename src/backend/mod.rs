@@ -9,9 +9,11 @@
 pub mod netns;
 pub mod qemu;
 pub mod qmp;
+pub mod sim;
 pub mod transport;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -101,9 +103,10 @@ pub trait Backend: Send + Sync {
 }
 
 /// The backend a spec asks for.
-pub fn for_spec(spec: &Spec) -> Result<Box<dyn Backend>, BackendError> {
+pub fn for_spec(spec: &Spec) -> Result<Arc<dyn Backend>, BackendError> {
     match (spec.backend.stack, spec.backend.transport) {
-        (Stack::Qemu, TransportKind::Local) => Ok(Box::new(qemu::QemuStack::new(spec)?)),
+        (Stack::Qemu, TransportKind::Local) => Ok(Arc::new(qemu::QemuStack::new(spec)?)),
+        (Stack::Sim, _) => Ok(Arc::new(sim::SimStack::new(&spec.backend.sim))),
         (stack, transport) => Err(BackendError::new(format!(
             "the {} stack over the {} transport is not available in this build yet; use \"stack\": \"qemu\" with \"transport\": \"local\"",
             serde_json::to_value(stack).unwrap_or_default().as_str().unwrap_or("?"),

@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,8 +100,11 @@ impl Transport for Local {
             status,
             stderr,
         };
+        // In a process group of its own: a Ctrl-C at the terminal interrupts vmthunder, which
+        // lets running commands finish, rather than killing them under it.
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,6 +1,8 @@
 //! The command line: flags (clap structs whose doc comments are the `--help`), then a call
 //! into the library, then a view that renders for people or as JSON. No logic of its own.
 
+pub mod events;
+mod progress;
 mod run;
 
 use std::io::{IsTerminal, Write};
@@ -95,8 +97,18 @@ pub enum Command {
         #[command(flatten)]
         state: StateArg,
     },
-    /// Print the JSON Schema of cluster specs (checked in as schemas/cluster.schema.json).
-    Schema,
+    /// Print a JSON Schema: of cluster specs (schemas/cluster.schema.json) or of the events
+    /// `apply --json` and `destroy --json` print (schemas/events.schema.json).
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaKind::Cluster)]
+        of: SchemaKind,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SchemaKind {
+    Cluster,
+    Events,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +212,10 @@ pub struct RunArgs {
     /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// Print one JSON event per line (see `vmthunder schema events`) instead of text; needs
+    /// --auto-approve unless applying a saved plan.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -275,9 +291,23 @@ pub fn main() -> i32 {
             std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
         }
     };
+    let json_events = match &cli.command {
+        Command::Apply(a) => a.run.json,
+        Command::Destroy(d) => d.run.json,
+        _ => false,
+    };
     match run(cli.command, color) {
         Ok(code) => code,
         Err(f) => {
+            if json_events {
+                progress::write_event(&events::Event::new(
+                    f.message.clone(),
+                    events::Body::Diagnostic {
+                        severity: events::Severity::Error,
+                        summary: f.message.clone(),
+                    },
+                ));
+            }
             let err_color = matches!(cli.color, ColorChoice::Always)
                 || (matches!(cli.color, ColorChoice::Auto)
                     && std::io::stderr().is_terminal()
@@ -330,8 +360,11 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             );
             Ok(0)
         }
-        Command::Schema => {
-            emit(&schema_bytes())?;
+        Command::Schema { of } => {
+            emit(&match of {
+                SchemaKind::Cluster => schema_bytes(),
+                SchemaKind::Events => events::schema_bytes(),
+            })?;
             Ok(0)
         }
     }

@@ -2,20 +2,23 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
 
+use super::events;
+use super::progress::{self, View};
 use super::{
     emit, fail, load_spec, render_options, state_path, ApplyArgs, DestroyArgs, Failure, RunArgs,
 };
-use crate::apply::{self, Limits, Outcome, Progress};
+use crate::apply::{self, Interrupt, Limits, Schedule, Stop};
 use crate::backend;
 use crate::graph::Graph;
-use crate::plan::{self, Mode, OpGraph, OpKind, Plan};
+use crate::plan::{self, Mode, OpGraph, Plan};
 use crate::resource::Addr;
 use crate::spec::Spec;
-use crate::state::{Lock, State};
+use crate::state::{journal, Lock, State};
 
 pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
+    json_needs_approval(&args.run, args.plan.is_some())?;
     let replace = args
         .replace
         .iter()
@@ -34,6 +37,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let _lock = Lock::acquire(&path, "apply", args.run.lock_timeout)?;
             let mut state = State::load(&path, &spec.cluster)?;
             saved.check_current(&state)?;
+            journal::settle(&mut state, &path)?;
             execute(&spec, saved, &mut state, &path, &args.run, color, true)
         }
         None => {
@@ -46,6 +50,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let path = state_path(args.state.path, &spec.cluster);
             let _lock = Lock::acquire(&path, "apply", args.run.lock_timeout)?;
             let mut state = State::load(&path, &spec.cluster)?;
+            journal::settle(&mut state, &path)?;
             let opts = plan::Options {
                 mode: Some(Mode::Normal),
                 targets: args.target,
@@ -58,10 +63,12 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
 }
 
 pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
+    json_needs_approval(&args.run, false)?;
     let spec = load_spec(&args.spec.file)?;
     let path = state_path(args.state.path, &spec.cluster);
     let _lock = Lock::acquire(&path, "destroy", args.run.lock_timeout)?;
     let mut state = State::load(&path, &spec.cluster)?;
+    journal::settle(&mut state, &path)?;
     let opts = plan::Options {
         mode: Some(Mode::Destroy),
         targets: args.target,
@@ -69,6 +76,16 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
     };
     let plan = make_plan(&spec, &state, &opts)?;
     execute(&spec, plan, &mut state, &path, &args.run, color, false)
+}
+
+/// JSON output leaves no one to answer the confirmation prompt.
+fn json_needs_approval(run: &RunArgs, saved: bool) -> Result<(), Failure> {
+    if run.json && !saved && !run.auto_approve {
+        return Err(fail(
+            "--json cannot ask for confirmation: pass --auto-approve too (after reviewing `vmthunder plan`)",
+        ));
+    }
+    Ok(())
 }
 
 fn make_plan(spec: &Spec, state: &State, opts: &plan::Options) -> Result<Plan, Failure> {
@@ -125,20 +142,28 @@ fn execute(
         }
         return Err(fail(m));
     }
+    if run.json {
+        for e in events::planned(&plan) {
+            progress::write_event(&e);
+        }
+        progress::write_event(&events::plan_summary(&plan));
+    }
     if !plan.has_changes() {
         // Nothing to run, but leftovers of an interrupted run are still swept.
         let _ = backend.finish(state);
-        println!(
-            "No changes. The hosts match the {}.",
-            if destroying {
-                "(empty) destroy plan"
-            } else {
-                "spec"
-            }
-        );
+        if !run.json {
+            println!(
+                "No changes. The hosts match the {}.",
+                if destroying {
+                    "(empty) destroy plan"
+                } else {
+                    "spec"
+                }
+            );
+        }
         return Ok(0);
     }
-    if !saved {
+    if !saved && !run.json {
         emit(plan::render(&plan, render_options(color, false)).as_bytes())?;
     }
     if !saved && !run.auto_approve && !confirm(destroying)? {
@@ -151,110 +176,54 @@ fn execute(
     let limits = Limits {
         parallelism: run.parallelism as usize,
         per_host: run.per_host as usize,
+        schedule: Schedule::CriticalPath,
     };
-    let mut out = std::io::stdout();
-    let mut report = |p: Progress<'_>| {
-        let line = match p {
-            Progress::Started { addr, kind } => format!(
-                "{addr}: {}...",
-                match kind {
-                    OpKind::Create => "Creating",
-                    OpKind::Delete => "Destroying",
-                }
-            ),
-            Progress::Finished {
-                addr,
-                kind,
-                elapsed,
-            } => format!(
-                "{addr}: {} complete after {}",
-                match kind {
-                    OpKind::Create => "Creation",
-                    OpKind::Delete => "Destruction",
-                },
-                secs(elapsed)
-            ),
-            Progress::Failed {
-                addr,
-                kind,
-                elapsed,
-                error,
-                skipped,
-            } => {
-                let label = if color {
-                    "\x1b[1;31mError:\x1b[0m"
-                } else {
-                    "Error:"
-                };
-                let mut m = format!(
-                    "{label} {} {addr} failed after {}: {error}",
-                    match kind {
-                        OpKind::Create => "creating",
-                        OpKind::Delete => "destroying",
-                    },
-                    secs(elapsed)
-                );
-                if skipped > 0 {
-                    m.push_str(&format!(
-                        "\n  {skipped} operation{} that depend{} on it will not run.",
-                        if skipped == 1 { "" } else { "s" },
-                        if skipped == 1 { "s" } else { "" }
-                    ));
-                }
-                m
-            }
-        };
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
-    let outcome = apply::run(&plan, state, path, backend.as_ref(), limits, &mut report)?;
-    if let Err(e) = backend.finish(state) {
-        eprintln!("Warning: cleaning up after the run: {e}");
+    let live = !run.json && std::io::stdout().is_terminal();
+    let mut view = View::new(run.json, live, color, &plan);
+    let interrupt = Arc::new(Interrupt::default());
+    let signals = catch_interrupts(&interrupt)?;
+    let result = apply::run(
+        &plan,
+        state,
+        path,
+        Arc::clone(&backend),
+        limits,
+        &interrupt,
+        &mut |p| view.on(p),
+    );
+    signals.close();
+    let outcome = result?;
+    // After a hard interrupt operations may still be running: sweeping now could race them.
+    if outcome.interrupted != Some(Stop::Hard) {
+        if let Err(e) = backend.finish(state) {
+            eprintln!("Warning: cleaning up after the run: {e}");
+        }
     }
-    print_summary(&outcome, destroying, color);
-    Ok(if outcome.ok() { 0 } else { 1 })
+    view.finish(&outcome, destroying);
+    Ok(if outcome.interrupted.is_some() {
+        INTERRUPTED
+    } else if outcome.ok() {
+        0
+    } else {
+        1
+    })
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
+/// The exit status of a run cut short by Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED: i32 = 130;
 
-fn print_summary(o: &Outcome, destroying: bool, color: bool) {
-    let verb = if destroying { "Destroy" } else { "Apply" };
-    let counts = if destroying {
-        format!("{} destroyed", o.deleted)
-    } else {
-        format!(
-            "{} added, {} replaced, {} destroyed",
-            o.created - o.replaced,
-            o.replaced,
-            o.deleted - o.replaced.min(o.deleted)
-        )
-    };
-    if o.ok() {
-        let head = if color {
-            format!("\x1b[1;32m{verb} complete!\x1b[0m")
-        } else {
-            format!("{verb} complete!")
-        };
-        println!("\n{head} Resources: {counts}. Wall time {}.", secs(o.wall));
-    } else {
-        let by_kind = |k: OpKind| o.skipped.iter().filter(|(_, kk)| *kk == k).count();
-        let (sc, sd) = (by_kind(OpKind::Create), by_kind(OpKind::Delete));
-        println!(
-            "\n{verb} failed. Resources: {counts}; {} operation{} failed ({}); {} skipped ({sc} creates, {sd} deletes). Wall time {}.",
-            o.failed.len(),
-            if o.failed.len() == 1 { "" } else { "s" },
-            o.failed
-                .iter()
-                .map(|(a, _, _)| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            o.skipped.len(),
-            secs(o.wall)
-        );
-        println!("The state records what succeeded; failed creates are marked tainted and replaced by the next apply.");
-    }
+/// Counts SIGINT and SIGTERM into `interrupt` until the handle is closed.
+fn catch_interrupts(interrupt: &Arc<Interrupt>) -> Result<signal_hook::iterator::Handle, Failure> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let handle = signals.handle();
+    let interrupt = Arc::clone(interrupt);
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            interrupt.raise();
+        }
+    });
+    Ok(handle)
 }
 
 fn confirm(destroying: bool) -> Result<bool, Failure> {

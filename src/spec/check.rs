@@ -41,6 +41,16 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         if b.root.trim().is_empty() {
             diags.push("/backend/root", "must not be empty");
         }
+        for (verb, table) in [("create", &b.sim.create), ("delete", &b.sim.delete)] {
+            for (kind, secs) in table {
+                if !(0.0..=86_400.0).contains(secs) {
+                    diags.push(
+                        format!("/backend/sim/{verb}/{kind}"),
+                        format!("{secs} is not a duration in seconds between 0 and 86400"),
+                    );
+                }
+            }
+        }
     }
     let unique_addresses = backend.is_some_and(|b| b.transport == Transport::Ssh || b.netns);
 

@@ -262,6 +262,7 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
     let volume_group = o.opt("volume_group");
     let base_port = o.or("base_port", d.base_port);
     let accel = o.or("accel", d.accel);
+    let sim = o.or("sim", d.sim);
     let ok = o.close();
     let backend = Backend {
         stack: stack?,
@@ -271,6 +272,7 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
         volume_group: volume_group.ok()?,
         base_port: base_port?,
         accel: accel?,
+        sim: sim?,
     };
     ok.then_some(backend)
 }

@@ -7,12 +7,14 @@
 mod check;
 mod decode;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::resource::Kind;
 use crate::size::Size;
 
 pub use decode::{Diagnostic, Diagnostics};
@@ -102,6 +104,27 @@ pub struct Backend {
     /// qemu stack: how guests run: `auto` (KVM if it boots a guest, else TCG), `kvm`, `tcg`.
     #[serde(default)]
     pub accel: Accel,
+    /// sim stack: how long each operation takes.
+    #[serde(default, skip_serializing_if = "SimSpec::is_default")]
+    pub sim: SimSpec,
+}
+
+/// The sim stack's model: seconds per create and per delete, by resource kind (kinds not
+/// named take no time). For planning and benchmarks of the engine only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimSpec {
+    /// e.g. {"session": 2, "cache": 1, "snapshot": 0.5, "domain": 3}
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub create: BTreeMap<Kind, f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delete: BTreeMap<Kind, f64>,
+}
+
+impl SimSpec {
+    fn is_default(&self) -> bool {
+        self == &SimSpec::default()
+    }
 }
 
 /// How QEMU guests are accelerated.
@@ -142,6 +165,7 @@ impl Default for Backend {
             volume_group: None,
             base_port: Backend::default_base_port(),
             accel: Accel::Auto,
+            sim: SimSpec::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the directory, previous version kept as `.backup`, mode 0600) and the lock that serializes
 //! writers. Plain data: it never talks to hosts.
 
+pub mod journal;
 mod lock;
 
 use std::collections::BTreeMap;
@@ -120,22 +121,29 @@ impl State {
                 ));
             }
         }
-        for r in &resources {
-            if let Some(d) = r.deps.iter().find(|d| !index.contains_key(*d)) {
-                return Err(format!(
-                    "resource {} depends on {d}, which is not recorded (a dangling dependency)",
-                    r.addr
-                ));
-            }
-        }
-        Ok(State {
+        let state = State {
             serial,
             lineage,
             cluster: cluster.to_string(),
             placement,
             resources,
             index,
-        })
+        };
+        state.check_deps()?;
+        Ok(state)
+    }
+
+    /// Every recorded dependency is itself recorded.
+    fn check_deps(&self) -> Result<(), String> {
+        for r in &self.resources {
+            if let Some(d) = r.deps.iter().find(|d| !self.index.contains_key(*d)) {
+                return Err(format!(
+                    "resource {} depends on {d}, which is not recorded (a dangling dependency)",
+                    r.addr
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, addr: &Addr) -> Option<&Recorded> {
@@ -190,7 +198,11 @@ impl State {
         let shown = path.display().to_string();
         let bytes = match fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::empty(cluster)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut state = State::empty(cluster);
+                journal::replay(&mut state, path)?;
+                return Ok(state);
+            }
             Err(source) => {
                 return Err(StateError::Read {
                     path: shown,
@@ -198,7 +210,7 @@ impl State {
                 })
             }
         };
-        let state = State::parse(path, &bytes)?;
+        let mut state = State::parse(path, &bytes)?;
         if state.cluster != cluster {
             return Err(StateError::OtherCluster {
                 path: shown,
@@ -206,6 +218,7 @@ impl State {
                 expected: cluster.to_string(),
             });
         }
+        journal::replay(&mut state, path)?;
         Ok(state)
     }
 
@@ -216,7 +229,9 @@ impl State {
             path: shown.clone(),
             source,
         })?;
-        State::parse(path, &bytes)
+        let mut state = State::parse(path, &bytes)?;
+        journal::replay(&mut state, path)?;
+        Ok(state)
     }
 
     fn parse(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
@@ -242,23 +257,7 @@ impl State {
         let resources = file
             .resources
             .into_iter()
-            .map(|r| {
-                let desired = Desired::parse(r.address.kind, r.desired.get())
-                    .map_err(|e| FromJsonError::Invalid(format!("{}: desired: {e}", r.address)))?;
-                if r.kind != r.address.kind || *r.host != *r.address.host {
-                    return Err(FromJsonError::Invalid(format!(
-                        "{}: kind or host does not match the address",
-                        r.address
-                    )));
-                }
-                Ok(Recorded {
-                    addr: r.address,
-                    desired,
-                    observed: r.observed,
-                    deps: r.deps,
-                    status: r.status,
-                })
-            })
+            .map(|r| r.into_recorded().map_err(FromJsonError::Invalid))
             .collect::<Result<Vec<_>, _>>()?;
         State::from_parts(
             &file.cluster,
@@ -293,17 +292,7 @@ impl State {
         );
         for (i, r) in self.resources.iter().enumerate() {
             out.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
-            let line = RecordedOut {
-                address: &r.addr,
-                kind: r.addr.kind,
-                host: &r.addr.host,
-                image: &r.addr.image,
-                n: r.addr.n,
-                status: r.status,
-                desired: &r.desired,
-                observed: &r.observed,
-                deps: &r.deps,
-            };
+            let line = RecordedOut::of(r);
             serde_json::to_writer(&mut out, &line).expect("resources serialize");
         }
         out.extend_from_slice(b"\n  ]\n}\n");
@@ -375,6 +364,42 @@ struct RecordedIn<'a> {
     observed: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     deps: Vec<Addr>,
+}
+
+impl RecordedIn<'_> {
+    fn into_recorded(self) -> Result<Recorded, String> {
+        let desired = Desired::parse(self.address.kind, self.desired.get())
+            .map_err(|e| format!("{}: desired: {e}", self.address))?;
+        if self.kind != self.address.kind || *self.host != *self.address.host {
+            return Err(format!(
+                "{}: kind or host does not match the address",
+                self.address
+            ));
+        }
+        Ok(Recorded {
+            addr: self.address,
+            desired,
+            observed: self.observed,
+            deps: self.deps,
+            status: self.status,
+        })
+    }
+}
+
+impl<'a> RecordedOut<'a> {
+    fn of(r: &'a Recorded) -> Self {
+        RecordedOut {
+            address: &r.addr,
+            kind: r.addr.kind,
+            host: &r.addr.host,
+            image: &r.addr.image,
+            n: r.addr.n,
+            status: r.status,
+            desired: &r.desired,
+            observed: &r.observed,
+            deps: &r.deps,
+        }
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix:

@@ -327,6 +327,7 @@ fn kvm_boots(boot: &Boot, scratch: &std::path::Path) -> bool {
     }
     let log = scratch.join("accel-probe.log");
     let mut cmd = std::process::Command::new("qemu-system-x86_64");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args([
         "-accel",
         "kvm",

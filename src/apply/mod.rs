@@ -1,0 +1,523 @@
+//! The executor: runs a plan's operations against a backend, in dependency order and in
+//! parallel, and records each finished one in state before reporting it.
+//!
+//! A coordinator (the calling thread) owns the state and the output; worker threads run
+//! backend operations and send results back over a channel. An operation starts the moment
+//! the operations it waits for are done (no level barriers); among ready ones the one with
+//! the longest chain of operations after it goes first, within a global and a per-host
+//! limit. A failed operation is reported once and everything that waits on it is skipped;
+//! independent branches run to completion.
+
+mod order;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap as HashMap;
+
+pub use order::Schedule;
+use order::{skip_after, Ready};
+
+use crate::backend::{Backend, BackendError, Observed, Target};
+use crate::plan::{OpGraph, OpKind, Plan};
+use crate::resource::{Addr, Desired};
+use crate::state::journal::{self, GroupCommit, Journal};
+use crate::state::{Recorded, State, StateError, Status};
+
+/// How often the coordinator wakes with nothing to do, to notice interrupts and let a live
+/// display tick.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Operations running at once, overall.
+    pub parallelism: usize,
+    /// Operations running at once on one host.
+    pub per_host: usize,
+    pub schedule: Schedule,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            parallelism: 10,
+            per_host: 4,
+            schedule: Schedule::CriticalPath,
+        }
+    }
+}
+
+/// Interrupt requests (Ctrl-C), raised from a signal handler thread. The first stops new
+/// operations and lets running ones finish; the second stops waiting for them.
+#[derive(Debug, Default)]
+pub struct Interrupt(AtomicU32);
+
+impl Interrupt {
+    pub fn raise(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What happened, as it happens.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    Started {
+        addr: &'a Addr,
+        kind: OpKind,
+    },
+    /// Done and durable in state.
+    Finished {
+        addr: &'a Addr,
+        kind: OpKind,
+        elapsed: Duration,
+    },
+    Failed {
+        addr: &'a Addr,
+        kind: OpKind,
+        elapsed: Duration,
+        error: &'a BackendError,
+        /// Operations skipped because they wait on this one.
+        skipped: usize,
+    },
+    /// Will not run: it waits on `cause`, which failed.
+    Skipped {
+        addr: &'a Addr,
+        kind: OpKind,
+        cause: &'a Addr,
+    },
+    /// An interrupt was received; `hard` when it was the second.
+    Interrupted {
+        hard: bool,
+        running: usize,
+    },
+    /// Nothing happened for a while.
+    Tick,
+}
+
+/// How a run was cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Nothing new started; running operations finished and were recorded.
+    Graceful,
+    /// Running operations were abandoned: whatever they made is swept or adopted next time.
+    Hard,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub created: usize,
+    pub deleted: usize,
+    /// Creates that replaced an existing resource.
+    pub replaced: usize,
+    pub failed: Vec<(Addr, OpKind, String)>,
+    pub skipped: Vec<(Addr, OpKind)>,
+    pub interrupted: Option<Stop>,
+    /// Operations that never started because of an interrupt.
+    pub not_started: usize,
+    /// Operations still running when a hard interrupt stopped the wait.
+    pub abandoned: Vec<(Addr, OpKind)>,
+    pub wall: Duration,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty() && self.interrupted.is_none()
+    }
+}
+
+struct Job {
+    op: u32,
+    kind: OpKind,
+    addr: Addr,
+    desired: Desired,
+    /// Dependencies' observations (create) or the resource's own (delete).
+    deps: Vec<(Addr, Observed)>,
+    observed: Observed,
+}
+
+enum Msg {
+    Done {
+        op: u32,
+        elapsed: Duration,
+        result: Result<Observed, BackendError>,
+    },
+    /// Journal lines up to this sequence number are on disk.
+    Durable(u64),
+    JournalFailed(std::io::Error),
+}
+
+/// A finished operation waiting for its journal line to be durable.
+struct Settling {
+    seq: u64,
+    op: u32,
+    elapsed: Duration,
+    error: Option<BackendError>,
+}
+
+/// Runs `plan` against `backend`, recording into `state` as it goes: each completed operation
+/// is appended to the journal next to `state_path` and fsynced before it is reported or
+/// anything is built on it; the state file is rewritten once at the end. `plan` must have
+/// been checked against `state`, and `state` settled (no leftover journal).
+pub fn run(
+    plan: &Plan,
+    state: &mut State,
+    state_path: &Path,
+    backend: Arc<dyn Backend>,
+    limits: Limits,
+    interrupt: &Interrupt,
+    report: &mut dyn FnMut(Progress<'_>),
+) -> Result<Outcome, StateError> {
+    let start = Instant::now();
+    let graph = OpGraph::build(plan);
+    let n = graph.ops.len();
+    let mut waiting: Vec<u32> = graph.before.iter().map(|b| b.len() as u32).collect();
+    let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, b) in graph.before.iter().enumerate() {
+        for &p in b {
+            after[p as usize].push(i as u32);
+        }
+    }
+    let mut ready = Ready::new(limits.schedule, &graph.before, &after);
+    for i in (0..n as u32).filter(|&i| waiting[i as usize] == 0) {
+        ready.push(i);
+    }
+    state.placement = plan.placement.clone();
+    let journal = Journal::begin(state, state_path)?;
+    let journal_path = journal.path().to_path_buf();
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let durable_tx = tx.clone();
+    let commit = GroupCommit::start(journal, move |r| {
+        let _ = durable_tx.send(match r {
+            Ok(seq) => Msg::Durable(seq),
+            Err(e) => Msg::JournalFailed(e),
+        });
+    });
+    let workers = limits.parallelism.max(1).min(n.max(1));
+    let jobs = spawn_workers(workers, &backend, &tx);
+    drop(tx);
+
+    let mut outcome = Outcome::default();
+    let mut parked: HashMap<&str, Vec<u32>> = HashMap::default();
+    let mut running_on: HashMap<&str, usize> = HashMap::default();
+    let mut skipped = vec![false; n];
+    let mut running: HashMap<u32, ()> = HashMap::default();
+    let mut settling: VecDeque<Settling> = VecDeque::new();
+    let (mut queued, mut durable) = (0u64, 0u64);
+    let mut line = Vec::with_capacity(512);
+    let mut seen_interrupts = 0;
+    let mut starting = true;
+    let mut journal_error = None;
+
+    loop {
+        let interrupts = interrupt.count();
+        if interrupts > seen_interrupts {
+            seen_interrupts = interrupts;
+            starting = false;
+            let hard = interrupts >= 2;
+            outcome.interrupted = Some(if hard { Stop::Hard } else { Stop::Graceful });
+            // Finished but not yet durable counts as running: it is still to be reported.
+            report(Progress::Interrupted {
+                hard,
+                running: running.len() + if hard { 0 } else { settling.len() },
+            });
+            if hard {
+                break;
+            }
+        }
+        while starting && running.len() < workers {
+            let Some(i) = ready.pop() else { break };
+            let op = graph.ops[i as usize];
+            let change = &plan.changes[op.change as usize];
+            let host: &str = &change.addr.host;
+            let on_host = running_on.entry(host).or_default();
+            if *on_host >= limits.per_host.max(1) {
+                parked.entry(host).or_default().push(i);
+                continue;
+            }
+            *on_host += 1;
+            running.insert(i, ());
+            let job = match op.kind {
+                OpKind::Create => Job {
+                    op: i,
+                    kind: op.kind,
+                    addr: change.addr.clone(),
+                    desired: change
+                        .after
+                        .clone()
+                        .expect("creates have desired attributes"),
+                    deps: change
+                        .deps
+                        .iter()
+                        .map(|d| {
+                            let o = state.get(d).map(|r| r.observed.clone()).unwrap_or_default();
+                            (d.clone(), o)
+                        })
+                        .collect(),
+                    observed: Observed::new(),
+                },
+                OpKind::Delete => {
+                    let rec = state.get(&change.addr);
+                    Job {
+                        op: i,
+                        kind: op.kind,
+                        addr: change.addr.clone(),
+                        desired: change
+                            .before
+                            .clone()
+                            .or_else(|| rec.map(|r| r.desired.clone()))
+                            .expect("deletes have recorded attributes"),
+                        deps: Vec::new(),
+                        observed: rec.map(|r| r.observed.clone()).unwrap_or_default(),
+                    }
+                }
+            };
+            report(Progress::Started {
+                addr: &change.addr,
+                kind: op.kind,
+            });
+            jobs.send(job)
+                .expect("workers outlive the coordinator's sends");
+        }
+        if running.is_empty() && settling.is_empty() {
+            break;
+        }
+        let msg = match rx.recv_timeout(TICK) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                report(Progress::Tick);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                unreachable!("the coordinator holds the journal's sender")
+            }
+        };
+        match msg {
+            Msg::Done {
+                op: i,
+                elapsed,
+                result,
+            } => {
+                running.remove(&i);
+                let op = graph.ops[i as usize];
+                let change = &plan.changes[op.change as usize];
+                let host: &str = &change.addr.host;
+                *running_on.get_mut(host).expect("counted at start") -= 1;
+                if let Some(p) = parked.remove(host) {
+                    for j in p {
+                        ready.push(j);
+                    }
+                }
+                line.clear();
+                let error = match (op.kind, result) {
+                    (OpKind::Create, result) => {
+                        let (observed, status, error) = match result {
+                            Ok(o) => (o, Status::Ready, None),
+                            // Whatever part of it exists is known to state, and replaced next.
+                            Err(e) => (Observed::new(), Status::Tainted, Some(e)),
+                        };
+                        let r = Recorded {
+                            addr: change.addr.clone(),
+                            desired: change.after.clone().expect("creates have attributes"),
+                            observed,
+                            deps: change.deps.clone(),
+                            status,
+                        };
+                        journal::upsert_line(&r, &mut line);
+                        state.upsert(r);
+                        error
+                    }
+                    (OpKind::Delete, Ok(_)) => {
+                        journal::remove_line(&change.addr, &mut line);
+                        state.remove(&change.addr);
+                        None
+                    }
+                    (OpKind::Delete, Err(e)) => Some(e),
+                };
+                if !line.is_empty() {
+                    queued = commit.push(&line);
+                }
+                settling.push_back(Settling {
+                    seq: queued,
+                    op: i,
+                    elapsed,
+                    error,
+                });
+            }
+            Msg::Durable(seq) => durable = seq,
+            Msg::JournalFailed(e) => {
+                journal_error = Some(e);
+                break;
+            }
+        }
+        while settling.front().is_some_and(|s| s.seq <= durable) {
+            let s = settling.pop_front().expect("checked");
+            settle(
+                s,
+                plan,
+                &graph,
+                &after,
+                &mut waiting,
+                &mut skipped,
+                &mut ready,
+                &mut outcome,
+                report,
+            );
+        }
+    }
+    drop(jobs);
+    let journal = commit.finish();
+    if let Some(source) = journal_error {
+        return Err(StateError::Write {
+            path: journal_path.display().to_string(),
+            source,
+        });
+    }
+    // Everything queued is durable now.
+    while let Some(s) = settling.pop_front() {
+        settle(
+            s,
+            plan,
+            &graph,
+            &after,
+            &mut waiting,
+            &mut skipped,
+            &mut ready,
+            &mut outcome,
+            report,
+        );
+    }
+    for &i in running.keys() {
+        let op = graph.ops[i as usize];
+        outcome
+            .abandoned
+            .push((plan.changes[op.change as usize].addr.clone(), op.kind));
+    }
+    if outcome.interrupted.is_some() {
+        let done = outcome.created + outcome.deleted + outcome.failed.len();
+        outcome.not_started = n - done - outcome.skipped.len() - outcome.abandoned.len();
+    }
+    journal.close(state, state_path)?;
+    outcome.wall = start.elapsed();
+    Ok(outcome)
+}
+
+/// Counts a finished operation whose record is durable, reports it, and releases (or skips)
+/// what waits on it.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    s: Settling,
+    plan: &Plan,
+    graph: &OpGraph,
+    after: &[Vec<u32>],
+    waiting: &mut [u32],
+    skipped: &mut [bool],
+    ready: &mut Ready,
+    outcome: &mut Outcome,
+    report: &mut dyn FnMut(Progress<'_>),
+) {
+    let i = s.op as usize;
+    let op = graph.ops[i];
+    let change = &plan.changes[op.change as usize];
+    ready.settled(s.op);
+    match s.error {
+        None => {
+            match op.kind {
+                OpKind::Create => {
+                    outcome.created += 1;
+                    if change.before.is_some() {
+                        outcome.replaced += 1;
+                    }
+                }
+                OpKind::Delete => outcome.deleted += 1,
+            }
+            report(Progress::Finished {
+                addr: &change.addr,
+                kind: op.kind,
+                elapsed: s.elapsed,
+            });
+            for &j in &after[i] {
+                waiting[j as usize] -= 1;
+                if waiting[j as usize] == 0 && !skipped[j as usize] {
+                    ready.push(j);
+                }
+            }
+        }
+        Some(error) => {
+            let newly = skip_after(s.op, after, skipped);
+            report(Progress::Failed {
+                addr: &change.addr,
+                kind: op.kind,
+                elapsed: s.elapsed,
+                error: &error,
+                skipped: newly.len(),
+            });
+            for &j in &newly {
+                ready.settled(j);
+                let o = graph.ops[j as usize];
+                let addr = &plan.changes[o.change as usize].addr;
+                report(Progress::Skipped {
+                    addr,
+                    kind: o.kind,
+                    cause: &change.addr,
+                });
+                outcome.skipped.push((addr.clone(), o.kind));
+            }
+            outcome
+                .failed
+                .push((change.addr.clone(), op.kind, error.to_string()));
+        }
+    }
+}
+
+/// Worker threads that run jobs until the job channel closes. They are not joined: after a
+/// hard interrupt the coordinator stops waiting for them, and the process exits under them.
+fn spawn_workers(
+    count: usize,
+    backend: &Arc<dyn Backend>,
+    done: &mpsc::Sender<Msg>,
+) -> mpsc::Sender<Job> {
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    for w in 0..count {
+        let rx = Arc::clone(&job_rx);
+        let tx = done.clone();
+        let backend = Arc::clone(backend);
+        std::thread::Builder::new()
+            .name(format!("worker-{w}"))
+            .spawn(move || loop {
+                let job = match rx.lock().expect("job queue").recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                let t0 = Instant::now();
+                let target = Target {
+                    addr: &job.addr,
+                    desired: &job.desired,
+                };
+                let result = match job.kind {
+                    OpKind::Create => backend.create(target, &job.deps),
+                    OpKind::Delete => backend
+                        .delete(target, &job.observed)
+                        .map(|()| Observed::new()),
+                };
+                let msg = Msg::Done {
+                    op: job.op,
+                    elapsed: t0.elapsed(),
+                    result,
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            })
+            .expect("threads can be spawned");
+    }
+    job_tx
+}
