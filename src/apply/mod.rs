@@ -99,6 +99,8 @@ pub enum Progress<'a> {
     },
     /// Nothing happened for a while.
     Tick,
+    /// The executor is about to wait for news: a moment to flush buffered output.
+    Idle,
 }
 
 /// How a run was cut short.
@@ -184,7 +186,17 @@ pub fn run(
             after[p as usize].push(i as u32);
         }
     }
-    let mut ready = Ready::new(limits.schedule, &graph.before, &after);
+    let weight: Vec<u64> = graph
+        .ops
+        .iter()
+        .map(|op| {
+            let kind = plan.changes[op.change as usize].addr.kind;
+            // At least 1: with no estimate, the number of operations decides.
+            (backend.estimate(kind, op.kind).as_micros() as u64).max(1)
+        })
+        .collect();
+    let mut ready = Ready::new(limits.schedule, &graph.before, &after, &weight);
+    drop(weight);
     for i in (0..n as u32).filter(|&i| waiting[i as usize] == 0) {
         ready.push(i);
     }
@@ -289,7 +301,14 @@ pub fn run(
         if running.is_empty() && settling.is_empty() {
             break;
         }
-        let msg = match rx.recv_timeout(TICK) {
+        let msg = match rx.try_recv() {
+            Ok(m) => Ok(m),
+            Err(_) => {
+                report(Progress::Idle);
+                rx.recv_timeout(TICK)
+            }
+        };
+        let msg = match msg {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 report(Progress::Tick);

@@ -17,28 +17,30 @@ pub enum Schedule {
     Fifo,
 }
 
-/// Per operation, the number of operations on the longest chain that starts at it.
-pub fn ranks(after: &[Vec<u32>]) -> Vec<u32> {
+/// Per operation, the estimated time of the longest chain that starts at it (its own
+/// `weight` included).
+pub fn ranks(after: &[Vec<u32>], weight: &[u64]) -> Vec<u64> {
     // Ordering by the reversed edges puts every operation after all its successors.
-    chain_lengths(after)
+    chain_lengths(after, |i| weight[i])
 }
 
 /// Per operation, the number of operations on the longest chain that ends at it.
-pub fn levels(before: &[Vec<u32>]) -> Vec<u32> {
-    chain_lengths(before)
+pub fn levels(before: &[Vec<u32>]) -> Vec<u64> {
+    chain_lengths(before, |_| 1)
 }
 
-/// `len[i] = 1 + max(len[j] for j in edges[i])`, in an order where every `j` comes first.
-fn chain_lengths(edges: &[Vec<u32>]) -> Vec<u32> {
+/// `len[i] = weight(i) + max(len[j] for j in edges[i])`, in an order where every `j` comes
+/// first. O(V + E).
+fn chain_lengths(edges: &[Vec<u32>], weight: impl Fn(usize) -> u64) -> Vec<u64> {
     let order = crate::dag::topo_order(edges).unwrap_or_else(|_| (0..edges.len() as u32).collect());
-    let mut len = vec![1u32; edges.len()];
+    let mut len = vec![0u64; edges.len()];
     for &i in &order {
         let best = edges[i as usize]
             .iter()
             .map(|&j| len[j as usize])
             .max()
             .unwrap_or(0);
-        len[i as usize] = 1 + best;
+        len[i as usize] = weight(i as usize) + best;
     }
     len
 }
@@ -63,18 +65,24 @@ pub fn skip_after(failed: u32, after: &[Vec<u32>], skipped: &mut [bool]) -> Vec<
 /// Ready operations, best first under a [`Schedule`].
 pub struct Ready {
     schedule: Schedule,
-    heap: BinaryHeap<(u32, Reverse<u32>)>,
-    rank: Vec<u32>,
-    level: Vec<u32>,
+    heap: BinaryHeap<(u64, Reverse<u32>)>,
+    rank: Vec<u64>,
+    level: Vec<u64>,
     /// Operations of each level not yet done or skipped (Levels only).
     left: Vec<u32>,
     current: usize,
 }
 
 impl Ready {
-    pub fn new(schedule: Schedule, before: &[Vec<u32>], after: &[Vec<u32>]) -> Ready {
+    /// `weight`: each operation's estimated duration (critical-path priority only).
+    pub fn new(
+        schedule: Schedule,
+        before: &[Vec<u32>],
+        after: &[Vec<u32>],
+        weight: &[u64],
+    ) -> Ready {
         let rank = match schedule {
-            Schedule::CriticalPath => ranks(after),
+            Schedule::CriticalPath => ranks(after, weight),
             _ => Vec::new(),
         };
         let (level, left) = match schedule {
@@ -103,7 +111,7 @@ impl Ready {
     pub fn push(&mut self, op: u32) {
         let key = match self.schedule {
             Schedule::CriticalPath => self.rank[op as usize],
-            Schedule::Levels => u32::MAX - self.level[op as usize],
+            Schedule::Levels => u64::MAX - self.level[op as usize],
             Schedule::Fifo => 0,
         };
         self.heap.push((key, Reverse(op)));
@@ -141,7 +149,9 @@ mod tests {
     fn ranks_count_the_longest_chain_after_each_operation() {
         // 0 -> 1 -> 2, 0 -> 3
         let after = vec![vec![1, 3], vec![2], vec![], vec![]];
-        assert_eq!(ranks(&after), vec![3, 2, 1, 1]);
+        assert_eq!(ranks(&after, &[1, 1, 1, 1]), vec![3, 2, 1, 1]);
+        // A single slow operation outweighs a chain of quick ones.
+        assert_eq!(ranks(&after, &[1, 1, 1, 5]), vec![6, 2, 1, 5]);
         let before = vec![vec![], vec![0], vec![1], vec![0]];
         assert_eq!(levels(&before), vec![1, 2, 3, 2]);
     }
@@ -161,13 +171,14 @@ mod tests {
         // 0 -> 1 -> 2 (a long chain), 3 and 4 alone.
         let before = vec![vec![], vec![0], vec![1], vec![], vec![]];
         let after = vec![vec![1], vec![2], vec![], vec![], vec![]];
-        let mut cp = Ready::new(Schedule::CriticalPath, &before, &after);
+        let w = [1; 5];
+        let mut cp = Ready::new(Schedule::CriticalPath, &before, &after, &w);
         for op in [3, 0, 4] {
             cp.push(op);
         }
         assert_eq!(cp.pop(), Some(0), "the head of the longest chain first");
 
-        let mut lv = Ready::new(Schedule::Levels, &before, &after);
+        let mut lv = Ready::new(Schedule::Levels, &before, &after, &w);
         for op in [0, 3, 4] {
             lv.push(op);
         }

@@ -14,11 +14,12 @@ pub mod transport;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::plan::Plan;
-use crate::resource::{Addr, Desired};
+use crate::plan::{OpKind, Plan};
+use crate::resource::{Addr, Desired, Kind};
 use crate::spec::{Spec, Stack, Transport as TransportKind};
 use crate::state::State;
 
@@ -97,6 +98,11 @@ pub trait Backend: Send + Sync {
     fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError>;
     /// Makes the object not exist.
     fn delete(&self, t: Target<'_>, observed: &Observed) -> Result<(), BackendError>;
+    /// Roughly how long an operation takes, for scheduling only: among ready operations
+    /// the one with the longest estimated chain after it goes first.
+    fn estimate(&self, _kind: Kind, _op: OpKind) -> Duration {
+        Duration::from_millis(100)
+    }
     /// After an apply: removes per-host scaffolding (directories, namespaces) of hosts that
     /// `state` no longer records anything on.
     fn finish(&self, state: &State) -> Result<(), BackendError>;

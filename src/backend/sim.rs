@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Backend, BackendError, Observed, Target};
-use crate::plan::Plan;
+use crate::plan::{OpKind, Plan};
 use crate::resource::{Addr, Kind};
 use crate::spec::SimSpec;
 use crate::state::State;
@@ -50,6 +50,13 @@ impl Backend for SimStack {
     fn delete(&self, t: Target<'_>, _: &Observed) -> Result<(), BackendError> {
         SimStack::take(self.delete[t.addr.kind as usize]);
         Ok(())
+    }
+
+    fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
+        match op {
+            OpKind::Create => self.create[kind as usize],
+            OpKind::Delete => self.delete[kind as usize],
+        }
     }
 
     fn finish(&self, _: &State) -> Result<(), BackendError> {

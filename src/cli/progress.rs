@@ -1,7 +1,7 @@
 //! What apply and destroy show while they run: a live display on a terminal, plain
 //! Terraform-style lines otherwise, or JSON events (`--json`).
 
-use std::io::Write;
+use std::io::{BufWriter, Stdout, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -16,34 +16,45 @@ use crate::resource::{Addr, Kind};
 const LIST_LIMIT: usize = 500;
 
 pub(super) enum View {
-    Plain { color: bool },
+    Plain {
+        color: bool,
+        out: BufWriter<Stdout>,
+    },
     Live(Box<Live>),
-    Json,
+    Json {
+        out: BufWriter<Stdout>,
+    },
 }
 
 impl View {
     /// `live` when stdout is a terminal (and not `--json`).
     pub fn new(json: bool, live: bool, color: bool, plan: &Plan) -> View {
+        // Lines are buffered and flushed whenever the executor waits, so a fast run is not
+        // one write per line and a slow one shows each line at once.
+        let out = || BufWriter::with_capacity(1 << 16, std::io::stdout());
         if json {
-            View::Json
+            View::Json { out: out() }
         } else if live {
             View::Live(Box::new(Live::new(plan, color)))
         } else {
-            View::Plain { color }
+            View::Plain { color, out: out() }
         }
     }
 
     pub fn on(&mut self, p: Progress<'_>) {
         match self {
-            View::Plain { color } => {
+            View::Plain { out, .. } | View::Json { out } if matches!(p, Progress::Idle) => {
+                let _ = out.flush();
+            }
+            View::Plain { color, out } => {
                 if let Some(line) = text(&p, *color, true) {
-                    say(&line);
+                    let _ = writeln!(out, "{line}");
                 }
             }
             View::Live(live) => live.on(p),
-            View::Json => {
+            View::Json { out } => {
                 if let Some(e) = event(&p) {
-                    write_event(&e);
+                    let _ = out.write_all(&e.line());
                 }
             }
         }
@@ -52,12 +63,16 @@ impl View {
     /// The closing summary.
     pub fn finish(&mut self, o: &Outcome, destroying: bool) {
         let color = match self {
-            View::Plain { color } => *color,
+            View::Plain { color, out } => {
+                let _ = out.flush();
+                *color
+            }
             View::Live(live) => {
                 live.clear();
                 live.color
             }
-            View::Json => {
+            View::Json { out } => {
+                let _ = out.flush();
                 let first = summary(o, destroying, false);
                 let first = first.lines().find(|l| !l.is_empty()).unwrap_or_default();
                 write_event(&events::outcome_summary(o, destroying, first.to_string()));
@@ -167,7 +182,7 @@ fn event(p: &Progress<'_>) -> Option<Event> {
             cause: cause.to_string(),
         },
         Progress::Interrupted { hard, running } => Body::Interrupt { hard, running },
-        Progress::Tick => return None,
+        Progress::Tick | Progress::Idle => return None,
     };
     let message = match p {
         Progress::Skipped { addr, cause, .. } => {
@@ -312,7 +327,7 @@ impl Live {
                 self.kinds[addr.kind as usize].0 += 1;
                 self.bar.inc(1);
             }
-            Progress::Interrupted { .. } | Progress::Tick => {}
+            Progress::Interrupted { .. } | Progress::Tick | Progress::Idle => {}
         }
         let show = match &p {
             Progress::Finished { .. } => self.verbose,

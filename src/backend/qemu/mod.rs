@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::transport::Local;
 use super::{Backend, BackendError, Observed, Target, Transport};
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, OpKind, Plan};
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
 use crate::spec::{Accel, Ready, Spec};
 use crate::state::State;
@@ -129,6 +129,19 @@ fn args(v: &[&str]) -> Vec<String> {
 }
 
 impl Backend for QemuStack {
+    fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
+        // Rough times on this stack: a guest boots to its ready line in seconds (TCG), a
+        // session may start a relay, the rest are QMP commands and file operations.
+        Duration::from_millis(match (op, kind) {
+            (OpKind::Create, Kind::Domain) => 5_000,
+            (OpKind::Delete, Kind::Domain) => 500,
+            (OpKind::Create, Kind::Session) => 200,
+            (OpKind::Create, Kind::Snapshot) => 100,
+            (_, Kind::Lv) => 10,
+            _ => 50,
+        })
+    }
+
     fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         let mut need_daemon = false;
