@@ -96,7 +96,11 @@ fn scale_child(hosts: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.json");
     let spec = spec(hosts, CLONES, 4, serde_json::json!({}));
-    let limits = Limits::default();
+    let limits = Limits {
+        parallelism: std::env::var("VMTHUNDER_BENCH_PARALLELISM")
+            .map_or(10, |p| p.parse().unwrap()),
+        ..Limits::default()
+    };
 
     reset_peak();
     let t = Instant::now();

@@ -16,14 +16,9 @@ use crate::resource::{Addr, Kind};
 const LIST_LIMIT: usize = 500;
 
 pub(super) enum View {
-    Plain {
-        color: bool,
-        out: BufWriter<Stdout>,
-    },
+    Plain { color: bool, out: BufWriter<Stdout> },
     Live(Box<Live>),
-    Json {
-        out: BufWriter<Stdout>,
-    },
+    Json { out: BufWriter<Stdout> },
 }
 
 impl View {
