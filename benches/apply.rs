@@ -13,9 +13,12 @@
 //!
 //! Run: `cargo bench --bench apply`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::{peak_mib, reset_peak};
 use vmthunder::apply::{self, Interrupt, Limits, Schedule};
 use vmthunder::backend;
 use vmthunder::graph::Graph;
@@ -76,20 +79,6 @@ fn execute(
     .unwrap();
     assert!(o.ok(), "{:?}", o.failed.first());
     o
-}
-
-/// Peak resident set size in MiB since the last reset.
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn scale_child(hosts: usize) {
@@ -261,27 +250,17 @@ fn schedule_quality(hosts: usize, clones: u32, scale: f64, parallelism: usize) {
 }
 
 fn main() {
-    if let Ok(h) = std::env::var("VMTHUNDER_BENCH_CHILD") {
-        scale_child(h.parse().unwrap());
+    if let Some(hosts) = common::child_size() {
+        scale_child(hosts);
         return;
     }
     let debug = cfg!(debug_assertions);
-    let sizes = std::env::var("VMTHUNDER_BENCH_HOSTS").unwrap_or_else(|_| {
-        if debug {
-            "100".into()
-        } else {
-            "10000".into()
-        }
-    });
+    let sizes = common::sizes("100", "10000");
     println!("apply benchmark, sim stack at zero duration: N hosts x {CLONES} clones, degree 4, parallelism 10, per host 4, journal on");
     println!("| phase   | hosts  | ops     | plan s  | run s   | total s | ops/s     | peak MiB | state MiB |");
     println!("|---------|-------:|--------:|--------:|--------:|--------:|----------:|--------:|----------:|");
-    for size in sizes.split(',').filter(|s| !s.is_empty()) {
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("VMTHUNDER_BENCH_CHILD", size.trim())
-            .status()
-            .unwrap();
-        assert!(status.success(), "benchmark child for {size} hosts failed");
+    for size in &sizes {
+        common::run_child(size);
     }
     let scale: f64 = std::env::var("VMTHUNDER_BENCH_SCALE")
         .ok()

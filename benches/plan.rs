@@ -7,8 +7,11 @@
 //!
 //! Run: `cargo bench --bench plan` (release build).
 
+mod common;
+
 use std::time::Instant;
 
+use common::{peak_mib, reset_peak};
 use vmthunder::graph::Graph;
 use vmthunder::plan::{self, OpGraph, Options};
 use vmthunder::spec::Spec;
@@ -36,20 +39,6 @@ fn spec_json(hosts: usize) -> Vec<u8> {
         "clones": {"per_host": CLONES, "cow_size": "2GiB", "memory": "1GiB"}
     }))
     .unwrap()
-}
-
-/// Peak resident set size in MiB since the last reset.
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn plan_once(spec_bytes: &[u8], state: &State) -> (plan::Plan, usize) {
@@ -106,26 +95,15 @@ fn child(hosts: usize) {
 }
 
 fn main() {
-    if let Ok(h) = std::env::var("VMTHUNDER_BENCH_CHILD") {
-        child(h.parse().unwrap());
+    if let Some(hosts) = common::child_size() {
+        child(hosts);
         return;
     }
-    // `cargo test --benches` runs this with no arguments in debug mode: keep that quick.
-    let sizes = std::env::var("VMTHUNDER_BENCH_HOSTS").unwrap_or_else(|_| {
-        if cfg!(debug_assertions) {
-            "100".into()
-        } else {
-            "1000,10000,100000".into()
-        }
-    });
+    let sizes = common::sizes("100", "1000,10000,100000");
     println!("plan benchmark: N hosts x {CLONES} clones, degree {DEGREE}; times in seconds, memory in MiB (peak RSS of the phase)");
     println!("| hosts   | resources | empty: s | peak MiB | match: s | load: s | peak MiB | state MiB | persist: s |");
     println!("|--------:|----------:|---------:|--------:|---------:|--------:|--------:|-------:|-------:|");
-    for size in sizes.split(',').filter(|s| !s.is_empty()) {
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("VMTHUNDER_BENCH_CHILD", size.trim())
-            .status()
-            .unwrap();
-        assert!(status.success(), "benchmark child for {size} hosts failed");
+    for size in &sizes {
+        common::run_child(size);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 pub use order::Schedule;
 use order::{skip_after, Ready};
@@ -155,6 +155,15 @@ enum Msg {
     JournalFailed(std::io::Error),
 }
 
+/// What the coordinator knows of each operation's progress.
+struct Tracker {
+    /// Per operation: how many operations it still waits for.
+    waiting: Vec<u32>,
+    skipped: Vec<bool>,
+    ready: Ready,
+    outcome: Outcome,
+}
+
 /// A finished operation waiting for its journal line to be durable.
 struct Settling {
     seq: u64,
@@ -179,7 +188,7 @@ pub fn run(
     let start = Instant::now();
     let graph = OpGraph::build(plan);
     let n = graph.ops.len();
-    let mut waiting: Vec<u32> = graph.before.iter().map(|b| b.len() as u32).collect();
+    let waiting: Vec<u32> = graph.before.iter().map(|b| b.len() as u32).collect();
     let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
     for (i, b) in graph.before.iter().enumerate() {
         for &p in b {
@@ -195,10 +204,15 @@ pub fn run(
             (backend.estimate(kind, op.kind).as_micros() as u64).max(1)
         })
         .collect();
-    let mut ready = Ready::new(limits.schedule, &graph.before, &after, &weight);
+    let mut t = Tracker {
+        ready: Ready::new(limits.schedule, &graph.before, &after, &weight),
+        waiting,
+        skipped: vec![false; n],
+        outcome: Outcome::default(),
+    };
     drop(weight);
-    for i in (0..n as u32).filter(|&i| waiting[i as usize] == 0) {
-        ready.push(i);
+    for i in (0..n as u32).filter(|&i| t.waiting[i as usize] == 0) {
+        t.ready.push(i);
     }
     state.placement = plan.placement.clone();
     let journal = Journal::begin(state, state_path)?;
@@ -216,11 +230,9 @@ pub fn run(
     let jobs = spawn_workers(workers, &backend, &tx);
     drop(tx);
 
-    let mut outcome = Outcome::default();
     let mut parked: HashMap<&str, Vec<u32>> = HashMap::default();
     let mut running_on: HashMap<&str, usize> = HashMap::default();
-    let mut skipped = vec![false; n];
-    let mut running: HashMap<u32, ()> = HashMap::default();
+    let mut running: HashSet<u32> = HashSet::default();
     let mut settling: VecDeque<Settling> = VecDeque::new();
     let (mut queued, mut durable) = (0u64, 0u64);
     let mut line = Vec::with_capacity(512);
@@ -234,7 +246,7 @@ pub fn run(
             seen_interrupts = interrupts;
             starting = false;
             let hard = interrupts >= 2;
-            outcome.interrupted = Some(if hard { Stop::Hard } else { Stop::Graceful });
+            t.outcome.interrupted = Some(if hard { Stop::Hard } else { Stop::Graceful });
             // Finished but not yet durable counts as running: it is still to be reported.
             report(Progress::Interrupted {
                 hard,
@@ -245,7 +257,7 @@ pub fn run(
             }
         }
         while starting && running.len() < workers {
-            let Some(i) = ready.pop() else { break };
+            let Some(i) = t.ready.pop() else { break };
             let op = graph.ops[i as usize];
             let change = &plan.changes[op.change as usize];
             let host: &str = &change.addr.host;
@@ -255,7 +267,7 @@ pub fn run(
                 continue;
             }
             *on_host += 1;
-            running.insert(i, ());
+            running.insert(i);
             let job = match op.kind {
                 OpKind::Create => Job {
                     op: i,
@@ -331,7 +343,7 @@ pub fn run(
                 *running_on.get_mut(host).expect("counted at start") -= 1;
                 if let Some(p) = parked.remove(host) {
                     for j in p {
-                        ready.push(j);
+                        t.ready.push(j);
                     }
                 }
                 line.clear();
@@ -378,17 +390,7 @@ pub fn run(
         }
         while settling.front().is_some_and(|s| s.seq <= durable) {
             let s = settling.pop_front().expect("checked");
-            settle(
-                s,
-                plan,
-                &graph,
-                &after,
-                &mut waiting,
-                &mut skipped,
-                &mut ready,
-                &mut outcome,
-                report,
-            );
+            t.settle(s, plan, &graph, &after, report);
         }
     }
     drop(jobs);
@@ -401,97 +403,91 @@ pub fn run(
     }
     // Everything queued is durable now.
     while let Some(s) = settling.pop_front() {
-        settle(
-            s,
-            plan,
-            &graph,
-            &after,
-            &mut waiting,
-            &mut skipped,
-            &mut ready,
-            &mut outcome,
-            report,
-        );
+        t.settle(s, plan, &graph, &after, report);
     }
-    for &i in running.keys() {
+    for &i in &running {
         let op = graph.ops[i as usize];
-        outcome
+        t.outcome
             .abandoned
             .push((plan.changes[op.change as usize].addr.clone(), op.kind));
     }
-    if outcome.interrupted.is_some() {
-        let done = outcome.created + outcome.deleted + outcome.failed.len();
-        outcome.not_started = n - done - outcome.skipped.len() - outcome.abandoned.len();
+    if t.outcome.interrupted.is_some() {
+        let done = t.outcome.created + t.outcome.deleted + t.outcome.failed.len();
+        t.outcome.not_started = n - done - t.outcome.skipped.len() - t.outcome.abandoned.len();
     }
     journal.close(state, state_path)?;
-    outcome.wall = start.elapsed();
-    Ok(outcome)
+    t.outcome.wall = start.elapsed();
+    Ok(t.outcome)
 }
 
-/// Counts a finished operation whose record is durable, reports it, and releases (or skips)
-/// what waits on it.
-#[allow(clippy::too_many_arguments)]
-fn settle(
-    s: Settling,
-    plan: &Plan,
-    graph: &OpGraph,
-    after: &[Vec<u32>],
-    waiting: &mut [u32],
-    skipped: &mut [bool],
-    ready: &mut Ready,
-    outcome: &mut Outcome,
-    report: &mut dyn FnMut(Progress<'_>),
-) {
-    let i = s.op as usize;
-    let op = graph.ops[i];
-    let change = &plan.changes[op.change as usize];
-    ready.settled(s.op);
-    match s.error {
-        None => {
-            match op.kind {
-                OpKind::Create => {
-                    outcome.created += 1;
-                    if change.before.is_some() {
-                        outcome.replaced += 1;
+impl Tracker {
+    /// Counts a finished operation whose record is durable, reports it, and releases (or
+    /// skips) what waits on it.
+    fn settle(
+        &mut self,
+        s: Settling,
+        plan: &Plan,
+        graph: &OpGraph,
+        after: &[Vec<u32>],
+        report: &mut dyn FnMut(Progress<'_>),
+    ) {
+        let Tracker {
+            waiting,
+            skipped,
+            ready,
+            outcome,
+        } = self;
+        let i = s.op as usize;
+        let op = graph.ops[i];
+        let change = &plan.changes[op.change as usize];
+        ready.settled(s.op);
+        match s.error {
+            None => {
+                match op.kind {
+                    OpKind::Create => {
+                        outcome.created += 1;
+                        if change.before.is_some() {
+                            outcome.replaced += 1;
+                        }
+                    }
+                    OpKind::Delete => outcome.deleted += 1,
+                }
+                report(Progress::Finished {
+                    addr: &change.addr,
+                    kind: op.kind,
+                    elapsed: s.elapsed,
+                });
+                for &j in &after[i] {
+                    waiting[j as usize] -= 1;
+                    if waiting[j as usize] == 0 && !skipped[j as usize] {
+                        ready.push(j);
                     }
                 }
-                OpKind::Delete => outcome.deleted += 1,
             }
-            report(Progress::Finished {
-                addr: &change.addr,
-                kind: op.kind,
-                elapsed: s.elapsed,
-            });
-            for &j in &after[i] {
-                waiting[j as usize] -= 1;
-                if waiting[j as usize] == 0 && !skipped[j as usize] {
-                    ready.push(j);
-                }
-            }
-        }
-        Some(error) => {
-            let newly = skip_after(s.op, after, skipped);
-            report(Progress::Failed {
-                addr: &change.addr,
-                kind: op.kind,
-                elapsed: s.elapsed,
-                error: &error,
-                skipped: newly.len(),
-            });
-            for &j in &newly {
-                ready.settled(j);
-                let o = graph.ops[j as usize];
-                let addr = &plan.changes[o.change as usize].addr;
-                report(Progress::Skipped {
-                    addr,
-                    kind: o.kind,
-                    cause: &change.addr,
+            Some(error) => {
+                let newly = skip_after(s.op, after, skipped);
+                report(Progress::Failed {
+                    addr: &change.addr,
+                    kind: op.kind,
+                    elapsed: s.elapsed,
+                    error: &error,
+                    skipped: newly.len(),
                 });
-                outcome.skipped.push((addr.clone(), o.kind));
+                for &j in &newly {
+                    ready.settled(j);
+                    let o = graph.ops[j as usize];
+                    let addr = &plan.changes[o.change as usize].addr;
+                    report(Progress::Skipped {
+                        addr,
+                        kind: o.kind,
+                        cause: &change.addr,
+                    });
+                    outcome.skipped.push((addr.clone(), o.kind));
+                }
+                outcome
+                    .failed
+                    .push((change.addr.clone(), op.kind, error.to_string()));
             }
-            outcome
-                .failed
-                .push((change.addr.clone(), op.kind, error.to_string()));
         }
     }
 }

@@ -354,22 +354,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Desired, LvAttrs, LvPurpose};
-    use crate::size::Size;
-    use crate::state::Status;
-
-    fn lv(addr: &str, deps: &[&str]) -> Recorded {
-        Recorded {
-            addr: addr.parse().unwrap(),
-            desired: Desired::Lv(LvAttrs {
-                purpose: LvPurpose::Cache,
-                size: Size(1 << 30),
-            }),
-            observed: Default::default(),
-            deps: deps.iter().map(|d| d.parse().unwrap()).collect(),
-            status: Status::Ready,
-        }
-    }
+    use crate::state::tests::lv;
 
     #[test]
     fn a_killed_apply_is_replayed_and_settled() {

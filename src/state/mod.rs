@@ -443,12 +443,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resource::{LvAttrs, LvPurpose};
     use crate::size::Size;
 
-    fn lv(addr: &str) -> Recorded {
+    /// A recorded cache lv at `addr`, built on `deps`.
+    pub(super) fn lv(addr: &str, deps: &[&str]) -> Recorded {
         Recorded {
             addr: addr.parse().unwrap(),
             desired: Desired::Lv(LvAttrs {
@@ -456,7 +457,7 @@ mod tests {
                 size: Size(1 << 30),
             }),
             observed: Default::default(),
-            deps: vec![],
+            deps: deps.iter().map(|d| d.parse().unwrap()).collect(),
             status: Status::Ready,
         }
     }
@@ -467,7 +468,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/lab.json");
         let mut s = State::empty("lab");
-        s.resources.push(lv("lv.node1.base"));
+        s.resources.push(lv("lv.node1.base", &[]));
         s = State::from_parts("lab", 0, None, Placement::new(), s.resources).unwrap();
         s.persist(&path).unwrap();
         let lineage = s.lineage.clone().unwrap();
