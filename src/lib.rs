@@ -10,6 +10,7 @@ pub mod dag;
 pub mod graph;
 pub mod placement;
 pub mod plan;
+pub mod refresh;
 pub mod resource;
 pub mod size;
 pub mod spec;

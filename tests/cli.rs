@@ -328,7 +328,13 @@ fn matching_state_plans_no_changes_and_state_reads_back() {
     let state = write_applied_state(dir.path(), Path::new("examples/lab.json"));
     let o = run(
         dir.path(),
-        &["plan", "-f", "examples/lab.json", "--detailed-exitcode"],
+        &[
+            "plan",
+            "-f",
+            "examples/lab.json",
+            "--detailed-exitcode",
+            "--refresh=false",
+        ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "No changes. Your cluster matches the spec.\n");
@@ -444,6 +450,7 @@ fn human_plans_read_like_terraform() {
             "--replace",
             "lv.node02.base",
             "--detailed-exitcode",
+            "--refresh=false",
         ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -451,7 +458,14 @@ fn human_plans_read_like_terraform() {
 
     let o = run(
         dir.path(),
-        &["--color", "always", "plan", "-f", "changed.json"],
+        &[
+            "--color",
+            "always",
+            "plan",
+            "-f",
+            "changed.json",
+            "--refresh=false",
+        ],
     );
     assert!(stdout(&o).contains("\x1b[33m-/+\x1b[0m"));
 }

@@ -36,7 +36,7 @@ pub struct Target<'a> {
 }
 
 /// A failed operation: a message, and the command and its stderr when one failed.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BackendError {
     pub message: String,
     pub command: Option<String>,

@@ -70,7 +70,16 @@ impl Qmp {
             .read_line(&mut line)
             .map_err(|source| QmpError::Io {
                 path: self.path.clone(),
-                source,
+                source: match source.kind() {
+                    // What a read timeout looks like on a Unix socket.
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the monitor did not answer in time",
+                        )
+                    }
+                    _ => source,
+                },
             })?;
         if n == 0 {
             return Err(QmpError::Io {

@@ -1,7 +1,7 @@
 //! `apply --json` / `destroy --json`: one JSON event per line, versioned, described by
 //! `schemas/events.schema.json` (generated from these types: `vmthunder schema events`).
 //!
-//! The order of a run: `planned_change` per change, `change_summary` (operation `plan`), then
+//! The order of a run: `resource_drift` per object the refresh found changed, `planned_change` per change, `change_summary` (operation `plan`), then
 //! `apply_start` / `apply_complete` / `apply_errored` / `apply_skipped` as operations run,
 //! `interrupt` if one was received, and a final `change_summary` (operation `apply` or
 //! `destroy`) with what was done. Errors that stop the command early are `diagnostic`s.
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::{Outcome, Stop};
 use crate::plan::{Action, OpKind, Plan};
+use crate::refresh::{Drift, Finding, Refreshed};
 use crate::resource::{Addr, Kind};
 
 /// The event format this build writes.
@@ -57,6 +58,65 @@ pub enum Body {
     Interrupt { hard: bool, running: usize },
     /// An error that stops the command.
     Diagnostic { severity: Severity, summary: String },
+    /// A recorded object found changed outside vmthunder by the refresh before planning.
+    ResourceDrift { drift: DriftInfo },
+}
+
+/// What a refresh found about one recorded object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DriftInfo {
+    pub address: String,
+    /// "gone" (deleted outside vmthunder: recreated with what is built on it), "changed"
+    /// (observed attributes differ: recorded) or "unknown" (its host did not answer: nothing
+    /// is planned for it).
+    pub finding: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<AttributeChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributeChange {
+    pub attribute: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+impl DriftInfo {
+    pub fn of(d: &Drift) -> DriftInfo {
+        let (finding, changes, error) = match &d.finding {
+            Finding::Gone => ("gone", Vec::new(), None),
+            Finding::Changed(c) => (
+                "changed",
+                c.iter()
+                    .map(|(k, b, a)| AttributeChange {
+                        attribute: k.clone(),
+                        before: b.clone(),
+                        after: a.clone(),
+                    })
+                    .collect(),
+                None,
+            ),
+            Finding::Unknown(e) => ("unknown", Vec::new(), Some(e.clone())),
+        };
+        DriftInfo {
+            address: d.addr.to_string(),
+            finding: finding.into(),
+            changes,
+            error,
+        }
+    }
+}
+
+pub fn drift(r: &Refreshed) -> impl Iterator<Item = Event> + '_ {
+    r.drift.iter().map(|d| {
+        let info = DriftInfo::of(d);
+        Event::new(
+            format!("{}: {} outside vmthunder", info.address, info.finding),
+            Body::ResourceDrift { drift: info },
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

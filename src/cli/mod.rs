@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::graph::Graph;
 use crate::plan::{self, Mode, OpGraph, Plan, RenderOptions};
+use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
 use crate::spec::{Spec, SpecError};
 use crate::state::{self, Lock, State};
@@ -177,7 +178,8 @@ pub struct PlanArgs {
     /// Print the plan as versioned JSON instead of the human form.
     #[arg(long)]
     pub json: bool,
-    /// Exit 0 when there are no changes, 1 on error, 2 when there are changes (for CI).
+    /// Exit 0 when the spec, the state and the hosts agree, 1 on error, 2 when there are
+    /// changes or drift (including objects whose host did not answer): the CI drift check.
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Limit the plan to ADDR (or every address under a prefix such as domain.node07) and
@@ -196,6 +198,20 @@ pub struct PlanArgs {
     /// List every change even in very large plans.
     #[arg(long)]
     pub full: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Read every recorded object on its host first (in parallel) and show what changed
+    /// outside vmthunder; `--refresh=false` plans from the recorded state alone.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub refresh: bool,
+    /// Only refresh: show what changed outside vmthunder (plan), or record it in state
+    /// without touching any host (apply).
+    #[arg(long, conflicts_with = "refresh")]
+    pub refresh_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +251,8 @@ pub struct ApplyArgs {
     /// Replace ADDR (and what is built on it) even if unchanged. Repeatable.
     #[arg(long, value_name = "ADDR")]
     pub replace: Vec<String>,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
 }
 
 #[derive(Debug, Args)]
@@ -490,7 +508,26 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let path = state_path(args.state.path, &spec.cluster);
     let _lock = Lock::acquire(&path, "plan", args.lock_timeout)?;
-    let state = State::load(&path, &spec.cluster)?;
+    let mut state = State::load(&path, &spec.cluster)?;
+    let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
+        run::refresh_state(&spec, &mut state)?
+    } else {
+        Refreshed::default()
+    };
+    if args.refresh.refresh_only {
+        if args.json {
+            emit(&run::drift_json(&drift))?;
+        } else if drift.drift.is_empty() {
+            emit(b"No changes. The hosts match the recorded state.\n")?;
+        } else {
+            emit(refresh::render(&drift, color).as_bytes())?;
+        }
+        return Ok(if args.detailed_exitcode && !drift.drift.is_empty() {
+            2
+        } else {
+            0
+        });
+    }
     let graph = Graph::build(&spec, &state)?;
     let opts = plan::Options {
         mode: Some(if args.destroy {
@@ -508,9 +545,19 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         plan.save(out)?;
     }
     if args.json {
-        emit(&plan.to_json())?;
+        if drift.drift.is_empty() {
+            emit(&plan.to_json())?;
+        } else {
+            // What the refresh found, as Terraform's `resource_drift` (not part of saved plans).
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&plan.to_json()).expect("plans serialize");
+            v["resource_drift"] =
+                serde_json::from_slice(&run::drift_json(&drift)).expect("drift serializes");
+            emit(&serde_json::to_vec_pretty(&v).expect("plans serialize"))?;
+        }
     } else {
-        let mut text = plan::render(&plan, render_options(color, args.full));
+        let mut text = refresh::render(&drift, color);
+        text.push_str(&plan::render(&plan, render_options(color, args.full)));
         if let Some(out) = &args.out {
             text.push_str(&format!(
                 "\nSaved the plan to `{}`. `vmthunder show {}` renders it again.\n",
@@ -520,11 +567,14 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         }
         emit(text.as_bytes())?;
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
-        2
-    } else {
-        0
-    })
+    // Unknown objects count: a drift check must not pass while a host does not answer.
+    Ok(
+        if args.detailed_exitcode && (plan.has_changes() || !drift.drift.is_empty()) {
+            2
+        } else {
+            0
+        },
+    )
 }
 
 fn state_command(cmd: StateCommand) -> Result<i32, Failure> {

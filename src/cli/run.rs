@@ -13,6 +13,7 @@ use crate::apply::{self, Interrupt, Limits, Schedule, Stop};
 use crate::backend;
 use crate::graph::Graph;
 use crate::plan::{self, Mode, OpGraph, Plan};
+use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
 use crate::spec::Spec;
 use crate::state::{journal, Lock, State};
@@ -51,6 +52,21 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let _lock = Lock::acquire(&path, "apply", args.run.lock_timeout)?;
             let mut state = State::load(&path, &spec.cluster)?;
             journal::settle(&mut state, &path)?;
+            let drift = if args.refresh.refresh || args.refresh.refresh_only {
+                refresh_state(&spec, &mut state)?
+            } else {
+                Refreshed::default()
+            };
+            if args.run.json {
+                for e in events::drift(&drift) {
+                    progress::write_event(&e);
+                }
+            } else {
+                emit(refresh::render(&drift, color).as_bytes())?;
+            }
+            if args.refresh.refresh_only {
+                return record_drift(&drift, &mut state, &path, &args.run);
+            }
             let opts = plan::Options {
                 mode: Some(Mode::Normal),
                 targets: args.target,
@@ -78,6 +94,25 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
     execute(&spec, plan, &mut state, &path, &args.run, color, false)
 }
 
+/// Reads every recorded object on its host and folds the findings into `state` (in memory).
+pub(super) fn refresh_state(spec: &Spec, state: &mut State) -> Result<Refreshed, Failure> {
+    if state.is_empty() {
+        return Ok(Refreshed::default());
+    }
+    let backend = backend::for_spec(spec).map_err(|e| {
+        fail(format!(
+            "cannot refresh: {e}\n  (pass --refresh=false to plan from the recorded state alone)"
+        ))
+    })?;
+    Ok(refresh::refresh(state, &backend, Limits::default()))
+}
+
+/// The refresh's findings as a JSON array (`resource_drift` of `plan --json`).
+pub(super) fn drift_json(r: &Refreshed) -> Vec<u8> {
+    let v: Vec<events::DriftInfo> = r.drift.iter().map(events::DriftInfo::of).collect();
+    serde_json::to_vec_pretty(&v).expect("drift serializes")
+}
+
 /// JSON output leaves no one to answer the confirmation prompt.
 fn json_needs_approval(run: &RunArgs, saved: bool) -> Result<(), Failure> {
     if run.json && !saved && !run.auto_approve {
@@ -86,6 +121,36 @@ fn json_needs_approval(run: &RunArgs, saved: bool) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// `apply --refresh-only`: record what the refresh found, touching no host.
+fn record_drift(
+    drift: &Refreshed,
+    state: &mut State,
+    path: &Path,
+    run: &RunArgs,
+) -> Result<i32, Failure> {
+    if !drift.changed() {
+        if !run.json {
+            println!("No changes. The recorded state matches the hosts.");
+        }
+        return Ok(0);
+    }
+    if !run.auto_approve && !confirm_text("record these changes in the state (no host is touched)")?
+    {
+        println!("Apply cancelled.");
+        return Ok(1);
+    }
+    state.persist(path)?;
+    if !run.json {
+        println!(
+            "\nRecorded {} change{} found outside vmthunder in `{}`; no host was touched.",
+            drift.drift.len(),
+            if drift.drift.len() == 1 { "" } else { "s" },
+            path.display()
+        );
+    }
+    Ok(0)
 }
 
 fn make_plan(spec: &Spec, state: &State, opts: &plan::Options) -> Result<Plan, Failure> {
@@ -227,21 +292,21 @@ fn catch_interrupts(interrupt: &Arc<Interrupt>) -> Result<signal_hook::iterator:
 }
 
 fn confirm(destroying: bool) -> Result<bool, Failure> {
+    confirm_text(if destroying {
+        "destroy every resource above"
+    } else {
+        "perform these actions"
+    })
+}
+
+fn confirm_text(what: &str) -> Result<bool, Failure> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(fail(format!(
-            "{} needs confirmation, and stdin is not a terminal: pass --auto-approve (after reviewing `vmthunder plan`)",
-            if destroying { "destroy" } else { "apply" }
+            "to {what} vmthunder needs confirmation, and stdin is not a terminal: pass --auto-approve (after reviewing `vmthunder plan`)"
         )));
     }
-    print!(
-        "\nDo you want to {}? Only 'yes' will be accepted: ",
-        if destroying {
-            "destroy every resource above"
-        } else {
-            "perform these actions"
-        }
-    );
+    print!("\nDo you want to {what}? Only 'yes' will be accepted: ");
     std::io::stdout().flush()?;
     let mut line = String::new();
     stdin.lock().read_line(&mut line)?;

@@ -50,6 +50,8 @@ impl Action {
 pub enum Reason {
     /// The recorded object is tainted (a create failed part-way).
     Tainted,
+    /// A refresh found the object gone (deleted outside vmthunder).
+    Vanished,
     /// Desired attributes changed; all of them force replacement.
     AttributesChanged,
     /// `--replace` named it.
@@ -66,6 +68,7 @@ impl Reason {
     pub fn code(&self) -> &'static str {
         match self {
             Reason::Tainted => "replace_because_tainted",
+            Reason::Vanished => "replace_because_vanished",
             Reason::AttributesChanged => "replace_because_cannot_update",
             Reason::ByRequest => "replace_by_request",
             Reason::DependencyReplaced(_) => "replace_because_dependency_replaced",
@@ -301,6 +304,9 @@ pub fn diff(
                 None => (Action::Create, None, Vec::new()),
                 Some(rec) if rec.status == Status::Tainted => {
                     (Action::Replace, Some(Reason::Tainted), Vec::new())
+                }
+                Some(rec) if rec.status == Status::Missing => {
+                    (Action::Replace, Some(Reason::Vanished), Vec::new())
                 }
                 Some(rec) if rec.desired != r.desired => (
                     Action::Replace,

@@ -129,6 +129,9 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
         Some(Reason::Tainted) => {
             let _ = writeln!(out, "  # (it is tainted: an earlier create did not finish)");
         }
+        Some(Reason::Vanished) => {
+            let _ = writeln!(out, "  # (it vanished outside vmthunder)");
+        }
         Some(Reason::ByRequest) => {
             let _ = writeln!(out, "  # (replacement requested with --replace)");
         }

@@ -285,6 +285,7 @@ fn change_from_wire(c: ChangeIn) -> Result<Change, String> {
     let reason = match c.reason.as_deref() {
         None => None,
         Some("replace_because_tainted") => Some(Reason::Tainted),
+        Some("replace_because_vanished") => Some(Reason::Vanished),
         Some("replace_because_cannot_update") => Some(Reason::AttributesChanged),
         Some("replace_by_request") => Some(Reason::ByRequest),
         Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(

@@ -34,6 +34,9 @@ pub enum Status {
     Ready,
     /// Partly created or known broken: the next plan replaces it.
     Tainted,
+    /// Found gone by a refresh (deleted outside vmthunder): the next plan recreates it and
+    /// everything built on it.
+    Missing,
 }
 
 /// One recorded object.
@@ -449,7 +452,7 @@ pub(crate) mod tests {
     use crate::size::Size;
 
     /// A recorded cache lv at `addr`, built on `deps`.
-    pub(super) fn lv(addr: &str, deps: &[&str]) -> Recorded {
+    pub(crate) fn lv(addr: &str, deps: &[&str]) -> Recorded {
         Recorded {
             addr: addr.parse().unwrap(),
             desired: Desired::Lv(LvAttrs {

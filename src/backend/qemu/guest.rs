@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::relay::wait_gone;
-use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT};
+use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT, READ_TIMEOUT};
 use crate::backend::qmp::Qmp;
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, DomainAttrs, Kind};
@@ -44,12 +44,17 @@ fn pid(stack: &QemuStack, host: &str, f: &Files) -> Option<u32> {
     stack.running_pid(host, &f.pidfile)
 }
 
-fn monitor(stack: &QemuStack, host: &str, f: &Files) -> Result<Qmp, BackendError> {
+fn monitor(
+    stack: &QemuStack,
+    host: &str,
+    f: &Files,
+    timeout: Duration,
+) -> Result<Qmp, BackendError> {
     let stream = stack
         .transport
         .connect_unix(host, &f.monitor)
         .map_err(|e| stack.io_error("cannot reach the guest's monitor", host, &f.monitor, e))?;
-    Ok(Qmp::start(stream, &f.monitor, QMP_TIMEOUT)?)
+    Ok(Qmp::start(stream, &f.monitor, timeout)?)
 }
 
 fn observed(f: &Files, pid: u32, status: &str, accel: Option<&str>) -> Observed {
@@ -71,7 +76,7 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
     let Some(pid) = pid(stack, host, &f) else {
         return Ok(None);
     };
-    let mut q = monitor(stack, host, &f)?;
+    let mut q = monitor(stack, host, &f, READ_TIMEOUT)?;
     let status = q.execute("query-status", json!({}))?;
     let uuid = q.execute("query-uuid", json!({}))?;
     if uuid["UUID"].as_str() != Some(attrs(t).uuid.as_str()) {
@@ -226,7 +231,7 @@ pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendErro
     let host = &*t.addr.host;
     let f = files(stack, t.addr);
     if let Some(pid) = pid(stack, host, &f) {
-        if let Ok(mut q) = monitor(stack, host, &f) {
+        if let Ok(mut q) = monitor(stack, host, &f, QMP_TIMEOUT) {
             let _ = q.execute("quit", json!({}));
         }
         wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());

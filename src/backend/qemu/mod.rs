@@ -32,6 +32,9 @@ use crate::state::State;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a QMP command may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A read (refresh) gives up sooner: a monitor that does not answer makes the object
+/// unknown, and the rest of the refresh goes on.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct QemuStack {
     transport: Box<dyn Transport>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT};
+use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT, READ_TIMEOUT};
 use crate::backend::qmp::{Qmp, QmpError};
 use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
@@ -48,7 +48,7 @@ impl<'a> Relay<'a> {
         self.stack.running_pid(self.host, &self.pidfile())
     }
 
-    fn connect(&self) -> Result<Qmp, BackendError> {
+    fn connect(&self, timeout: Duration) -> Result<Qmp, BackendError> {
         let stream = self
             .stack
             .transport
@@ -60,13 +60,18 @@ impl<'a> Relay<'a> {
                     self.socket().display()
                 ))
             })?;
-        Ok(Qmp::start(stream, &self.socket(), QMP_TIMEOUT)?)
+        Ok(Qmp::start(stream, &self.socket(), timeout)?)
     }
 
     /// The monitor of the running relay, if it runs.
     pub(super) fn running(&self) -> Result<Option<Qmp>, BackendError> {
+        self.running_within(QMP_TIMEOUT)
+    }
+
+    /// The same, giving up on a relay that does not answer within `timeout`.
+    fn running_within(&self, timeout: Duration) -> Result<Option<Qmp>, BackendError> {
         match self.pid() {
-            Some(_) => self.connect().map(Some),
+            Some(_) => self.connect(timeout).map(Some),
             None => Ok(None),
         }
     }
@@ -99,7 +104,7 @@ impl<'a> Relay<'a> {
             ]),
             COMMAND_TIMEOUT,
         )?;
-        self.connect()
+        self.connect(QMP_TIMEOUT)
     }
 
     /// Quits the relay when nothing is left in it, and waits until it is gone.
@@ -230,7 +235,7 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
     let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
     let lock = stack.relay_lock(&relay.dir);
     let _g = lock.lock().expect("relay lock");
-    let Some(mut qmp) = relay.running()? else {
+    let Some(mut qmp) = relay.running_within(READ_TIMEOUT)? else {
         return Ok(None);
     };
     let present = match t.desired {
@@ -516,7 +521,7 @@ pub(super) fn sweep(
             pid,
             "stopping a relay that state does not record"
         );
-        if let Ok(mut q) = relay.connect() {
+        if let Ok(mut q) = relay.connect(QMP_TIMEOUT) {
             let _ = q.execute("quit", json!({}));
         }
         wait_gone(stack, host, pid, &relay.pidfile().to_string_lossy());

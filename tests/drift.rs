@@ -1,0 +1,147 @@
+//! Drift on the qemu stack: objects changed outside vmthunder by hand (a guest killed, a
+//! relay killed, a clone overlay or a cache file deleted, a relay that stops answering) are
+//! found by the refresh before planning, named with their cause, repaired by apply, and
+//! the next plan is clean.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn kill(sig: &str, pidfile: &std::path::Path) {
+    let pid = std::fs::read_to_string(pidfile).unwrap();
+    let st = Command::new("kill")
+        .args([sig, pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `plan --detailed-exitcode`: its exit status and output.
+fn plan(c: &Cluster, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["plan", "-f", "spec.json", "--detailed-exitcode"];
+    args.extend_from_slice(extra);
+    let out = c.run(&args);
+    (out.status.code(), text(&out))
+}
+
+fn repaired(c: &Cluster) -> String {
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, shown) = plan(c, &[]);
+    assert_eq!(code, Some(0), "{shown}");
+    text(&out)
+}
+
+#[test]
+fn drift_is_found_named_and_repaired() {
+    // img0 -> node01, node02; node01 -> node03; one booting guest each.
+    let c = Cluster::new(&spec(51, 3, 2, 1, true));
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = |host: &str| c.path().join(format!(".vmthunder/t/{host}/base"));
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(0), "{shown}");
+
+    // A guest killed by hand: only it is gone, and only it is recreated.
+    kill("-9", &dir("node02").join("vm-0.pid"));
+    let (code, shown) = plan(&c, &["--refresh-only"]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(
+        shown.contains("Objects changed outside vmthunder"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("domain.node02.base.0 is gone (deleted outside vmthunder)"),
+        "{shown}"
+    );
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(
+        shown.contains("Plan: 0 to add, 1 to replace, 0 to destroy."),
+        "{shown}"
+    );
+    assert!(shown.contains("(it vanished outside vmthunder)"), "{shown}");
+    // Without refresh the recorded state still agrees with the spec.
+    assert_eq!(plan(&c, &["--refresh=false"]).0, Some(0));
+    let applied = repaired(&c);
+    assert!(applied.contains("1 replaced"), "{applied}");
+
+    // An export's daemon killed: node01's session, cache and target are gone; what is built
+    // on them (its clone, node03's whole branch) is rebuilt.
+    kill("-9", &dir("node01").join("relay.pid"));
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    for gone in [
+        "session.node01.base",
+        "cache.node01.base",
+        "target.node01.base",
+    ] {
+        assert!(
+            shown.contains(&format!("{gone} is gone")),
+            "{gone}: {shown}"
+        );
+    }
+    assert!(shown.contains("session.node03.base"), "{shown}");
+    assert!(!shown.contains("node02"), "node02 is untouched: {shown}");
+    repaired(&c);
+
+    // A clone's overlay deleted: its lv and snapshot are gone.
+    std::fs::remove_file(dir("node03").join("lv-cow-0.img")).unwrap();
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("lv.node03.base.0 is gone"), "{shown}");
+    assert!(shown.contains("snapshot.node03.base.0 is gone"), "{shown}");
+    repaired(&c);
+
+    // A cache file deleted: the cache lv is gone, the cache over it and the clone are rebuilt.
+    std::fs::remove_file(dir("node02").join("lv-cache.img")).unwrap();
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("lv.node02.base is gone"), "{shown}");
+    assert!(shown.contains("cache.node02.base"), "{shown}");
+    repaired(&c);
+
+    // apply --refresh-only records the drift in state without touching a host; the next
+    // plan (even without refresh) repairs it.
+    kill("-9", &dir("node03").join("vm-0.pid"));
+    let out = c.run(&[
+        "apply",
+        "-f",
+        "spec.json",
+        "--refresh-only",
+        "--auto-approve",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no host was touched"), "{}", text(&out));
+    let state = c.state("t");
+    let dom = state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "domain.node03.base.0")
+        .unwrap();
+    assert_eq!(dom["status"], "missing");
+    let (code, shown) = plan(&c, &["--refresh=false"]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("domain.node03.base.0"), "{shown}");
+    repaired(&c);
+
+    // A relay that does not answer (stopped): its objects are unknown, not gone, and nothing
+    // is planned for them.
+    let relay = dir("node02").join("relay.pid");
+    kill("-STOP", &relay);
+    let (code, shown) = plan(&c, &[]);
+    kill("-CONT", &relay);
+    assert_eq!(code, Some(2), "unknown objects are reported: {shown}");
+    assert!(shown.contains("session.node02.base is unknown"), "{shown}");
+    assert!(
+        shown.contains("could not be read; nothing is planned"),
+        "{shown}"
+    );
+    assert!(shown.contains("No changes."), "{shown}");
+    assert_eq!(plan(&c, &[]).0, Some(0));
+
+    destroy_leaves_nothing(&c);
+}
