@@ -4,6 +4,8 @@
 //!    no time, journal on (fsync per group commit), state written once at the end. Each size
 //!    runs in a child process; each phase has its own peak-RSS counter. Sizes:
 //!    `VMTHUNDER_BENCH_HOSTS=1000,10000` (default 10,000 in release, 100 in debug).
+//!    Between them, a refresh of the applied state (every object read, in parallel under the
+//!    same limits; "plan s" is loading the state).
 //! 2. Schedule quality: a cluster whose operations take modelled times (the example
 //!    durations divided by `VMTHUNDER_BENCH_SCALE`, default 10) under a global and a per-host
 //!    limit, run with critical-path priority, level by level (like the original VMThunder
@@ -108,6 +110,26 @@ fn scale_child(hosts: usize) {
     row(
         "apply", hosts, ops, planned, ran, total, apply_mib, state_mib,
     );
+
+    reset_peak();
+    let t = Instant::now();
+    let mut state = State::load(&path, "bench").unwrap();
+    let loaded = t.elapsed();
+    let read = Instant::now();
+    let backend = backend::for_spec(&spec).unwrap();
+    let r = vmthunder::refresh::refresh(&mut state, &backend, limits);
+    assert!(r.drift.is_empty() && r.read == ops);
+    row(
+        "refresh",
+        hosts,
+        r.read,
+        loaded,
+        read.elapsed(),
+        t.elapsed(),
+        peak_mib(),
+        0.0,
+    );
+    drop(state);
 
     reset_peak();
     let t = Instant::now();

@@ -469,3 +469,81 @@ fn human_plans_read_like_terraform() {
     );
     assert!(stdout(&o).contains("\x1b[33m-/+\x1b[0m"));
 }
+
+#[test]
+fn state_mv_and_rm_change_only_the_state_with_a_backup() {
+    let dir = workdir();
+    // examples/sim.json with operations that take no time.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("examples/sim.json")).unwrap())
+            .unwrap();
+    doc["backend"].as_object_mut().unwrap().remove("sim");
+    std::fs::write(dir.path().join("sim0.json"), doc.to_string()).unwrap();
+    let o = run(dir.path(), &["apply", "-f", "sim0.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let state = dir.path().join("state/sim.json");
+    let list = |d: &Path| stdout(&run(d, &["state", "list", "-f", "sim0.json"]));
+    let before = list(dir.path());
+
+    let mv = [
+        "state",
+        "mv",
+        "lv.node01.base.0",
+        "lv.node01.base.9",
+        "-f",
+        "sim0.json",
+    ];
+    let o = run(dir.path(), &[&mv[..], &["--dry-run"]].concat());
+    assert!(stdout(&o).contains("Would move"), "{}", stderr(&o));
+    assert_eq!(list(dir.path()), before);
+    let o = run(dir.path(), &mv);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("state/sim.json.backup").exists());
+    let s = State::load(&state, "sim").unwrap();
+    let snap = s.get(&"snapshot.node01.base.0".parse().unwrap()).unwrap();
+    assert!(snap
+        .deps
+        .iter()
+        .any(|d| d.to_string() == "lv.node01.base.9"));
+    // The renamed record is not what the spec wants: the plan replaces it.
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "sim0.json", "--detailed-exitcode"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains("lv.node01.base.9"), "{}", stdout(&o));
+    let o = run(
+        dir.path(),
+        &[
+            "state",
+            "mv",
+            "lv.node01.base.9",
+            "lv.node01.base.0",
+            "-f",
+            "sim0.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "sim0.json", "--detailed-exitcode"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+
+    let rm = ["state", "rm", "domain.node20", "-f", "sim0.json"];
+    let o = run(dir.path(), &[&rm[..], &["--dry-run"]].concat());
+    assert!(
+        stdout(&o).contains("Would forget 4 resources"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(list(dir.path()), before);
+    let o = run(dir.path(), &rm);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "sim0.json", "--detailed-exitcode"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains("Plan: 4 to add, 0 to replace, 0 to destroy."));
+}

@@ -128,6 +128,38 @@ fn drift_is_found_named_and_repaired() {
     assert!(shown.contains("domain.node03.base.0"), "{shown}");
     repaired(&c);
 
+    // state rm forgets without touching the host (and refuses to leave a record dangling);
+    // import adopts the running guest again instead of booting a second one.
+    let pid = || std::fs::read_to_string(dir("node02").join("vm-0.pid")).unwrap();
+    let before = pid();
+    let out = c.run(&["state", "rm", "snapshot.node02.base.0", "-f", "spec.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("domain.node02.base.0"),
+        "{}",
+        text(&out)
+    );
+    let out = c.run(&["state", "rm", "domain.node02.base.0", "-f", "spec.json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, shown) = plan(&c, &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("Plan: 1 to add"), "{shown}");
+    let out = c.run(&[
+        "import",
+        "domain.node02.base.0",
+        "-f",
+        "spec.json",
+        "--dry-run",
+    ]);
+    assert!(text(&out).contains("Would import"), "{}", text(&out));
+    assert_eq!(plan(&c, &[]).0, Some(2), "a dry run writes nothing");
+    let out = c.run(&["import", "domain.node02.base.0", "-f", "spec.json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(plan(&c, &[]).0, Some(0));
+    assert_eq!(pid(), before, "the same guest, adopted");
+    let out = c.run(&["import", "domain.node02.base.0", "-f", "spec.json"]);
+    assert!(text(&out).contains("already recorded"), "{}", text(&out));
+
     // A relay that does not answer (stopped): its objects are unknown, not gone, and nothing
     // is planned for them.
     let relay = dir("node02").join("relay.pid");

@@ -4,6 +4,7 @@
 pub mod events;
 mod progress;
 mod run;
+mod surgery;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,19 @@ pub enum Command {
     /// Read the recorded state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Adopt an object that exists on its host into state: read it there and record it if it
+    /// matches what the spec describes at ADDR. What it is built on must be recorded first.
+    Import {
+        /// The resource address, e.g. domain.node07.base.0.
+        address: String,
+        #[command(flatten)]
+        spec: SpecArg,
+        #[command(flatten)]
+        state: StateArg,
+        /// Read and show what would be recorded; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove a lock left by a run that hangs or is gone, by its lock ID.
     ForceUnlock {
         /// The ID printed by the command that found the state locked.
@@ -114,6 +128,31 @@ pub enum SchemaKind {
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
+    /// Forget resources without touching hosts (the objects stay; a later plan creates them
+    /// anew unless they are imported). ADDR may be a prefix: `domain.node07`.
+    Rm {
+        #[arg(required = true, value_name = "ADDR")]
+        addresses: Vec<String>,
+        /// Show what would be forgotten; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Rename a recorded resource (same kind); what is built on it follows.
+    Mv {
+        from: String,
+        to: String,
+        /// Show what would move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// List every recorded resource address.
     List {
         #[command(flatten)]
@@ -365,6 +404,16 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             Ok(0)
         }
         Command::State(cmd) => state_command(cmd),
+        Command::Import {
+            address,
+            spec,
+            state,
+            dry_run,
+        } => {
+            let spec = load_spec(&spec.file)?;
+            let path = state_path(state.path, &spec.cluster);
+            surgery::import(&spec, &path, &address, dry_run)
+        }
         Command::ForceUnlock { id, spec, state } => {
             let path = find_state(spec.file.as_deref(), state.path)?;
             let holder = state::force_unlock(&path, &id)?;
@@ -579,6 +628,28 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
 
 fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
     match cmd {
+        StateCommand::Rm {
+            addresses,
+            dry_run,
+            spec,
+            state,
+        } => surgery::rm(
+            &find_state(spec.file.as_deref(), state.path)?,
+            &addresses,
+            dry_run,
+        ),
+        StateCommand::Mv {
+            from,
+            to,
+            dry_run,
+            spec,
+            state,
+        } => surgery::mv(
+            &find_state(spec.file.as_deref(), state.path)?,
+            &from,
+            &to,
+            dry_run,
+        ),
         StateCommand::List { spec, state } => {
             let path = find_state(spec.file.as_deref(), state.path)?;
             let state = State::load_any(&path)?;

@@ -6,6 +6,7 @@
 
 pub mod journal;
 mod lock;
+mod surgery;
 
 use std::collections::BTreeMap;
 use std::fs;
