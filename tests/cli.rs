@@ -99,6 +99,68 @@ fn checked_in_schema_matches_the_types() {
         "schemas/events.schema.json is stale: run `cargo run -- schema events > schemas/events.schema.json`"
     );
     assert_eq!(run(&repo(), &["schema", "events"]).stdout, events);
+    for kind in ["plan", "state"] {
+        let file = format!("schemas/{kind}.schema.json");
+        let checked_in = std::fs::read(repo().join(&file)).unwrap();
+        assert!(
+            checked_in == run(&repo(), &["schema", kind]).stdout,
+            "{file} is stale: run `cargo run -- schema {kind} > {file}`"
+        );
+    }
+}
+
+/// Checks `doc` against the checked-in schema `schemas/<kind>.schema.json`.
+fn conforms(kind: &str, doc: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join(format!("schemas/{kind}.schema.json"))).unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{kind}: {errors:#?}");
+}
+
+#[test]
+fn real_plans_states_and_events_conform_to_their_schemas() {
+    let dir = workdir();
+    let o = run(dir.path(), &["plan", "-f", "examples/lab.json", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    conforms("plan", &serde_json::from_slice(&o.stdout).unwrap());
+
+    let o = run(
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            "examples/sim.json",
+            "--auto-approve",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for line in stdout(&o).lines() {
+        conforms("events", &serde_json::from_str(line).unwrap());
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/sim.json")).unwrap()).unwrap();
+    conforms("state", &state);
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/sim.json", "--destroy", "--json"],
+    );
+    conforms("plan", &serde_json::from_slice(&o.stdout).unwrap());
+
+    // The schemas are not vacuous: a wrong document fails.
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("schemas/state.schema.json")).unwrap())
+            .unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let mut bad = state.clone();
+    bad["resources"][0]["status"] = "sideways".into();
+    assert!(!v.is_valid(&bad));
 }
 
 /// Every line is an event of the checked-in schema's types, and reads back unchanged.

@@ -112,8 +112,9 @@ pub enum Command {
         #[command(flatten)]
         state: StateArg,
     },
-    /// Print a JSON Schema: of cluster specs (schemas/cluster.schema.json) or of the events
-    /// `apply --json` and `destroy --json` print (schemas/events.schema.json).
+    /// Print a JSON Schema (checked in under schemas/): of cluster specs, of the events
+    /// `apply --json` and `destroy --json` print, of plans (`plan --json`, `--out`), of state
+    /// files.
     Schema {
         #[arg(value_enum, default_value_t = SchemaKind::Cluster)]
         of: SchemaKind,
@@ -124,6 +125,8 @@ pub enum Command {
 pub enum SchemaKind {
     Cluster,
     Events,
+    Plan,
+    State,
 }
 
 #[derive(Debug, Subcommand)]
@@ -431,6 +434,8 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             emit(&match of {
                 SchemaKind::Cluster => schema_bytes(),
                 SchemaKind::Events => events::schema_bytes(),
+                SchemaKind::Plan => plan::schema_bytes(),
+                SchemaKind::State => state::schema_bytes(),
             })?;
             Ok(0)
         }

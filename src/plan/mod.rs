@@ -23,7 +23,7 @@ use crate::state::{Placement, State, Status};
 
 pub use ops::{Op, OpGraph, OpKind};
 pub use render::{render, RenderOptions};
-pub use wire::{PlanFileError, PLAN_FORMAT_VERSION};
+pub use wire::{schema_bytes, PlanFileError, PLAN_FORMAT_VERSION};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -36,15 +37,19 @@ pub enum PlanFileError {
     Version { path: String, found: String },
 }
 
-#[derive(Serialize)]
+/// A plan as `plan --json` prints it and `plan --out` saves it.
+#[derive(Serialize, JsonSchema)]
+#[schemars(title = "vmthunder plan")]
 struct PlanOut<'a> {
     format_version: &'static str,
     vmthunder_version: &'static str,
     cluster: &'a str,
     mode: &'static str,
     prior_state: PriorWire,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     spec_digest: Option<&'a str>,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     configuration: Option<&'a serde_json::Value>,
     summary: SummaryWire,
@@ -52,13 +57,13 @@ struct PlanOut<'a> {
     resource_changes: Vec<ChangeOut<'a>>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct PriorWire {
     lineage: Option<String>,
     serial: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct SummaryWire {
     add: usize,
     replace: usize,
@@ -66,24 +71,29 @@ struct SummaryWire {
     no_op: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct ChangeOut<'a> {
     address: &'a Addr,
     kind: Kind,
     host: &'a str,
     image: &'a str,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     n: Option<u32>,
     actions: &'static [&'static str],
     before: Option<&'a Desired>,
     after: Option<&'a Desired>,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     reason_address: Option<&'a Addr>,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     replace_paths: Vec<[&'a str; 1]>,
     depends_on: &'a [Addr],
+    #[serde(default)]
     #[serde(skip_serializing_if = "<[Addr]>::is_empty")]
     prior_depends_on: &'a [Addr],
 }
@@ -134,6 +144,14 @@ struct ChangeIn {
     depends_on: Vec<Addr>,
     #[serde(default)]
     prior_depends_on: Vec<Addr>,
+}
+
+/// The JSON Schema of plan documents (schemas/plan.schema.json).
+pub fn schema_bytes() -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(&schemars::schema_for!(PlanOut<'static>))
+        .expect("schema serializes");
+    s.push(b'\n');
+    s
 }
 
 impl Plan {

@@ -315,17 +315,42 @@ impl State {
     }
 }
 
+/// The state file's shape, for its JSON Schema (the file is written by [`State::to_json`]).
+#[derive(JsonSchema)]
+#[schemars(title = "vmthunder state")]
+#[allow(dead_code)]
+struct StateDoc<'a> {
+    format_version: u32,
+    /// Bumped on every write.
+    serial: u64,
+    /// Fixed when the state is first written.
+    lineage: String,
+    cluster: String,
+    /// Per image: host -> the host it pulls the image from.
+    placement: Placement,
+    resources: Vec<RecordedOut<'a>>,
+}
+
+/// The JSON Schema of state files (schemas/state.schema.json).
+pub fn schema_bytes() -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(&schemars::schema_for!(StateDoc<'static>))
+        .expect("schema serializes");
+    s.push(b'\n');
+    s
+}
+
 enum FromJsonError {
     Version(u32),
     Invalid(String),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct RecordedOut<'a> {
     address: &'a Addr,
     kind: Kind,
     host: &'a str,
     image: &'a str,
+    #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     n: Option<u32>,
     status: Status,
