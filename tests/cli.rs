@@ -609,3 +609,81 @@ fn state_mv_and_rm_change_only_the_state_with_a_backup() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stdout(&o).contains("Plan: 4 to add, 0 to replace, 0 to destroy."));
 }
+
+#[test]
+fn destroy_target_takes_what_is_built_on_it_and_nothing_else() {
+    let dir = workdir();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("examples/sim.json")).unwrap())
+            .unwrap();
+    doc["backend"].as_object_mut().unwrap().remove("sim");
+    std::fs::write(dir.path().join("sim0.json"), doc.to_string()).unwrap();
+    let o = run(dir.path(), &["apply", "-f", "sim0.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // node01 serves node03 and node04 (degree 2, spec order).
+    let o = run(
+        dir.path(),
+        &[
+            "plan",
+            "-f",
+            "sim0.json",
+            "--destroy",
+            "--target",
+            "cache.node01.base",
+        ],
+    );
+    let shown = stdout(&o);
+    for gone in [
+        "cache.node01.base",
+        "target.node01.base",
+        "domain.node01.base.3",
+        "session.node03.base",
+        "domain.node04.base.0",
+    ] {
+        assert!(
+            shown.contains(&format!("# {gone} will be destroyed")),
+            "{gone}: {shown}"
+        );
+    }
+    assert!(!shown.contains("# lv.node01.base will"), "{shown}");
+    assert!(!shown.contains("node02"), "{shown}");
+
+    let o = run(
+        dir.path(),
+        &[
+            "destroy",
+            "-f",
+            "sim0.json",
+            "--target",
+            "cache.node01.base",
+            "--auto-approve",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let state = State::load(&dir.path().join("state/sim.json"), "sim").unwrap();
+    let has = |a: &str| state.get(&a.parse().unwrap()).is_some();
+    assert!(!has("cache.node01.base") && !has("domain.node03.base.0"));
+    assert!(has("lv.node01.base") && has("session.node01.base") && has("domain.node02.base.0"));
+    // apply --target rebuilds the branch with what it needs.
+    let o = run(
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            "sim0.json",
+            "--target",
+            "domain.node03",
+            "--auto-approve",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let state = State::load(&dir.path().join("state/sim.json"), "sim").unwrap();
+    assert!(state.get(&"cache.node01.base".parse().unwrap()).is_some());
+    assert!(state
+        .get(&"domain.node03.base.3".parse().unwrap())
+        .is_some());
+    assert!(state
+        .get(&"domain.node01.base.0".parse().unwrap())
+        .is_none());
+}
