@@ -178,13 +178,20 @@ fn read_all(state: &State, todo: &[u32], backend: &dyn Backend, limits: Limits) 
                     }
                 };
                 let r = &state.resources[todo[k] as usize];
-                let result = backend.read(
-                    Target {
-                        addr: &r.addr,
-                        desired: &r.desired,
-                    },
-                    &r.observed,
-                );
+                let target = Target {
+                    addr: &r.addr,
+                    desired: &r.desired,
+                };
+                // A panic must not leave the host's count raised (and the others waiting).
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    backend.read(target, &r.observed)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(BackendError::new(format!(
+                        "internal error: the backend panicked reading {}",
+                        r.addr
+                    )))
+                });
                 *results[k].lock().expect("result slot") = Some(result);
                 let mut s = shared.lock().expect("refresh queue");
                 *s.busy.get_mut(host).expect("counted") -= 1;

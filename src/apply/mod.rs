@@ -230,7 +230,8 @@ pub fn run(
     let jobs = spawn_workers(workers, &backend, &tx);
     drop(tx);
 
-    let mut parked: HashMap<&str, Vec<u32>> = HashMap::default();
+    // Per host, ready operations waiting for a slot there, best first.
+    let mut parked: HashMap<&str, VecDeque<u32>> = HashMap::default();
     let mut running_on: HashMap<&str, usize> = HashMap::default();
     let mut running: HashSet<u32> = HashSet::default();
     let mut settling: VecDeque<Settling> = VecDeque::new();
@@ -263,7 +264,7 @@ pub fn run(
             let host: &str = &change.addr.host;
             let on_host = running_on.entry(host).or_default();
             if *on_host >= limits.per_host.max(1) {
-                parked.entry(host).or_default().push(i);
+                parked.entry(host).or_default().push_back(i);
                 continue;
             }
             *on_host += 1;
@@ -341,10 +342,10 @@ pub fn run(
                 let change = &plan.changes[op.change as usize];
                 let host: &str = &change.addr.host;
                 *running_on.get_mut(host).expect("counted at start") -= 1;
-                if let Some(p) = parked.remove(host) {
-                    for j in p {
-                        t.ready.push(j);
-                    }
+                // One slot freed: one parked operation may take it (re-queuing them all would
+                // cost O(parked) per finish).
+                if let Some(j) = parked.get_mut(host).and_then(VecDeque::pop_front) {
+                    t.ready.push(j);
                 }
                 line.clear();
                 let error = match (op.kind, result) {
@@ -517,12 +518,20 @@ fn spawn_workers(
                     addr: &job.addr,
                     desired: &job.desired,
                 };
-                let result = match job.kind {
-                    OpKind::Create => backend.create(target, &job.deps),
-                    OpKind::Delete => backend
-                        .delete(target, &job.observed)
-                        .map(|()| Observed::new()),
-                };
+                // A panic in a backend is that operation's failure, not a run that never ends.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.kind {
+                        OpKind::Create => backend.create(target, &job.deps),
+                        OpKind::Delete => backend
+                            .delete(target, &job.observed)
+                            .map(|()| Observed::new()),
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(BackendError::new(format!(
+                            "internal error: the backend panicked on {}",
+                            job.addr
+                        )))
+                    });
                 let msg = Msg::Done {
                     op: job.op,
                     elapsed: t0.elapsed(),

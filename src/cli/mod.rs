@@ -564,7 +564,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
     let _lock = Lock::acquire(&path, "plan", args.lock_timeout)?;
     let mut state = State::load(&path, &spec.cluster)?;
     let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
-        run::refresh_state(&spec, &mut state)?
+        run::refresh_state(&spec, &mut state, Default::default())?
     } else {
         Refreshed::default()
     };

@@ -53,7 +53,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let mut state = State::load(&path, &spec.cluster)?;
             journal::settle(&mut state, &path)?;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
-                refresh_state(&spec, &mut state)?
+                refresh_state(&spec, &mut state, limits_of(&args.run))?
             } else {
                 Refreshed::default()
             };
@@ -95,7 +95,11 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
 }
 
 /// Reads every recorded object on its host and folds the findings into `state` (in memory).
-pub(super) fn refresh_state(spec: &Spec, state: &mut State) -> Result<Refreshed, Failure> {
+pub(super) fn refresh_state(
+    spec: &Spec,
+    state: &mut State,
+    limits: Limits,
+) -> Result<Refreshed, Failure> {
     if state.is_empty() {
         return Ok(Refreshed::default());
     }
@@ -104,7 +108,7 @@ pub(super) fn refresh_state(spec: &Spec, state: &mut State) -> Result<Refreshed,
             "cannot refresh: {e}\n  (pass --refresh=false to plan from the recorded state alone)"
         ))
     })?;
-    Ok(refresh::refresh(state, &backend, Limits::default()))
+    Ok(refresh::refresh(state, &backend, limits))
 }
 
 /// The refresh's findings as a JSON array (`resource_drift` of `plan --json`).
@@ -238,11 +242,7 @@ fn execute(
         );
         return Ok(1);
     }
-    let limits = Limits {
-        parallelism: run.parallelism as usize,
-        per_host: run.per_host as usize,
-        schedule: Schedule::CriticalPath,
-    };
+    let limits = limits_of(run);
     let live = !run.json && std::io::stdout().is_terminal();
     let mut view = View::new(run.json, live, color, &plan);
     let interrupt = Arc::new(Interrupt::default());
@@ -272,6 +272,14 @@ fn execute(
     } else {
         1
     })
+}
+
+fn limits_of(run: &RunArgs) -> Limits {
+    Limits {
+        parallelism: run.parallelism as usize,
+        per_host: run.per_host as usize,
+        schedule: Schedule::CriticalPath,
+    }
 }
 
 /// The exit status of a run cut short by Ctrl-C (128 + SIGINT, as shells report it).

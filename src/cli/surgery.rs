@@ -12,11 +12,14 @@ use crate::resource::{Addr, Kind};
 use crate::spec::Spec;
 use crate::state::{journal, Lock, Recorded, State, Status};
 
-/// Loads the state at `path` under the lock, with any leftover journal folded in.
-fn locked(path: &Path, operation: &str) -> Result<(Lock, State), Failure> {
+/// Loads the state at `path` under the lock (a leftover journal replayed), and unless this is
+/// a dry run folds the journal into the file.
+fn locked(path: &Path, operation: &str, dry_run: bool) -> Result<(Lock, State), Failure> {
     let lock = Lock::acquire(path, operation, Duration::ZERO)?;
     let mut state = State::load_any(path)?;
-    journal::settle(&mut state, path)?;
+    if !dry_run {
+        journal::settle(&mut state, path)?;
+    }
     Ok((lock, state))
 }
 
@@ -28,7 +31,7 @@ pub(super) fn rm(path: &Path, patterns: &[String], dry_run: bool) -> Result<i32,
             )));
         }
     }
-    let (_lock, mut state) = locked(path, "state rm")?;
+    let (_lock, mut state) = locked(path, "state rm", dry_run)?;
     let chosen = state.select_for_removal(patterns).map_err(fail)?;
     let verb = if dry_run { "Would forget" } else { "Forgot" };
     for a in &chosen {
@@ -57,7 +60,7 @@ pub(super) fn rm(path: &Path, patterns: &[String], dry_run: bool) -> Result<i32,
 pub(super) fn mv(path: &Path, from: &str, to: &str, dry_run: bool) -> Result<i32, Failure> {
     let from: Addr = from.parse().map_err(fail)?;
     let to: Addr = to.parse().map_err(fail)?;
-    let (_lock, mut state) = locked(path, "state mv")?;
+    let (_lock, mut state) = locked(path, "state mv", dry_run)?;
     state.rename(&from, &to).map_err(fail)?;
     if dry_run {
         println!("Would move {from} to {to}; nothing was written.");
@@ -77,7 +80,9 @@ pub(super) fn import(
     let addr: Addr = address.parse().map_err(fail)?;
     let _lock = Lock::acquire(path, "import", Duration::ZERO)?;
     let mut state = State::load(path, &spec.cluster)?;
-    journal::settle(&mut state, path)?;
+    if !dry_run {
+        journal::settle(&mut state, path)?;
+    }
     if state.get(&addr).is_some() {
         return Err(fail(format!(
             "{addr} is already recorded; `vmthunder state rm {addr}` first to import it again"

@@ -124,12 +124,10 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
     let lines: Vec<&[u8]> = lines.collect();
     let mut applied = 0;
     for (i, line) in lines.iter().enumerate() {
-        let entry = match serde_json::from_slice::<Entry<'_>>(line) {
-            Ok(e) => e,
-            // A last line of garbage is what a crash can leave after an unsynced append.
-            Err(_) if i + 1 == lines.len() => break,
-            Err(e) => return Err(corrupt(format!("line {}: {e}", i + 2))),
-        };
+        // Every newline-terminated line was written whole (and reported once fsynced): one
+        // that does not parse is corruption, never a torn write.
+        let entry = serde_json::from_slice::<Entry<'_>>(line)
+            .map_err(|e| corrupt(format!("line {}: {e}", i + 2)))?;
         match entry {
             Entry::Upsert(r) => {
                 let r = r
@@ -144,6 +142,11 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
         applied += 1;
     }
     state.check_deps().map_err(corrupt)?;
+    if applied > 0 {
+        // Not the state the file's serial names any more: a plan saved against that serial
+        // must be refused.
+        state.serial = header.serial + 1;
+    }
     Ok(Replayed::Applied(applied))
 }
 
@@ -380,10 +383,12 @@ mod tests {
             .map(|r| r.addr.to_string())
             .collect();
         assert_eq!(addrs, ["lv.c.img", "lv.b.img"]);
+        // Past the file's serial 1: a plan saved against serial 1 is refused.
+        assert_eq!(loaded.serial, 2);
         assert!(settle(&mut loaded, &path).unwrap());
         assert!(!path_for(&path).exists());
         let again = State::load(&path, "lab").unwrap();
-        assert_eq!(again.serial, 2);
+        assert_eq!(again.serial, 3);
         assert_eq!(again.resources, loaded.resources);
     }
 

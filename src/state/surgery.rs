@@ -9,15 +9,21 @@ impl State {
     /// `state rm`. Refused, naming them, if other records are built on them and are not
     /// selected too: forgetting only the base would leave them dangling.
     pub fn select_for_removal(&self, patterns: &[String]) -> Result<Vec<Addr>, String> {
+        // A recorded address means itself (`lv.h.img` is not also `lv.h.img.0`); anything
+        // else is a prefix of whole parts.
+        let selects = |p: &String, a: &Addr| match p.parse::<Addr>() {
+            Ok(exact) if self.get(&exact).is_some() => *a == exact,
+            _ => a.matches(p),
+        };
         let chosen: Vec<Addr> = self
             .resources
             .iter()
-            .filter(|r| patterns.iter().any(|p| r.addr.matches(p)))
+            .filter(|r| patterns.iter().any(|p| selects(p, &r.addr)))
             .map(|r| r.addr.clone())
             .collect();
         if let Some(p) = patterns
             .iter()
-            .find(|p| !chosen.iter().any(|a| a.matches(p)))
+            .find(|p| !chosen.iter().any(|a| selects(p, a)))
         {
             return Err(format!("no resource in state matches {p}"));
         }
@@ -92,6 +98,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lv.a.img.0"), "{err}");
+        let both = s
+            .select_for_removal(&["lv.a.img".into(), "lv.a.img.0".into()])
+            .unwrap();
+        assert_eq!(both.len(), 2, "exact addresses select only themselves");
         let all = s.select_for_removal(&["lv.a".into()]).unwrap();
         assert_eq!(all.len(), 2);
         assert!(s.select_for_removal(&["lv.zz".into()]).is_err());
