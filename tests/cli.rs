@@ -532,17 +532,20 @@ fn human_plans_read_like_terraform() {
     assert!(stdout(&o).contains("\x1b[33m-/+\x1b[0m"));
 }
 
+/// `sim0.json`: examples/sim.json with operations that take no time, applied.
+fn applied_sim0(dir: &Path) {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("examples/sim.json")).unwrap()).unwrap();
+    doc["backend"].as_object_mut().unwrap().remove("sim");
+    std::fs::write(dir.join("sim0.json"), doc.to_string()).unwrap();
+    let o = run(dir, &["apply", "-f", "sim0.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn state_mv_and_rm_change_only_the_state_with_a_backup() {
     let dir = workdir();
-    // examples/sim.json with operations that take no time.
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("examples/sim.json")).unwrap())
-            .unwrap();
-    doc["backend"].as_object_mut().unwrap().remove("sim");
-    std::fs::write(dir.path().join("sim0.json"), doc.to_string()).unwrap();
-    let o = run(dir.path(), &["apply", "-f", "sim0.json", "--auto-approve"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    applied_sim0(dir.path());
     let state = dir.path().join("state/sim.json");
     let list = |d: &Path| stdout(&run(d, &["state", "list", "-f", "sim0.json"]));
     let before = list(dir.path());
@@ -613,13 +616,7 @@ fn state_mv_and_rm_change_only_the_state_with_a_backup() {
 #[test]
 fn destroy_target_takes_what_is_built_on_it_and_nothing_else() {
     let dir = workdir();
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("examples/sim.json")).unwrap())
-            .unwrap();
-    doc["backend"].as_object_mut().unwrap().remove("sim");
-    std::fs::write(dir.path().join("sim0.json"), doc.to_string()).unwrap();
-    let o = run(dir.path(), &["apply", "-f", "sim0.json", "--auto-approve"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    applied_sim0(dir.path());
 
     // node01 serves node03 and node04 (degree 2, spec order).
     let o = run(
