@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod dag;
 pub mod graph;
+pub mod paint;
 pub mod placement;
 pub mod plan;
 pub mod refresh;

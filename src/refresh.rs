@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::apply::Limits;
 use crate::backend::{Backend, BackendError, Observed, Target};
+use crate::paint::Paint;
 use crate::resource::Addr;
 use crate::state::{State, Status};
 
@@ -215,18 +216,8 @@ pub fn render(r: &Refreshed, color: bool) -> String {
     if r.drift.is_empty() {
         return out;
     }
-    let paint = |code: &str, s: &str| {
-        if color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    };
-    let _ = writeln!(
-        out,
-        "\n{}\n",
-        paint("1", "Objects changed outside vmthunder")
-    );
+    let p = Paint { on: color };
+    let _ = writeln!(out, "\n{}\n", p.bold("Objects changed outside vmthunder"));
     let _ = writeln!(
         out,
         "vmthunder read {} recorded object{} and found:\n",
@@ -239,19 +230,24 @@ pub fn render(r: &Refreshed, color: bool) -> String {
                 let _ = writeln!(
                     out,
                     "  {} {} is gone (deleted outside vmthunder)",
-                    paint("31", "-"),
+                    p.red("-"),
                     d.addr
                 );
             }
             Finding::Changed(diff) => {
-                let _ = writeln!(out, "  {} {} changed:", paint("33", "~"), d.addr);
+                let _ = writeln!(out, "  {} {} changed:", p.yellow("~"), d.addr);
                 for (k, old, new) in diff {
                     let _ = writeln!(out, "      {k} = {old} -> {new}");
                 }
             }
             Finding::Unknown(e) => {
                 let first = e.lines().next().unwrap_or_default();
-                let _ = writeln!(out, "  {} {} is unknown: {first}", paint("35", "?"), d.addr);
+                let _ = writeln!(
+                    out,
+                    "  {} {} is unknown: {first}",
+                    p.wrap("35", "?"),
+                    d.addr
+                );
             }
         }
     }

@@ -29,14 +29,7 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
     let base_sum = sha256(&base);
     // A chain img0 -> node01 -> node02 -> node03 (degree 1), one clone each, no guests.
     let c = Cluster::new(&spec(21, 3, 1, 1, false));
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "snapshot",
-    ]);
+    let out = c.apply_with(&["--target", "snapshot"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("Apply complete! Resources: 18 added"),
@@ -197,14 +190,7 @@ fn a_failing_operation_skips_only_its_dependents_and_is_reported_once() {
     std::fs::write(c.path().join("spec.json"), serde_json::to_vec(&s).unwrap()).unwrap();
     // node02 is 127.0.23.12; the relay of image 1 ("other") listens on base_port + 1.
     let blocker = TcpListener::bind("127.0.23.12:10810").unwrap();
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "snapshot",
-    ]);
+    let out = c.apply_with(&["--target", "snapshot"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert_eq!(
@@ -246,14 +232,7 @@ fn a_failing_operation_skips_only_its_dependents_and_is_reported_once() {
         .arg("1M")
         .status()
         .unwrap();
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "snapshot",
-    ]);
+    let out = c.apply_with(&["--target", "snapshot"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = c.run(&[
         "plan",
@@ -273,14 +252,7 @@ fn bad_input_fails_before_anything_is_touched() {
     let mut s = spec(24, 2, 2, 1, false);
     s["images"][0]["path"] = json!("/nonexistent/base.raw");
     let c = Cluster::new(&s);
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "snapshot",
-    ]);
+    let out = c.apply_with(&["--target", "snapshot"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
@@ -305,14 +277,7 @@ fn bad_input_fails_before_anything_is_touched() {
         "p.json",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "lv",
-    ]);
+    let out = c.apply_with(&["--target", "lv"]);
     assert!(out.status.success(), "{}", text(&out));
     let before = std::fs::read(c.path().join("state/t.json")).unwrap();
     let files = c.files();
@@ -369,14 +334,7 @@ fn with_netns_each_host_serves_from_its_own_namespace() {
         h["address"] = json!(format!("10.226.0.{}", i + 1));
     }
     let c = Cluster::new(&s);
-    let out = c.run(&[
-        "apply",
-        "-f",
-        "spec.json",
-        "--auto-approve",
-        "--target",
-        "snapshot",
-    ]);
+    let out = c.apply_with(&["--target", "snapshot"]);
     assert!(out.status.success(), "{}", text(&out));
     let mut have = namespaces(NETNS_CLUSTER);
     have.sort();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::graph::Graph;
+use crate::paint::Paint;
 use crate::plan::{self, Mode, OpGraph, Plan, RenderOptions};
 use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
@@ -372,12 +373,7 @@ pub fn main() -> i32 {
                 || (matches!(cli.color, ColorChoice::Auto)
                     && std::io::stderr().is_terminal()
                     && std::env::var_os("NO_COLOR").is_none());
-            let label = if err_color {
-                "\x1b[1;31mError:\x1b[0m"
-            } else {
-                "Error:"
-            };
-            eprintln!("{label} {}", f.message);
+            eprintln!("{} {}", Paint { on: err_color }.error(), f.message);
             1
         }
     }

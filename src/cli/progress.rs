@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::events::{self, Body, ErrorDetail, Event};
 use crate::apply::{Outcome, Progress, Stop};
+use crate::paint::Paint;
 use crate::plan::{OpGraph, OpKind, Plan};
 use crate::resource::{Addr, Kind};
 
@@ -112,11 +113,7 @@ fn text(p: &Progress<'_>, color: bool, starts: bool) -> Option<String> {
             error,
             skipped,
         } => {
-            let label = if color {
-                "\x1b[1;31mError:\x1b[0m"
-            } else {
-                "Error:"
-            };
+            let label = Paint { on: color }.error();
             let mut m = format!(
                 "{label} {} {addr} failed after {}: {error}",
                 verb(*kind).2,
@@ -201,17 +198,11 @@ fn summary(o: &Outcome, destroying: bool, color: bool) -> String {
             o.deleted - o.replaced.min(o.deleted)
         )
     };
-    let paint = |code: &str, s: String| {
-        if color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s
-        }
-    };
+    let p = Paint { on: color };
     if o.ok() {
         return format!(
             "\n{} Resources: {counts}. Wall time {}.",
-            paint("1;32", format!("{verb} complete!")),
+            p.wrap("1;32", &format!("{verb} complete!")),
             secs(o.wall)
         );
     }
@@ -219,7 +210,7 @@ fn summary(o: &Outcome, destroying: bool, color: bool) -> String {
     if let Some(stop) = o.interrupted {
         m.push_str(&format!(
             "\n{} Resources: {counts}; {} operation{} not started",
-            paint("1;33", format!("{verb} interrupted.")),
+            p.wrap("1;33", &format!("{verb} interrupted.")),
             o.not_started,
             if o.not_started == 1 { "" } else { "s" }
         ));
@@ -238,7 +229,7 @@ fn summary(o: &Outcome, destroying: bool, color: bool) -> String {
         let (sc, sd) = (by_kind(OpKind::Create), by_kind(OpKind::Delete));
         m.push_str(&format!(
             "\n{} Resources: {counts}; {} operation{} failed ({}); {} skipped ({sc} creates, {sd} deletes). Wall time {}.",
-            paint("1;31", format!("{verb} failed.")),
+            p.wrap("1;31", &format!("{verb} failed.")),
             o.failed.len(),
             if o.failed.len() == 1 { "" } else { "s" },
             list(o.failed.iter().map(|(a, _, _)| a)),

@@ -9,6 +9,7 @@ use serde_json::Value;
 use similar::{capture_diff_slices, Algorithm, DiffOp};
 
 use super::{Action, Change, Mode, Plan, Reason};
+use crate::paint::Paint;
 use crate::resource::Kind;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -16,32 +17,6 @@ pub struct RenderOptions {
     pub color: bool,
     /// Past this many changes, list a summary per kind and host instead of every resource.
     pub max_listed: Option<usize>,
-}
-
-struct Paint {
-    on: bool,
-}
-
-impl Paint {
-    fn wrap(&self, code: &str, text: &str) -> String {
-        if self.on {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
-    }
-    fn green(&self, t: &str) -> String {
-        self.wrap("32", t)
-    }
-    fn red(&self, t: &str) -> String {
-        self.wrap("31", t)
-    }
-    fn yellow(&self, t: &str) -> String {
-        self.wrap("33", t)
-    }
-    fn bold(&self, t: &str) -> String {
-        self.wrap("1", t)
-    }
 }
 
 /// Renders `plan` for a terminal or a log.

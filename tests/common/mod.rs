@@ -67,7 +67,14 @@ impl Cluster {
     }
 
     pub fn apply(&self) -> Output {
-        self.run(&["apply", "-f", "spec.json", "--auto-approve"])
+        self.apply_with(&[])
+    }
+
+    /// `apply -f spec.json --auto-approve` plus `extra`.
+    pub fn apply_with(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "-f", "spec.json", "--auto-approve"];
+        args.extend_from_slice(extra);
+        self.run(&args)
     }
 
     pub fn state(&self, cluster: &str) -> Value {

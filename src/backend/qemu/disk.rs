@@ -166,11 +166,7 @@ pub(super) fn sweep(
     for name in stack.transport.list_dir(host, &dir).unwrap_or_default() {
         let n = if name == "lv-cache.img" {
             None
-        } else if let Some(n) = name
-            .strip_prefix("lv-cow-")
-            .and_then(|r| r.strip_suffix(".img"))
-            .and_then(|n| n.parse::<u32>().ok())
-        {
+        } else if let Some(n) = super::numbered(&name, "lv-cow-", ".img") {
             Some(n)
         } else {
             continue;

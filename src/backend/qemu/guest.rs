@@ -254,11 +254,7 @@ pub(super) fn sweep(
 ) -> Result<(), BackendError> {
     let dir = stack.dir(host, image);
     for name in stack.transport.list_dir(host, &dir).unwrap_or_default() {
-        let Some(n) = name
-            .strip_prefix("vm-")
-            .and_then(|r| r.strip_suffix(".pid"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(n) = super::numbered(&name, "vm-", ".pid") else {
             continue;
         };
         if recorded

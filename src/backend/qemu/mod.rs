@@ -131,6 +131,14 @@ fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// The number in a per-clone file name such as `vm-3.pid` (`numbered(name, "vm-", ".pid")`).
+fn numbered(name: &str, prefix: &str, suffix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
 impl Backend for QemuStack {
     fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
         // Rough times on this stack: a guest boots to its ready line in seconds (TCG), a
