@@ -162,6 +162,9 @@ struct Tracker {
     skipped: Vec<bool>,
     ready: Ready,
     outcome: Outcome,
+    /// Hosts found unreachable in this run, with the operation whose failure reported it:
+    /// their other operations are skipped, not failed again.
+    down: HashMap<String, u32>,
 }
 
 /// A finished operation waiting for its journal line to be durable.
@@ -209,6 +212,7 @@ pub fn run(
         waiting,
         skipped: vec![false; n],
         outcome: Outcome::default(),
+        down: HashMap::default(),
     };
     drop(weight);
     for i in (0..n as u32).filter(|&i| t.waiting[i as usize] == 0) {
@@ -262,6 +266,16 @@ pub fn run(
             let op = graph.ops[i as usize];
             let change = &plan.changes[op.change as usize];
             let host: &str = &change.addr.host;
+            if let Some(&first) = t.down.get(host) {
+                // Its host did not answer: this and what waits on it are skipped, and so is
+                // everything parked for that host.
+                let mut gone = vec![i];
+                gone.extend(parked.remove(host).unwrap_or_default());
+                for j in gone {
+                    t.skip(j, first, plan, &graph, &after, report);
+                }
+                continue;
+            }
             let on_host = running_on.entry(host).or_default();
             if *on_host >= limits.per_host.max(1) {
                 parked.entry(host).or_default().push_back(i);
@@ -432,11 +446,20 @@ impl Tracker {
         after: &[Vec<u32>],
         report: &mut dyn FnMut(Progress<'_>),
     ) {
+        if let Some(h) = s.error.as_ref().and_then(|e| e.unreachable_host.as_ref()) {
+            if let Some(&first) = self.down.get(h) {
+                // That host's failure is reported already.
+                self.skip(s.op, first, plan, graph, after, report);
+                return;
+            }
+            self.down.insert(h.clone(), s.op);
+        }
         let Tracker {
             waiting,
             skipped,
             ready,
             outcome,
+            down: _,
         } = self;
         let i = s.op as usize;
         let op = graph.ops[i];
@@ -489,6 +512,35 @@ impl Tracker {
                     .failed
                     .push((change.addr.clone(), op.kind, error.to_string()));
             }
+        }
+    }
+}
+
+impl Tracker {
+    /// Skips operation `i` and everything that waits on it, because operation `cause` failed.
+    fn skip(
+        &mut self,
+        i: u32,
+        cause: u32,
+        plan: &Plan,
+        graph: &OpGraph,
+        after: &[Vec<u32>],
+        report: &mut dyn FnMut(Progress<'_>),
+    ) {
+        let cause = &plan.changes[graph.ops[cause as usize].change as usize].addr;
+        self.skipped[i as usize] = true;
+        let mut all = vec![i];
+        all.extend(skip_after(i, after, &mut self.skipped));
+        for j in all {
+            self.ready.settled(j);
+            let o = graph.ops[j as usize];
+            let addr = &plan.changes[o.change as usize].addr;
+            report(Progress::Skipped {
+                addr,
+                kind: o.kind,
+                cause,
+            });
+            self.outcome.skipped.push((addr.clone(), o.kind));
         }
     }
 }

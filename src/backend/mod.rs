@@ -10,6 +10,7 @@ pub mod netns;
 pub mod qemu;
 pub mod qmp;
 pub mod sim;
+pub mod ssh;
 pub mod transport;
 
 use std::fmt;
@@ -20,7 +21,7 @@ use serde_json::Value;
 
 use crate::plan::{OpKind, Plan};
 use crate::resource::{Addr, Desired, Kind};
-use crate::spec::{Spec, Stack, Transport as TransportKind};
+use crate::spec::{Spec, Stack};
 use crate::state::State;
 
 pub use transport::{CommandError, Transport};
@@ -41,6 +42,9 @@ pub struct BackendError {
     pub message: String,
     pub command: Option<String>,
     pub stderr: Option<String>,
+    /// Set when the operation failed because this host could not be reached: the executor
+    /// reports that once and skips the host's other operations.
+    pub unreachable_host: Option<String>,
 }
 
 impl BackendError {
@@ -73,11 +77,35 @@ impl std::error::Error for BackendError {}
 
 impl From<CommandError> for BackendError {
     fn from(e: CommandError) -> BackendError {
+        if e.unreachable {
+            return BackendError {
+                message: e.status,
+                command: None,
+                stderr: None,
+                unreachable_host: Some(e.host),
+            };
+        }
         BackendError {
             message: format!("on host {}: a command {}", e.host, e.status),
             command: Some(e.command),
             stderr: Some(e.stderr),
+            unreachable_host: None,
         }
+    }
+}
+
+impl BackendError {
+    /// An I/O failure on `host` while doing `what` to `path`; a host that could not be
+    /// reached (`NotConnected` from the transport) is marked so.
+    pub fn io(what: &str, host: &str, path: &std::path::Path, e: std::io::Error) -> BackendError {
+        if e.kind() == std::io::ErrorKind::NotConnected {
+            return BackendError {
+                message: e.to_string(),
+                unreachable_host: Some(host.to_string()),
+                ..Default::default()
+            };
+        }
+        BackendError::new(format!("on host {host}: {what} `{}`: {e}", path.display()))
     }
 }
 
@@ -110,14 +138,12 @@ pub trait Backend: Send + Sync {
 
 /// The backend a spec asks for.
 pub fn for_spec(spec: &Spec) -> Result<Arc<dyn Backend>, BackendError> {
-    match (spec.backend.stack, spec.backend.transport) {
-        (Stack::Qemu, TransportKind::Local) => Ok(Arc::new(qemu::QemuStack::new(spec)?)),
-        (Stack::Sim, _) => Ok(Arc::new(sim::SimStack::new(&spec.backend.sim))),
-        (stack, transport) => Err(BackendError::new(format!(
-            "the {} stack over the {} transport is not available in this build yet; use \"stack\": \"qemu\" with \"transport\": \"local\"",
-            serde_json::to_value(stack).unwrap_or_default().as_str().unwrap_or("?"),
-            serde_json::to_value(transport).unwrap_or_default().as_str().unwrap_or("?"),
-        ))),
+    match spec.backend.stack {
+        Stack::Qemu => Ok(Arc::new(qemu::QemuStack::new(spec)?)),
+        Stack::Sim => Ok(Arc::new(sim::SimStack::new(&spec.backend.sim))),
+        Stack::Linux => Err(BackendError::new(
+            "the linux stack is not available in this build yet; use \"stack\": \"qemu\"",
+        )),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct CommandError {
     /// "exited with status 1", "timed out after 120s", "could not start: ...".
     pub status: String,
     pub stderr: String,
+    /// The command did not run, or its outcome is unknown, because the host could not be
+    /// reached (then `status` says why).
+    pub unreachable: bool,
 }
 
 pub struct Output {
@@ -31,6 +34,10 @@ pub trait Transport: Send + Sync {
     /// Runs `argv` on `host` and waits at most `timeout`; a non-zero exit is an error that
     /// carries stderr.
     fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError>;
+    /// Whether every host is this machine (files and tools are checked once, here).
+    fn same_machine(&self) -> bool {
+        true
+    }
     /// Opens a unix socket on `host` (a QMP monitor).
     fn connect_unix(&self, host: &str, path: &Path) -> std::io::Result<UnixStream>;
     /// Reads a whole file; `None` when it does not exist.
@@ -50,7 +57,7 @@ pub trait Transport: Send + Sync {
     fn file_len(&self, host: &str, path: &Path) -> std::io::Result<Option<u64>>;
     /// Whether process `pid` is alive and its command line contains `marker` (so a recycled
     /// pid is never mistaken for ours).
-    fn process_alive(&self, host: &str, pid: u32, marker: &str) -> bool;
+    fn process_alive(&self, host: &str, pid: u32, marker: &str) -> std::io::Result<bool>;
     /// Sends SIGKILL to `pid` (already gone is success).
     fn kill(&self, host: &str, pid: u32) -> std::io::Result<()>;
 }
@@ -74,19 +81,35 @@ impl Local {
     }
 }
 
-/// Shell-style rendering of an argument vector, for messages only.
+/// Whether a process's `/proc/PID/cmdline` names `marker` in one of its arguments. A
+/// zombie's is empty: it is not running.
+pub fn cmdline_has(cmdline: &[u8], marker: &str) -> bool {
+    !cmdline.is_empty()
+        && String::from_utf8_lossy(cmdline)
+            .split('\0')
+            .any(|a| a.contains(marker))
+}
+
+/// One word for a POSIX shell: as it is when it holds nothing a shell would interpret,
+/// otherwise single-quoted (a `'` inside becomes `'\''`). The ssh transport sends commands
+/// built from these; messages show them.
+pub fn shell_word(a: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_./:,@+".contains(&b);
+    // `=` and `%` only inside a word (`=x` at the start is an expansion in zsh).
+    if !a.is_empty()
+        && plain(a.as_bytes()[0])
+        && a.bytes().all(|b| plain(b) || b == b'=' || b == b'%')
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// An argument vector as one POSIX shell command line (see [`shell_word`]).
 pub fn display_command(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
+        .map(|a| shell_word(a))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -99,6 +122,7 @@ impl Transport for Local {
             command: display_command(&argv),
             status,
             stderr,
+            unreachable: false,
         };
         // In a process group of its own: a Ctrl-C at the terminal interrupts vmthunder, which
         // lets running commands finish, rather than killing them under it.
@@ -221,17 +245,8 @@ impl Transport for Local {
         }
     }
 
-    fn process_alive(&self, _host: &str, pid: u32, marker: &str) -> bool {
-        match std::fs::read(format!("/proc/{pid}/cmdline")) {
-            Ok(cmd) => {
-                // A zombie has an empty command line: it is not running.
-                !cmd.is_empty()
-                    && String::from_utf8_lossy(&cmd)
-                        .split('\0')
-                        .any(|a| a.contains(marker))
-            }
-            Err(_) => false,
-        }
+    fn process_alive(&self, _host: &str, pid: u32, marker: &str) -> std::io::Result<bool> {
+        Ok(std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| cmdline_has(&c, marker)))
     }
 
     fn kill(&self, host: &str, pid: u32) -> std::io::Result<()> {
@@ -289,5 +304,44 @@ mod tests {
             display_command(&argv),
             r"qemu-img create -b 'a b' 'it'\''s'"
         );
+    }
+
+    /// Hostile words survive a real shell unchanged and run nothing.
+    #[test]
+    fn quoted_words_reach_a_shell_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("injected");
+        let m = marker.display().to_string();
+        let hostile = [
+            format!("$(touch {m})"),
+            format!("`touch {m}`"),
+            format!("'; touch {m}; '"),
+            format!("\"; touch {m}; \""),
+            format!("a\nb; touch {m}"),
+            "=ls".to_string(),
+            "~root".to_string(),
+            "*".to_string(),
+            "-n".to_string(),
+            String::new(),
+            "x\\'y".to_string(),
+            "%1 a=b".to_string(),
+        ];
+        let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
+        argv.extend(hostile.iter().cloned());
+        let line = display_command(&argv);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        let got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(String::from)
+            .collect();
+        assert_eq!(got, hostile);
+        assert!(!marker.exists(), "a quoted word ran a command: {line}");
     }
 }

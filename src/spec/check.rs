@@ -40,6 +40,21 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         }
         if b.root.trim().is_empty() {
             diags.push("/backend/root", "must not be empty");
+        } else if b.transport == Transport::Ssh && !b.root.starts_with('/') {
+            diags.push(
+                "/backend/root",
+                format!("{:?} is relative: over ssh, paths are on the hosts; give an absolute path", b.root),
+            );
+        }
+        if b.stack == Stack::Qemu && b.root.contains([',', '\n']) {
+            // QEMU's option syntax separates fields with commas.
+            diags.push(
+                "/backend/root",
+                format!("{:?}: the qemu stack's paths cannot contain ',' or a newline", b.root),
+            );
+        }
+        if let Some(ssh) = &b.ssh {
+            check_ssh(ssh, "/backend/ssh", diags);
         }
         for (verb, table) in [("create", &b.sim.create), ("delete", &b.sim.delete)] {
             for (kind, secs) in table {
@@ -49,6 +64,17 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                         format!("{secs} is not a duration in seconds between 0 and 86400"),
                     );
                 }
+            }
+        }
+    }
+    let over_ssh = backend.is_some_and(|b| b.transport == Transport::Ssh);
+    if let (true, Some(boot)) = (over_ssh, d.clones.as_ref().and_then(|c| c.boot.as_ref())) {
+        for (field, path) in [("kernel", Some(&boot.kernel)), ("initrd", boot.initrd.as_ref())] {
+            if let Some(p) = path.filter(|p| !p.starts_with('/')) {
+                diags.push(
+                    format!("/clones/boot/{field}"),
+                    format!("{p:?} is relative: over ssh it is a file on each host; give an absolute path"),
+                );
             }
         }
     }
@@ -72,10 +98,13 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                 format!("duplicate host name {:?} (first at /hosts/{first})", h.name),
             );
         }
-        if h.address.trim().is_empty() || h.address.chars().any(char::is_whitespace) {
+        if let Some(ssh) = &h.ssh {
+            check_ssh(ssh, &format!("/hosts/{i}/ssh"), diags);
+        }
+        if !is_address(&h.address) {
             diags.push(
                 format!("/hosts/{i}/address"),
-                format!("invalid address {:?}", h.address),
+                format!("invalid address {:?}: use an IP address or a DNS name (letters, digits, '.', '-', ':')", h.address),
             );
         } else if unique_addresses {
             if let Some(first) = address_at.insert(&h.address, i) {
@@ -125,6 +154,11 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         }
         if img.path.trim().is_empty() {
             diags.push(format!("/images/{i}/path"), "must not be empty");
+        } else if over_ssh && !img.path.starts_with('/') {
+            diags.push(
+                format!("/images/{i}/path"),
+                format!("{:?} is relative: over ssh the image is a file on its source host; give an absolute path", img.path),
+            );
         }
         if let Some(list) = &img.hosts {
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(list.len());
@@ -256,6 +290,63 @@ fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
             }
         }
     }
+}
+
+/// SSH settings: nothing in them may reach the ssh command line as an option or shell syntax.
+fn check_ssh(ssh: &super::Ssh, at: &str, diags: &mut Diagnostics) {
+    if let Some(u) = &ssh.user {
+        let mut chars = u.chars();
+        let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            diags.push(
+                format!("{at}/user"),
+                format!("invalid user name {u:?}: use letters, digits, '_', '.' and '-'"),
+            );
+        }
+    }
+    if let Some(j) = &ssh.jump {
+        let ok = j.split(',').all(|hop| {
+            let (user, rest) = hop.rsplit_once('@').unwrap_or(("x", hop));
+            let user_ok = !user.is_empty()
+                && !user.starts_with('-')
+                && user.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            user_ok && is_address(rest)
+        });
+        if !ok {
+            diags.push(
+                format!("{at}/jump"),
+                format!("invalid jump host {j:?}: use [user@]host[:port], several separated by ','"),
+            );
+        }
+    }
+    for (field, v) in [
+        ("identity_file", &ssh.identity_file),
+        ("known_hosts", &ssh.known_hosts),
+        ("config_file", &ssh.config_file),
+    ] {
+        if v.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            diags.push(format!("{at}/{field}"), "must not be empty");
+        }
+    }
+    if ssh.max_sessions.is_some_and(|n| !(1..=64).contains(&n)) {
+        diags.push(
+            format!("{at}/max_sessions"),
+            "use 1 to 64 (and less than the server's MaxSessions, 10 by default)",
+        );
+    }
+    if ssh.connect_timeout.is_some_and(|n| !(1..=3600).contains(&n)) {
+        diags.push(format!("{at}/connect_timeout"), "use 1 to 3600 seconds");
+    }
+}
+
+/// A host address: an IP address (v4, v6, optionally in brackets) or a DNS name. Never
+/// starts with '-', so it cannot be taken for an option of the ssh client.
+pub(crate) fn is_address(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:_[]".contains(c))
 }
 
 /// Names that can appear in resource addresses and file names.

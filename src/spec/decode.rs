@@ -263,6 +263,13 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
     let base_port = o.or("base_port", d.base_port);
     let accel = o.or("accel", d.accel);
     let sim = o.or("sim", d.sim);
+    let ssh = match o.raw("ssh") {
+        None | Some(Value::Null) => Some(None),
+        Some(sv) => {
+            let p = o.child("ssh");
+            decode_ssh(sv, p, o.diags).map(Some)
+        }
+    };
     let ok = o.close();
     let backend = Backend {
         stack: stack?,
@@ -273,6 +280,7 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
         base_port: base_port?,
         accel: accel?,
         sim: sim?,
+        ssh: ssh?,
     };
     ok.then_some(backend)
 }
@@ -301,6 +309,9 @@ fn decode_ssh(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ssh> {
     let jump = o.opt("jump");
     let connect_timeout = o.opt("connect_timeout");
     let host_key_checking = o.opt("host_key_checking");
+    let known_hosts = o.opt("known_hosts");
+    let config_file = o.opt("config_file");
+    let max_sessions = o.opt("max_sessions");
     let ok = o.close();
     let ssh = Ssh {
         user: user.ok()?,
@@ -309,6 +320,9 @@ fn decode_ssh(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ssh> {
         jump: jump.ok()?,
         connect_timeout: connect_timeout.ok()?,
         host_key_checking: host_key_checking.ok()?,
+        known_hosts: known_hosts.ok()?,
+        config_file: config_file.ok()?,
+        max_sessions: max_sessions.ok()?,
     };
     ok.then_some(ssh)
 }

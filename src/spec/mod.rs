@@ -86,7 +86,7 @@ pub struct Backend {
     #[serde(default = "Backend::default_transport")]
     pub transport: Transport,
     /// Directory under which each host keeps its files (relative paths are relative to the
-    /// working directory of vmthunder, or of the login directory over SSH).
+    /// working directory of vmthunder; over SSH it must be absolute).
     #[serde(default = "Backend::default_root")]
     pub root: String,
     /// With the local transport: run each host in its own network namespace (root only).
@@ -107,6 +107,10 @@ pub struct Backend {
     /// sim stack: how long each operation takes.
     #[serde(default, skip_serializing_if = "SimSpec::is_default")]
     pub sim: SimSpec,
+    /// ssh transport: settings for every host; a host's own `ssh` overrides them field by
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<Ssh>,
 }
 
 /// The sim stack's model: seconds per create and per delete, by resource kind (kinds not
@@ -166,6 +170,7 @@ impl Default for Backend {
             base_port: Backend::default_base_port(),
             accel: Accel::Auto,
             sim: SimSpec::default(),
+            ssh: None,
         }
     }
 }
@@ -202,6 +207,44 @@ pub struct Ssh {
     /// `strict` (default: the key must be in known_hosts) or `accept-new`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_checking: Option<HostKeyChecking>,
+    /// The known_hosts file to check host keys against (default: ssh's own,
+    /// `~/.ssh/known_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    /// An ssh_config file to use instead of `~/.ssh/config` (which is honoured by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+    /// How many commands may run at once over the host's one connection (default 8; keep it
+    /// below the server's `MaxSessions`, 10 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_sessions: Option<u32>,
+}
+
+impl Ssh {
+    /// These settings, with each unset field taken from `defaults`.
+    pub fn or(&self, defaults: &Ssh) -> Ssh {
+        Ssh {
+            user: self.user.clone().or_else(|| defaults.user.clone()),
+            port: self.port.or(defaults.port),
+            identity_file: self
+                .identity_file
+                .clone()
+                .or_else(|| defaults.identity_file.clone()),
+            jump: self.jump.clone().or_else(|| defaults.jump.clone()),
+            connect_timeout: self.connect_timeout.or(defaults.connect_timeout),
+            host_key_checking: self.host_key_checking.or(defaults.host_key_checking),
+            known_hosts: self
+                .known_hosts
+                .clone()
+                .or_else(|| defaults.known_hosts.clone()),
+            config_file: self
+                .config_file
+                .clone()
+                .or_else(|| defaults.config_file.clone()),
+            max_sessions: self.max_sessions.or(defaults.max_sessions),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
@@ -458,6 +501,12 @@ impl Spec {
     pub fn digest(&self) -> String {
         let bytes = serde_json::to_vec(self).expect("a spec always serializes");
         format!("sha256:{:x}", Sha256::digest(bytes))
+    }
+
+    /// A host's SSH settings: its own, then `backend.ssh`'s.
+    pub fn host_ssh(&self, host: &Host) -> Ssh {
+        let defaults = self.backend.ssh.clone().unwrap_or_default();
+        host.ssh.as_ref().map_or(defaults.clone(), |s| s.or(&defaults))
     }
 
     /// Hosts that run clones of `image`, in spec order.

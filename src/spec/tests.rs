@@ -123,12 +123,59 @@ fn colliding_clone_names_and_addresses() {
     let mut doc = good();
     doc["hosts"][2]["address"] = json!("10.0.0.11");
     assert!(diagnostics(doc.clone()).is_empty());
-    doc["backend"] = json!({"transport": "ssh"});
+    doc["backend"] = json!({"transport": "ssh", "root": "/var/lib/vmthunder"});
+    doc["images"][0]["path"] = json!("/srv/base.qcow2");
     let got = diagnostics(doc);
+    assert_eq!(got.len(), 1, "{got:?}");
     assert!(
         got[0].starts_with("/hosts/2/address: address \"10.0.0.11\" is also used by /hosts/1"),
         "{got:?}"
     );
+}
+
+/// Nothing from a spec may reach the ssh command line as an option or as shell syntax, and
+/// over ssh every path names a file on a host.
+#[test]
+fn ssh_settings_and_addresses_cannot_carry_options_or_shell_syntax() {
+    let mut doc = good();
+    doc["backend"] = json!({"transport": "ssh", "root": "/var/lib/vmthunder",
+                            "ssh": {"jump": "-oProxyCommand=touch /tmp/x", "max_sessions": 0}});
+    doc["images"][0]["path"] = json!("/srv/base.qcow2");
+    doc["hosts"][0]["address"] = json!("-oProxyCommand=touch /tmp/pwned");
+    doc["hosts"][1]["address"] = json!("10.0.0.11;reboot");
+    doc["hosts"][2]["ssh"] = json!({"user": "root$(reboot)", "connect_timeout": 0});
+    let got = diagnostics(doc);
+    for w in [
+        "/backend/ssh/jump: invalid jump host",
+        "/backend/ssh/max_sessions: use 1 to 64",
+        "/hosts/0/address: invalid address \"-oProxyCommand=touch /tmp/pwned\"",
+        "/hosts/1/address: invalid address \"10.0.0.11;reboot\"",
+        "/hosts/2/ssh/user: invalid user name",
+        "/hosts/2/ssh/connect_timeout: use 1 to 3600 seconds",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(got.len(), 6, "{got:?}");
+
+    let mut doc = good();
+    doc["backend"] = json!({"transport": "ssh", "root": "state/hosts"});
+    doc["clones"]["boot"] = json!({"kernel": "target/guest/vmlinuz"});
+    let got = diagnostics(doc);
+    for w in [
+        "/backend/root: \"state/hosts\" is relative",
+        "/images/0/path: \"images/base.qcow2\" is relative",
+        "/clones/boot/kernel: \"target/guest/vmlinuz\" is relative",
+    ] {
+        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:?}");
+    }
+    // The same paths are fine on this machine.
+    let mut doc = good();
+    doc["clones"]["boot"] = json!({"kernel": "target/guest/vmlinuz"});
+    assert!(diagnostics(doc).is_empty());
 }
 
 #[test]

@@ -71,17 +71,22 @@ pub(super) fn delete_lv(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendE
         .map_err(|e| stack.io_error("cannot remove", &t.addr.host, &path, e))
 }
 
-/// `qemu-img info` of a file, without opening its backing chain; `None` if unreadable.
-fn info(stack: &QemuStack, host: &str, path: &str) -> Option<Value> {
-    let out = stack
-        .transport
-        .run(
-            host,
-            &args(&["qemu-img", "info", "-U", "--output=json", path]),
-            COMMAND_TIMEOUT,
-        )
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+/// `qemu-img info` of a file, without opening its backing chain; `None` if unreadable. An
+/// error only when the host could not be asked.
+pub(super) fn info(
+    stack: &QemuStack,
+    host: &str,
+    path: &str,
+) -> Result<Option<Value>, BackendError> {
+    match stack.transport.run(
+        host,
+        &args(&["qemu-img", "info", "-U", "--output=json", path]),
+        COMMAND_TIMEOUT,
+    ) {
+        Ok(out) => Ok(serde_json::from_slice(&out.stdout).ok()),
+        Err(e) if e.unreachable => Err(e.into()),
+        Err(_) => Ok(None),
+    }
 }
 
 fn snapshot_path(stack: &QemuStack, addr: &Addr) -> PathBuf {
@@ -94,7 +99,7 @@ pub(super) fn read_snapshot(
     observed: &Observed,
 ) -> Result<Option<Observed>, BackendError> {
     let path = snapshot_path(stack, t.addr);
-    let Some(i) = info(stack, &t.addr.host, &path.to_string_lossy()) else {
+    let Some(i) = info(stack, &t.addr.host, &path.to_string_lossy())? else {
         return Ok(None);
     };
     let backing = observed.get("backing").and_then(Value::as_str);
@@ -114,7 +119,7 @@ pub(super) fn create_snapshot(
         .cloned()
         .unwrap_or(Value::Null);
     let backing = dep_attr(deps, Kind::Cache, "uri")?.to_string();
-    let adopt = info(stack, host, &lv).is_some_and(|i| {
+    let adopt = info(stack, host, &lv)?.is_some_and(|i| {
         i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing.as_str())
     });
     if !adopt {

@@ -40,7 +40,7 @@ fn attrs<'a>(t: Target<'a>) -> &'a DomainAttrs {
     }
 }
 
-fn pid(stack: &QemuStack, host: &str, f: &Files) -> Option<u32> {
+fn pid(stack: &QemuStack, host: &str, f: &Files) -> Result<Option<u32>, BackendError> {
     stack.running_pid(host, &f.pidfile)
 }
 
@@ -73,7 +73,7 @@ fn observed(f: &Files, pid: u32, status: &str, accel: Option<&str>) -> Observed 
 pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>, BackendError> {
     let host = &*t.addr.host;
     let f = files(stack, t.addr);
-    let Some(pid) = pid(stack, host, &f) else {
+    let Some(pid) = pid(stack, host, &f)? else {
         return Ok(None);
     };
     let mut q = monitor(stack, host, &f, READ_TIMEOUT)?;
@@ -103,7 +103,7 @@ pub(super) fn create(
         wait_ready(stack, host, &f)?;
         return Ok(found);
     }
-    if let Some(pid) = pid(stack, host, &f) {
+    if let Some(pid) = pid(stack, host, &f)? {
         // Something else runs under our pid file (another UUID): it goes.
         stack.transport.kill(host, pid).ok();
         wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());
@@ -118,10 +118,10 @@ pub(super) fn create(
     for p in [&f.pidfile, &f.monitor, &f.console] {
         let _ = stack.transport.remove_file(host, p);
     }
-    let accel = resolve_accel(stack, boot)?;
+    let accel = resolve_accel(stack, host, boot)?;
     let argv = command(d, boot, &disk, &f, accel);
     stack.transport.run(host, &argv, COMMAND_TIMEOUT)?;
-    let Some(pid) = pid(stack, host, &f) else {
+    let Some(pid) = pid(stack, host, &f)? else {
         return Err(BackendError::new(format!(
             "on host {host}: QEMU started but is not running; its console `{}` may say why",
             f.console.display()
@@ -200,7 +200,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
         }
         let tail: Vec<&str> = text.lines().rev().take(5).collect();
         let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-        if pid(stack, host, f).is_none() {
+        if pid(stack, host, f)?.is_none() {
             return Err(BackendError {
                 message: format!(
                     "on host {host}: the guest exited before printing {:?}; console `{}`",
@@ -209,6 +209,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
                 ),
                 command: None,
                 stderr: Some(tail),
+                unreachable_host: None,
             });
         }
         if start.elapsed() > Duration::from_secs(ready.timeout_secs) {
@@ -221,6 +222,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
                 ),
                 command: None,
                 stderr: Some(tail),
+                unreachable_host: None,
             });
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -230,7 +232,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
 pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendError> {
     let host = &*t.addr.host;
     let f = files(stack, t.addr);
-    if let Some(pid) = pid(stack, host, &f) {
+    if let Some(pid) = pid(stack, host, &f)? {
         if let Ok(mut q) = monitor(stack, host, &f, QMP_TIMEOUT) {
             let _ = q.execute("quit", json!({}));
         }
@@ -270,7 +272,7 @@ pub(super) fn sweep(
             n: Some(n),
         };
         let f = files(stack, &addr);
-        if let Some(pid) = pid(stack, host, &f) {
+        if let Some(pid) = pid(stack, host, &f)? {
             tracing::info!(
                 host,
                 image,
@@ -288,48 +290,74 @@ pub(super) fn sweep(
     Ok(())
 }
 
-/// The accelerator guests run with: the spec's choice, or for `auto` KVM only if a probe
-/// guest under KVM gets through kernel boot in time (a `/dev/kvm` that exists may still not
-/// run stock guests, e.g. under a PVM nested hypervisor). Probed once, and remembered under
-/// the cluster's directory until its last domain is gone.
-fn resolve_accel(stack: &QemuStack, boot: &Boot) -> Result<&'static str, BackendError> {
+/// The accelerator guests on `host` run with: the spec's choice, or for `auto` KVM only if
+/// a probe guest under KVM gets through kernel boot in time (a `/dev/kvm` that exists may
+/// still not run stock guests, e.g. under a PVM nested hypervisor). Probed once per host and
+/// run; on this machine's own hosts also remembered under the cluster's directory until its
+/// last domain is gone.
+fn resolve_accel(stack: &QemuStack, host: &str, boot: &Boot) -> Result<&'static str, BackendError> {
     match stack.accel {
         Accel::Kvm => return Ok("kvm"),
         Accel::Tcg => return Ok("tcg"),
         Accel::Auto => {}
     }
-    Ok(stack.resolved_accel.get_or_init(|| {
+    let local = stack.transport.same_machine();
+    let key = if local { "" } else { host };
+    let cell = stack
+        .resolved_accel
+        .lock()
+        .expect("accel lock")
+        .entry(key.to_string())
+        .or_default()
+        .clone();
+    let mut failed = None;
+    let verdict = *cell.get_or_init(|| {
         let cache = stack.base.join(ACCEL_CACHE);
-        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
-            Ok("kvm") => return "kvm",
-            Ok("tcg") => return "tcg",
-            _ => {}
+        if local {
+            match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
+                Ok("kvm") => return "kvm",
+                Ok("tcg") => return "tcg",
+                _ => {}
+            }
         }
-        let _ = std::fs::create_dir_all(&stack.base);
-        let verdict = if kvm_boots(boot, &stack.base) {
-            "kvm"
-        } else {
-            "tcg"
+        let verdict = match kvm_boots(stack, host, boot) {
+            Ok(true) => "kvm",
+            Ok(false) => "tcg",
+            Err(e) => {
+                failed = Some(e);
+                "unknown"
+            }
         };
-        let _ = std::fs::write(&cache, verdict);
-        tracing::info!(verdict, "accelerator probed");
+        if local && verdict != "unknown" {
+            let _ = std::fs::create_dir_all(&stack.base);
+            let _ = std::fs::write(&cache, verdict);
+        }
+        tracing::info!(host, verdict, "accelerator probed");
         verdict
-    }))
+    });
+    match (verdict, failed) {
+        (_, Some(e)) => Err(e),
+        ("unknown", None) => Err(BackendError::new(format!(
+            "on host {host}: the accelerator probe failed earlier in this run"
+        ))),
+        (v, None) => Ok(v),
+    }
 }
 
-fn kvm_boots(boot: &Boot, scratch: &std::path::Path) -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return false;
+/// Boots a probe guest under KVM on `host` and judges by what it prints in time.
+fn kvm_boots(stack: &QemuStack, host: &str, boot: &Boot) -> Result<bool, BackendError> {
+    let t = &stack.transport;
+    match t.run(host, &args(&["test", "-w", "/dev/kvm"]), COMMAND_TIMEOUT) {
+        Ok(_) => {}
+        Err(e) if e.unreachable => return Err(e.into()),
+        Err(_) => return Ok(false),
     }
-    let log = scratch.join("accel-probe.log");
-    let mut cmd = std::process::Command::new("qemu-system-x86_64");
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.args([
+    t.create_dir_all(host, &stack.base)
+        .map_err(|e| stack.io_error("cannot create", host, &stack.base, e))?;
+    let log = stack.base.join(format!("accel-probe-{host}.log"));
+    let pidfile = stack.base.join(format!("accel-probe-{host}.pid"));
+    let mut argv = args(&[
+        "qemu-system-x86_64",
         "-accel",
         "kvm",
         "-machine",
@@ -337,35 +365,44 @@ fn kvm_boots(boot: &Boot, scratch: &std::path::Path) -> bool {
         "-m",
         "128M",
         "-nodefaults",
-    ])
-    .args(["-display", "none", "-no-reboot", "-serial"])
-    .arg(format!("file:{}", log.display()))
-    .arg("-kernel")
-    .arg(super::absolute(&boot.kernel))
-    .args(["-append", "console=ttyS0 panic=-1 loglevel=6"])
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+        "-display",
+        "none",
+        "-no-reboot",
+        "-daemonize",
+        "-pidfile",
+        &pidfile.to_string_lossy(),
+        "-serial",
+        &format!("file:{}", log.display()),
+        "-kernel",
+        &super::absolute(&boot.kernel).to_string_lossy(),
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=6",
+    ]);
     if let Some(i) = &boot.initrd {
-        cmd.arg("-initrd").arg(super::absolute(i));
+        argv.push("-initrd".into());
+        argv.push(super::absolute(i).to_string_lossy().into_owned());
     }
-    let Ok(mut child) = cmd.spawn() else {
-        return false;
-    };
+    let started = t.run(host, &argv, COMMAND_TIMEOUT);
     // The guest never exits on its own: what it printed in time decides.
     let start = Instant::now();
-    let booted = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("Freeing unused kernel") || text.contains("Run /init") {
-            break true;
-        }
-        if start.elapsed() > KVM_PROBE || matches!(child.try_wait(), Ok(Some(_))) {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&log);
-    booted
+    let booted = started.is_ok()
+        && loop {
+            let text = t.read_file(host, &log).ok().flatten().unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            if text.contains("Freeing unused kernel") || text.contains("Run /init") {
+                break true;
+            }
+            if start.elapsed() > KVM_PROBE || matches!(stack.running_pid(host, &pidfile), Ok(None))
+            {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+    if let Ok(Some(pid)) = stack.running_pid(host, &pidfile) {
+        let _ = t.kill(host, pid);
+        wait_gone(stack, host, pid, &pidfile.to_string_lossy());
+    }
+    let _ = t.remove_file(host, &log);
+    let _ = t.remove_file(host, &pidfile);
+    Ok(booted)
 }

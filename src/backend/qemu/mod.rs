@@ -16,16 +16,17 @@ mod disk;
 mod guest;
 mod relay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use super::ssh::{Endpoint, SshTransport};
 use super::transport::Local;
 use super::{Backend, BackendError, Observed, Target, Transport};
 use crate::plan::{Action, OpKind, Plan};
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
-use crate::spec::{Accel, Ready, Spec};
+use crate::spec::{Accel, Ready, Spec, Transport as TransportKind};
 use crate::state::State;
 
 /// How long one command may take before it counts as hung.
@@ -44,7 +45,8 @@ pub struct QemuStack {
     ready: Option<Ready>,
     /// Every (host, image) pair the spec knows, for the final sweep.
     pairs: Vec<(String, String)>,
-    resolved_accel: OnceLock<&'static str>,
+    /// Per host (one entry, "", when every host is this machine).
+    resolved_accel: Mutex<HashMap<String, Arc<OnceLock<&'static str>>>>,
     /// With `backend.netns`: each host's namespace.
     netns: Option<super::netns::Netns>,
     /// One lock per relay: its operations never interleave on its monitor.
@@ -71,9 +73,14 @@ impl QemuStack {
             }
         }
         let netns = spec.backend.netns.then(|| super::netns::Netns::new(spec));
-        let transport: Box<dyn Transport> = match &netns {
-            Some(n) => Box::new(n.transport()),
-            None => Box::new(Local { netns: None }),
+        let transport: Box<dyn Transport> = match (spec.backend.transport, &netns) {
+            (TransportKind::Ssh, _) => Box::new(
+                SshTransport::new(Endpoint::from_spec(spec)).map_err(|e| {
+                    BackendError::new(format!("cannot prepare the ssh transport: {e}"))
+                })?,
+            ),
+            (_, Some(n)) => Box::new(n.transport()),
+            (_, None) => Box::new(Local { netns: None }),
         };
         Ok(QemuStack {
             transport,
@@ -82,7 +89,7 @@ impl QemuStack {
             accel: spec.backend.accel,
             ready: spec.clones.ready.clone(),
             pairs,
-            resolved_accel: OnceLock::new(),
+            resolved_accel: Mutex::new(HashMap::new()),
             relay_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -100,17 +107,26 @@ impl QemuStack {
             .clone()
     }
 
-    /// The pid in `pidfile` if that process runs and is the one that wrote it.
-    fn running_pid(&self, host: &str, pidfile: &Path) -> Option<u32> {
-        let bytes = self.transport.read_file(host, pidfile).ok()??;
-        let pid: u32 = String::from_utf8_lossy(&bytes).trim().parse().ok()?;
-        self.transport
+    /// The pid in `pidfile` if that process runs and is the one that wrote it. An error
+    /// only when the host could not be asked.
+    fn running_pid(&self, host: &str, pidfile: &Path) -> Result<Option<u32>, BackendError> {
+        let bytes = match self.transport.read_file(host, pidfile) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.io_error("cannot read", host, pidfile, e)),
+        };
+        let Ok(pid) = String::from_utf8_lossy(&bytes).trim().parse::<u32>() else {
+            return Ok(None);
+        };
+        let alive = self
+            .transport
             .process_alive(host, pid, &pidfile.to_string_lossy())
-            .then_some(pid)
+            .map_err(|e| self.io_error("cannot inspect the process of", host, pidfile, e))?;
+        Ok(alive.then_some(pid))
     }
 
     fn io_error(&self, what: &str, host: &str, path: &Path, e: std::io::Error) -> BackendError {
-        BackendError::new(format!("on host {host}: {what} `{}`: {e}", path.display()))
+        BackendError::io(what, host, path, e)
     }
 
     /// Removes the host-image directory, the host directory and the cluster directory when
@@ -125,6 +141,92 @@ impl QemuStack {
             let _ = t.remove_dir_if_empty(host, &self.base);
         }
     }
+}
+
+/// What one host needs before a plan can start there.
+#[derive(Default)]
+struct Needs {
+    tools: BTreeSet<&'static str>,
+    /// (what, resource, absolute path)
+    files: Vec<(&'static str, Addr, String)>,
+}
+
+impl Needs {
+    fn file(&mut self, what: &'static str, addr: &Addr, path: &str) {
+        let abs = absolute(path).to_string_lossy().into_owned();
+        if !self.files.iter().any(|f| f.2 == abs) {
+            self.files.push((what, addr.clone(), abs));
+        }
+    }
+}
+
+impl QemuStack {
+    /// Checks one host's needs with one command; a host that cannot be reached is left to
+    /// fail its own operations.
+    fn check_host(&self, host: &str, n: &Needs) -> Vec<String> {
+        let mut argv = args(&[
+            "sh",
+            "-c",
+            r#"i=0; for a; do i=$((i+1)); case $a in t:*) command -v -- "${a#t:}" >/dev/null 2>&1 || echo $i;; f:*) [ -r "${a#f:}" ] || echo $i;; esac; done"#,
+            "sh",
+        ]);
+        let tools: Vec<&str> = n.tools.iter().copied().collect();
+        argv.extend(tools.iter().map(|t| format!("t:{t}")));
+        argv.extend(n.files.iter().map(|f| format!("f:{}", f.2)));
+        let out = match self.transport.run(host, &argv, COMMAND_TIMEOUT) {
+            Ok(o) => o,
+            Err(e) if e.unreachable => {
+                tracing::debug!(host, error = %e.status, "preflight skipped an unreachable host");
+                return Vec::new();
+            }
+            Err(e) => return vec![BackendError::from(e).to_string()],
+        };
+        let local = self.transport.same_machine();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<usize>().ok())
+            .filter_map(|i| {
+                let i = i.checked_sub(1)?;
+                Some(match tools.get(i) {
+                    Some(tool) if local => format!(
+                        "`{tool}` is not installed on this machine; run scripts/setup.sh (it installs QEMU 10 from bookworm-backports)"
+                    ),
+                    Some(tool) => format!(
+                        "`{tool}` is not installed on host {host}; install QEMU 10 there (Debian: qemu-utils, qemu-system-x86)"
+                    ),
+                    None => {
+                        let (what, addr, path) = n.files.get(i - tools.len())?;
+                        format!(
+                            "{addr}: the {what} `{path}` cannot be read on host {}",
+                            if local { &addr.host } else { host }
+                        )
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// `f` of each item, on up to 16 threads (hosts answer independently; over ssh each call
+/// waits mostly on the network). Results in item order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(16);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let f = &f;
+                s.spawn(move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker panicked"))
+            .collect()
+    })
 }
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -155,39 +257,27 @@ impl Backend for QemuStack {
 
     fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        let mut need_daemon = false;
-        let mut need_qemu = false;
-        let mut checked: Vec<PathBuf> = Vec::new();
-        let mut check_file = |what: &str, addr: &Addr, path: &str, problems: &mut Vec<String>| {
-            let abs = absolute(path);
-            if checked.contains(&abs) {
-                return;
-            }
-            match std::fs::File::open(&abs) {
-                Ok(_) => checked.push(abs),
-                Err(e) => problems.push(format!(
-                    "{addr}: the {what} `{}` cannot be read on host {}: {e}",
-                    abs.display(),
-                    addr.host
-                )),
-            }
-        };
+        // What each host must have: tools, and the files it reads (the image on its source
+        // host, the kernel on every host that boots clones).
+        let mut needs: BTreeMap<&str, Needs> = BTreeMap::new();
         for c in &plan.changes {
             if !matches!(c.action, Action::Create | Action::Replace) {
                 continue;
             }
+            let n = needs.entry(&c.addr.host).or_default();
+            n.tools.insert("qemu-img");
             match &c.after {
                 Some(Desired::Target(TargetAttrs::Image { path, .. })) => {
-                    need_daemon = true;
-                    check_file("image file", &c.addr, path, &mut problems);
+                    n.tools.insert("qemu-storage-daemon");
+                    n.file("image file", &c.addr, path);
                 }
                 Some(Desired::Domain(d)) => {
-                    need_qemu = true;
+                    n.tools.insert("qemu-system-x86_64");
                     match &d.boot {
                         Some(b) => {
-                            check_file("kernel", &c.addr, &b.kernel, &mut problems);
+                            n.file("kernel", &c.addr, &b.kernel);
                             if let Some(i) = &b.initrd {
-                                check_file("initrd", &c.addr, i, &mut problems);
+                                n.file("initrd", &c.addr, i);
                             }
                         }
                         None => problems.push(format!(
@@ -196,28 +286,30 @@ impl Backend for QemuStack {
                         )),
                     }
                 }
-                Some(_) => need_daemon = true,
+                Some(_) => {
+                    n.tools.insert("qemu-storage-daemon");
+                }
                 None => {}
             }
         }
-        let mut tools = vec!["qemu-img"];
-        if need_daemon {
-            tools.push("qemu-storage-daemon");
-        }
-        if need_qemu {
-            tools.push("qemu-system-x86_64");
-        }
-        for tool in tools {
-            if self
-                .transport
-                .run("localhost", &args(&[tool, "--version"]), COMMAND_TIMEOUT)
-                .is_err()
-            {
-                problems.push(format!(
-                    "`{tool}` is not installed on this machine; run scripts/setup.sh (it installs QEMU 10 from bookworm-backports)"
-                ));
+        if self.transport.same_machine() {
+            // Every host is this machine: one check of everything.
+            let mut all = Needs::default();
+            for n in std::mem::take(&mut needs).into_values() {
+                all.tools.extend(n.tools);
+                for f in n.files {
+                    if !all.files.iter().any(|g| g.2 == f.2) {
+                        all.files.push(f);
+                    }
+                }
+            }
+            if !all.tools.is_empty() || !all.files.is_empty() {
+                needs.insert("localhost", all);
             }
         }
+        let hosts: Vec<(&str, &Needs)> = needs.iter().map(|(h, n)| (*h, n)).collect();
+        let found = in_parallel(&hosts, |(h, n)| self.check_host(h, n));
+        problems.extend(found.into_iter().flatten());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -267,22 +359,32 @@ impl Backend for QemuStack {
                 .or_default()
                 .push(&r.addr);
         }
-        for (host, image) in &self.pairs {
+        let swept = in_parallel(&self.pairs, |(host, image)| {
             let addrs = recorded
                 .get(&(host.as_str(), image.as_str()))
                 .cloned()
                 .unwrap_or_default();
-            relay::sweep(self, host, image, &addrs)?;
-            guest::sweep(self, host, image, &addrs)?;
-            disk::sweep(self, host, image, &addrs)?;
-            self.prune_dirs(host, image);
-        }
+            let swept = relay::sweep(self, host, image, &addrs)
+                .and_then(|()| guest::sweep(self, host, image, &addrs))
+                .and_then(|()| disk::sweep(self, host, image, &addrs));
+            match swept {
+                // Its operations reported it already; it is swept when it answers again.
+                Err(e) if e.unreachable_host.is_some() => {
+                    tracing::debug!(host, error = %e, "sweep skipped an unreachable host");
+                    Ok(())
+                }
+                r => r.map(|()| self.prune_dirs(host, image)),
+            }
+        });
+        swept.into_iter().collect::<Result<(), _>>()?;
         if let Some(n) = &self.netns {
             let keep: std::collections::HashSet<&str> =
                 state.resources.iter().map(|r| &*r.addr.host).collect();
             n.prune(&keep)?;
         }
-        if !state.resources.iter().any(|r| r.addr.kind == Kind::Domain) {
+        if self.transport.same_machine()
+            && !state.resources.iter().any(|r| r.addr.kind == Kind::Domain)
+        {
             let _ = std::fs::remove_file(self.base.join(guest::ACCEL_CACHE));
             let _ = self.transport.remove_dir_if_empty("localhost", &self.base);
             // The root too, when this cluster was all that was in it.

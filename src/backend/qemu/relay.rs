@@ -44,7 +44,7 @@ impl<'a> Relay<'a> {
         self.dir.join("relay.qmp")
     }
 
-    fn pid(&self) -> Option<u32> {
+    fn pid(&self) -> Result<Option<u32>, BackendError> {
         self.stack.running_pid(self.host, &self.pidfile())
     }
 
@@ -70,7 +70,7 @@ impl<'a> Relay<'a> {
 
     /// The same, giving up on a relay that does not answer within `timeout`.
     fn running_within(&self, timeout: Duration) -> Result<Option<Qmp>, BackendError> {
-        match self.pid() {
+        match self.pid()? {
             Some(_) => self.connect(timeout).map(Some),
             None => Ok(None),
         }
@@ -112,7 +112,7 @@ impl<'a> Relay<'a> {
         if !nodes(qmp)?.is_empty() || !exports(qmp)?.is_empty() {
             return Ok(());
         }
-        let pid = self.pid();
+        let pid = self.pid()?;
         let _ = qmp.execute("quit", json!({}));
         if let Some(pid) = pid {
             wait_gone(
@@ -132,7 +132,8 @@ impl<'a> Relay<'a> {
 /// Waits up to 10 s for a process to exit, then kills it.
 pub(super) fn wait_gone(stack: &QemuStack, host: &str, pid: u32, marker: &str) {
     let start = Instant::now();
-    while stack.transport.process_alive(host, pid, marker) {
+    // A host that stops answering ends the wait: the next read finds out.
+    while matches!(stack.transport.process_alive(host, pid, marker), Ok(true)) {
         if start.elapsed() > Duration::from_secs(10) {
             let _ = stack.transport.kill(host, pid);
             std::thread::sleep(Duration::from_millis(100));
@@ -417,14 +418,7 @@ fn build(
 /// a relay restart.
 fn format_cache(relay: &Relay<'_>, lv: &str, size: u64) -> Result<(), BackendError> {
     let t = &relay.stack.transport;
-    let info = t
-        .run(
-            relay.host,
-            &args(&["qemu-img", "info", "-U", "--output=json", lv]),
-            COMMAND_TIMEOUT,
-        )
-        .ok()
-        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
+    let info = super::disk::info(relay.stack, relay.host, lv)?;
     if let Some(i) = info {
         if i["format"] == "qcow2"
             && i["virtual-size"].as_u64() == Some(size)
@@ -514,7 +508,7 @@ pub(super) fn sweep(
         return Ok(());
     }
     let relay = Relay::new(stack, host, image);
-    if let Some(pid) = relay.pid() {
+    if let Some(pid) = relay.pid()? {
         tracing::info!(
             host,
             image,
