@@ -8,7 +8,9 @@
 #   stays: the plain bookworm qemu-system-x86 (7.2) would replace it. The backports source is
 #   derived from /etc/apt/sources.list.d/debian.sources (same URIs and keyring) into
 #   /etc/apt/sources.list.d/vmthunder-backports.sources.
-#   busybox-static, libnbd-bin (nbdinfo), iproute2, cpio, zstd, xz-utils from the main suite.
+#   busybox-static, libnbd-bin (nbdinfo), iproute2, cpio, zstd, xz-utils from the main suite;
+#   openssh-client and openssh-server for the ssh transport and its test bed
+#   (scripts/testbed.sh starts its own sshds; the system's is not started).
 #
 # Usage: scripts/setup.sh [GUEST_OUTDIR]   (passed on to build-guest.sh)
 # Environment: VMTHUNDER_SKIP_GUEST=1 skips the guest build.
@@ -20,8 +22,8 @@ log() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
 # command -> package providing it
-main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils)
-main_cmds=(busybox nbdinfo ip cpio zstd xz)
+main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils openssh-client openssh-server)
+main_cmds=(busybox nbdinfo ip cpio zstd xz ssh /usr/sbin/sshd)
 qemu_pkgs=(qemu-system-x86 qemu-block-extra)
 qemu_cmds=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd)
 

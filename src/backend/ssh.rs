@@ -293,25 +293,26 @@ impl SshTransport {
                 .await;
             let child = match child {
                 Ok(c) => c,
-                Err(e) if tries < 2 => {
-                    tracing::debug!(host, error = %e, "ssh master unusable; reconnecting");
-                    self.drop_conn(r, &conn).await;
-                    continue;
-                }
                 Err(e) => {
-                    self.drop_conn(r, &conn).await;
+                    let gone = conn.session.check().await.is_err();
+                    if gone {
+                        self.drop_conn(r, &conn).await;
+                        if tries < 2 {
+                            tracing::debug!(host, error = %e, "ssh master gone; reconnecting");
+                            continue;
+                        }
+                    }
+                    // A live master that refused (a session limit, say) is not a lost host.
                     return Err(fail(
-                        format!("could not start over ssh: {e}"),
+                        format!("could not start over ssh: {}", connect_error_text(&e)),
                         String::new(),
-                        true,
+                        gone,
                     ));
                 }
             };
-            let waited = tokio::time::timeout(
-                timeout + Duration::from_secs(10),
-                child.wait_with_output(),
-            )
-            .await;
+            let waited =
+                tokio::time::timeout(timeout + Duration::from_secs(10), child.wait_with_output())
+                    .await;
             match waited {
                 Ok(Ok(o)) => break o,
                 Ok(Err(e)) => {
@@ -349,7 +350,11 @@ impl SshTransport {
             }),
             Some(124) | Some(137) => Err(fail(format!("timed out after {secs}s"), stderr, false)),
             Some(c) => Err(fail(format!("exited with status {c}"), stderr, false)),
-            None => Err(fail(format!("was killed ({})", output.status), stderr, false)),
+            None => Err(fail(
+                format!("was killed ({})", output.status),
+                stderr,
+                false,
+            )),
         }
     }
 
@@ -532,7 +537,11 @@ impl Transport for SshTransport {
     fn file_len(&self, host: &str, path: &Path) -> io::Result<Option<u64>> {
         let p = path.to_string_lossy();
         let o = self
-            .sh(host, r#"[ -e "$1" ] || exit 0; exec stat -L -c %s -- "$1""#, &[&p])
+            .sh(
+                host,
+                r#"[ -e "$1" ] || exit 0; exec stat -L -c %s -- "$1""#,
+                &[&p],
+            )
             .map_err(io_error)?;
         let text = String::from_utf8_lossy(&o.stdout);
         let text = text.trim();
@@ -589,7 +598,9 @@ mod tests {
         assert!(transient(
             "ssh: connect to host 10.0.0.1 port 22: Connection refused"
         ));
-        assert!(transient("kex_exchange_identification: read: Connection reset by peer"));
+        assert!(transient(
+            "kex_exchange_identification: read: Connection reset by peer"
+        ));
         assert!(!transient("root@10.0.0.1: Permission denied (publickey)."));
         assert!(!transient("Host key verification failed."));
     }

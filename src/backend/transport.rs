@@ -25,6 +25,7 @@ pub struct CommandError {
     pub unreachable: bool,
 }
 
+#[derive(Debug)]
 pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,

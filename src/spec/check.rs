@@ -43,14 +43,20 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         } else if b.transport == Transport::Ssh && !b.root.starts_with('/') {
             diags.push(
                 "/backend/root",
-                format!("{:?} is relative: over ssh, paths are on the hosts; give an absolute path", b.root),
+                format!(
+                    "{:?} is relative: over ssh, paths are on the hosts; give an absolute path",
+                    b.root
+                ),
             );
         }
         if b.stack == Stack::Qemu && b.root.contains([',', '\n']) {
             // QEMU's option syntax separates fields with commas.
             diags.push(
                 "/backend/root",
-                format!("{:?}: the qemu stack's paths cannot contain ',' or a newline", b.root),
+                format!(
+                    "{:?}: the qemu stack's paths cannot contain ',' or a newline",
+                    b.root
+                ),
             );
         }
         if let Some(ssh) = &b.ssh {
@@ -69,7 +75,10 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
     }
     let over_ssh = backend.is_some_and(|b| b.transport == Transport::Ssh);
     if let (true, Some(boot)) = (over_ssh, d.clones.as_ref().and_then(|c| c.boot.as_ref())) {
-        for (field, path) in [("kernel", Some(&boot.kernel)), ("initrd", boot.initrd.as_ref())] {
+        for (field, path) in [
+            ("kernel", Some(&boot.kernel)),
+            ("initrd", boot.initrd.as_ref()),
+        ] {
             if let Some(p) = path.filter(|p| !p.starts_with('/')) {
                 diags.push(
                     format!("/clones/boot/{field}"),
@@ -310,13 +319,17 @@ fn check_ssh(ssh: &super::Ssh, at: &str, diags: &mut Diagnostics) {
             let (user, rest) = hop.rsplit_once('@').unwrap_or(("x", hop));
             let user_ok = !user.is_empty()
                 && !user.starts_with('-')
-                && user.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                && user
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             user_ok && is_address(rest)
         });
         if !ok {
             diags.push(
                 format!("{at}/jump"),
-                format!("invalid jump host {j:?}: use [user@]host[:port], several separated by ','"),
+                format!(
+                    "invalid jump host {j:?}: use [user@]host[:port], several separated by ','"
+                ),
             );
         }
     }
@@ -335,7 +348,10 @@ fn check_ssh(ssh: &super::Ssh, at: &str, diags: &mut Diagnostics) {
             "use 1 to 64 (and less than the server's MaxSessions, 10 by default)",
         );
     }
-    if ssh.connect_timeout.is_some_and(|n| !(1..=3600).contains(&n)) {
+    if ssh
+        .connect_timeout
+        .is_some_and(|n| !(1..=3600).contains(&n))
+    {
         diags.push(format!("{at}/connect_timeout"), "use 1 to 3600 seconds");
     }
 }

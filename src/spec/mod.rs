@@ -506,7 +506,9 @@ impl Spec {
     /// A host's SSH settings: its own, then `backend.ssh`'s.
     pub fn host_ssh(&self, host: &Host) -> Ssh {
         let defaults = self.backend.ssh.clone().unwrap_or_default();
-        host.ssh.as_ref().map_or(defaults.clone(), |s| s.or(&defaults))
+        host.ssh
+            .as_ref()
+            .map_or(defaults.clone(), |s| s.or(&defaults))
     }
 
     /// Hosts that run clones of `image`, in spec order.

@@ -170,7 +170,10 @@ fn ssh_settings_and_addresses_cannot_carry_options_or_shell_syntax() {
         "/images/0/path: \"images/base.qcow2\" is relative",
         "/clones/boot/kernel: \"target/guest/vmlinuz\" is relative",
     ] {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:?}"
+        );
     }
     // The same paths are fine on this machine.
     let mut doc = good();

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod testbed;
+
 use serde_json::{json, Value};
 
 pub fn repo() -> PathBuf {

@@ -74,11 +74,11 @@ impl QemuStack {
         }
         let netns = spec.backend.netns.then(|| super::netns::Netns::new(spec));
         let transport: Box<dyn Transport> = match (spec.backend.transport, &netns) {
-            (TransportKind::Ssh, _) => Box::new(
-                SshTransport::new(Endpoint::from_spec(spec)).map_err(|e| {
+            (TransportKind::Ssh, _) => {
+                Box::new(SshTransport::new(Endpoint::from_spec(spec)).map_err(|e| {
                     BackendError::new(format!("cannot prepare the ssh transport: {e}"))
-                })?,
-            ),
+                })?)
+            }
             (_, Some(n)) => Box::new(n.transport()),
             (_, None) => Box::new(Local { netns: None }),
         };
