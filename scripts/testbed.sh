@@ -19,6 +19,12 @@
 #   scripts/testbed.sh stop-sshd [-b BED] HOST                    stop a host's sshd (and its
 #                                                                 connections)
 #   scripts/testbed.sh start-sshd [-b BED] HOST                   start it again
+#   scripts/testbed.sh stage-guest [-b BED] [GUEST_DIR]           copy the test guest (default
+#                                                                 target/guest) to the hosts:
+#                                                                 the image to the first host's
+#                                                                 /srv/images/tiny.raw, kernel
+#                                                                 and initrd to every other
+#                                                                 host's /srv/boot/
 #   scripts/testbed.sh spec-ssh [-b BED]                          the JSON `backend.ssh` block
 #   scripts/testbed.sh ssh [-b BED] HOST CMD...                   run a command on a host
 #
@@ -176,6 +182,20 @@ case $cmd in
     down) down ;;
     stop-sshd) [ $# = 1 ] || die "stop-sshd HOST"; stop_sshd "$1" ;;
     start-sshd) [ $# = 1 ] || die "start-sshd HOST"; start_sshd "$1" ;;
+    stage-guest)
+        g=${1:-$(cd "$(dirname "$0")/.." && pwd)/target/guest}
+        [ -r "$g/base.raw" ] && [ -r "$g/vmlinuz" ] || die "no test guest in $g: run scripts/setup.sh"
+        [ -s "$dir/hosts" ] || die "bed $bed is not up"
+        first=1
+        while read -r h _; do
+            if [ $first = 1 ]; then
+                mkdir -p "$dir/$h/srv/images" && cp "$g/base.raw" "$dir/$h/srv/images/tiny.raw"
+                first=0
+            else
+                mkdir -p "$dir/$h/srv/boot" && cp "$g/vmlinuz" "$g/initrd.img" "$dir/$h/srv/boot/"
+            fi
+        done < "$dir/hosts"
+        echo "testbed: staged $g on the hosts of $bed" ;;
     spec-ssh)
         printf '{ "user": "root", "identity_file": "%s", "known_hosts": "%s" }\n' \
             "$dir/id_ed25519" "$dir/known_hosts" ;;
