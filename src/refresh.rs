@@ -224,6 +224,7 @@ pub fn render(r: &Refreshed, color: bool) -> String {
         r.read,
         if r.read == 1 { "" } else { "s" }
     );
+    let mut unknown_by_reason: Vec<(&str, Vec<&Addr>)> = Vec::new();
     for d in &r.drift {
         match &d.finding {
             Finding::Gone => {
@@ -242,13 +243,27 @@ pub fn render(r: &Refreshed, color: bool) -> String {
             }
             Finding::Unknown(e) => {
                 let first = e.lines().next().unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {} {} is unknown: {first}",
-                    p.wrap("35", "?"),
-                    d.addr
-                );
+                match unknown_by_reason.iter_mut().find(|(r, _)| *r == first) {
+                    Some((_, addrs)) => addrs.push(&d.addr),
+                    None => unknown_by_reason.push((first, vec![&d.addr])),
+                }
             }
+        }
+    }
+    // Objects that could not be read for one reason (a host that does not answer) are listed
+    // together, once.
+    for (reason, addrs) in &unknown_by_reason {
+        let q = p.wrap("35", "?");
+        if let [one] = addrs.as_slice() {
+            let _ = writeln!(out, "  {q} {one} is unknown: {reason}");
+        } else {
+            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  {q} {} objects are unknown: {reason}\n      {}",
+                addrs.len(),
+                list.join(", ")
+            );
         }
     }
     let unknown = r
