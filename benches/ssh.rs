@@ -17,24 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testbed::Testbed;
-use vmthunder::backend::ssh::{Endpoint, SshTransport};
+use vmthunder::backend::ssh::SshTransport;
 use vmthunder::backend::Transport;
-
-fn endpoint(tb: &Testbed, host: &str) -> Endpoint {
-    Endpoint {
-        name: host.into(),
-        address: tb.address(host).into(),
-        user: Some("root".into()),
-        port: None,
-        identity_file: Some(tb.dir.join("id_ed25519")),
-        jump: None,
-        connect_timeout: 10,
-        accept_new: false,
-        known_hosts: Some(tb.dir.join("known_hosts")),
-        config_file: None,
-        max_sessions: 8,
-    }
-}
 
 /// Runs `n` commands with `parallel` threads; returns commands per second.
 fn rate(n: usize, parallel: usize, one: impl Fn() + Sync) -> f64 {
@@ -78,7 +62,7 @@ fn main() {
     let tb = Testbed::up("bx", 86, &["h1"], None);
     let addr = tb.address("h1").to_string();
     let argv = vec!["true".to_string()];
-    let t = Arc::new(SshTransport::new(vec![endpoint(&tb, "h1")]).unwrap());
+    let t = Arc::new(SshTransport::new(vec![tb.endpoint("h1")]).unwrap());
     t.run("h1", &argv, Duration::from_secs(30)).unwrap(); // connect once
     let per_process = |_: ()| {
         let st = Command::new("ssh")

@@ -10,24 +10,8 @@ use std::time::Duration;
 use common::testbed::Testbed;
 use common::Cluster;
 use serde_json::{json, Value};
-use vmthunder::backend::ssh::{Endpoint, SshTransport};
+use vmthunder::backend::ssh::SshTransport;
 use vmthunder::backend::Transport;
-
-fn endpoint(tb: &Testbed, host: &str) -> Endpoint {
-    Endpoint {
-        name: host.into(),
-        address: tb.address(host).into(),
-        user: Some("root".into()),
-        port: None,
-        identity_file: Some(tb.dir.join("id_ed25519")),
-        jump: None,
-        connect_timeout: 5,
-        accept_new: false,
-        known_hosts: Some(tb.dir.join("known_hosts")),
-        config_file: None,
-        max_sessions: 8,
-    }
-}
 
 fn argv(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -40,7 +24,7 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
     let tb = Testbed::up("sx", 83, &["h1"], None);
 
     // 32 concurrent commands share one master connection, at most 8 at a time.
-    let t = Arc::new(SshTransport::new(vec![endpoint(&tb, "h1")]).unwrap());
+    let t = Arc::new(SshTransport::new(vec![tb.endpoint("h1")]).unwrap());
     let script = r#"mkdir -p /tmp/slots; mkdir /tmp/slots/$1; sleep 0.3; ls /tmp/slots | wc -l; rmdir /tmp/slots/$1"#;
     let workers: Vec<_> = (0..32)
         .map(|n| {
@@ -61,7 +45,7 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
 
     // Without the cap, sshd's MaxSessions (10) refuses sessions: the cap is what keeps a busy
     // host working.
-    let mut wide = endpoint(&tb, "h1");
+    let mut wide = tb.endpoint("h1");
     wide.max_sessions = 24;
     let t2 = Arc::new(SshTransport::new(vec![wide]).unwrap());
     let workers: Vec<_> = (0..24)
@@ -106,7 +90,7 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
 
     // A host whose sshd comes back within the retries is reached.
     tb.stop_sshd("h1");
-    let t = SshTransport::new(vec![endpoint(&tb, "h1")]).unwrap();
+    let t = SshTransport::new(vec![tb.endpoint("h1")]).unwrap();
     let restart = std::thread::spawn({
         let bed = tb.bed.clone();
         move || {
@@ -127,7 +111,7 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
 
     // One that stays down fails with what was tried; later calls fail the same way at once.
     tb.stop_sshd("h1");
-    let t = SshTransport::new(vec![endpoint(&tb, "h1")]).unwrap();
+    let t = SshTransport::new(vec![tb.endpoint("h1")]).unwrap();
     let e = t.run("h1", &argv(&["true"]), T).unwrap_err();
     assert!(e.unreachable);
     assert!(
@@ -146,7 +130,7 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
     // Host keys are checked strictly: an unknown key is refused without retrying...
     let empty = tb.dir.join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let mut strict = endpoint(&tb, "h1");
+    let mut strict = tb.endpoint("h1");
     strict.known_hosts = Some(empty.clone());
     let t = SshTransport::new(vec![strict.clone()]).unwrap();
     let e = t.run("h1", &argv(&["true"]), T).unwrap_err();

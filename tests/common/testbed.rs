@@ -75,6 +75,23 @@ impl Testbed {
             .1
     }
 
+    /// How the ssh transport reaches `host` (5 s connect timeout, 8 sessions).
+    pub fn endpoint(&self, host: &str) -> vmthunder::backend::ssh::Endpoint {
+        vmthunder::backend::ssh::Endpoint {
+            name: host.into(),
+            address: self.address(host).into(),
+            user: Some("root".into()),
+            port: None,
+            identity_file: Some(self.dir.join("id_ed25519")),
+            jump: None,
+            connect_timeout: 5,
+            accept_new: false,
+            known_hosts: Some(self.dir.join("known_hosts")),
+            config_file: None,
+            max_sessions: 8,
+        }
+    }
+
     /// The `backend.ssh` block that reaches the bed's hosts.
     pub fn ssh(&self) -> Value {
         json!({
