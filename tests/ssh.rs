@@ -44,14 +44,15 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
     assert_eq!(t.connections(), 1);
 
     // Without the cap, sshd's MaxSessions (10) refuses sessions: the cap is what keeps a busy
-    // host working.
+    // host working. (A refused command is tried again for about 9 s, so commands that hold
+    // their sessions longer than that make the refusals show.)
     let mut wide = tb.endpoint("h1");
     wide.max_sessions = 24;
     let t2 = Arc::new(SshTransport::new(vec![wide]).unwrap());
     let workers: Vec<_> = (0..24)
         .map(|_| {
             let t2 = t2.clone();
-            std::thread::spawn(move || t2.run("h1", &argv(&["sleep", "1"]), T))
+            std::thread::spawn(move || t2.run("h1", &argv(&["sleep", "12"]), T))
         })
         .collect();
     let refused: Vec<String> = workers
@@ -61,7 +62,9 @@ fn one_connection_per_host_capped_sessions_retries_and_strict_host_keys() {
         .collect();
     assert!(!refused.is_empty(), "sshd accepted 24 sessions at once");
     assert!(
-        refused.iter().all(|e| e.contains("on host h1")),
+        refused
+            .iter()
+            .all(|e| e.contains("on host h1") && e.contains("Session open refused")),
         "{refused:?}"
     );
     drop(t2);

@@ -28,6 +28,8 @@ const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(500);
 const DEFAULT_CONNECT_TIMEOUT: u32 = 10;
 const DEFAULT_MAX_SESSIONS: u32 = 8;
+/// Times a command whose session the server refused is tried again (about 8 s in all).
+const REFUSALS: u32 = 100;
 /// A master connection left behind (vmthunder killed) exits after this long unused.
 const MASTER_IDLE_SECS: usize = 120;
 
@@ -277,6 +279,7 @@ impl SshTransport {
         // A command that could not even start (the master died) is retried once on a new
         // connection; one that started is never run twice.
         let mut tries = 0;
+        let mut refusals = 0;
         let output = loop {
             tries += 1;
             let conn = self
@@ -301,6 +304,15 @@ impl SshTransport {
                             tracing::debug!(host, error = %e, "ssh master gone; reconnecting");
                             continue;
                         }
+                    } else if refusals < REFUSALS && connect_error_text(&e).contains("refused") {
+                        // The server frees a finished command's session a moment after its
+                        // exit status arrives, so even under the cap it can briefly count
+                        // more: the command did not start, and is tried again shortly.
+                        refusals += 1;
+                        tries -= 1;
+                        tokio::time::sleep(Duration::from_millis(5 * u64::from(refusals.min(20))))
+                            .await;
+                        continue;
                     }
                     // A live master that refused (a session limit, say) is not a lost host.
                     return Err(fail(
