@@ -249,10 +249,10 @@ fn a_cluster_across_seven_ssh_hosts_builds_survives_a_lost_host_and_leaves_nothi
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     let text = String::from_utf8_lossy(&plan.stdout);
-    // One line for the host's six objects, then their addresses.
+    // One line for the host's seven objects (it has children: a target too), then their addresses.
     assert!(
         text.contains(&format!(
-            "? 6 objects are unknown: cannot reach host {lost} over ssh"
+            "? 7 objects are unknown: cannot reach host {lost} over ssh"
         )),
         "{text}"
     );
