@@ -497,17 +497,7 @@ impl Tracker {
                     error: &error,
                     skipped: newly.len(),
                 });
-                for &j in &newly {
-                    ready.settled(j);
-                    let o = graph.ops[j as usize];
-                    let addr = &plan.changes[o.change as usize].addr;
-                    report(Progress::Skipped {
-                        addr,
-                        kind: o.kind,
-                        cause: &change.addr,
-                    });
-                    outcome.skipped.push((addr.clone(), o.kind));
-                }
+                report_skips(&newly, &change.addr, ready, outcome, plan, graph, report);
                 outcome
                     .failed
                     .push((change.addr.clone(), op.kind, error.to_string()));
@@ -531,17 +521,38 @@ impl Tracker {
         self.skipped[i as usize] = true;
         let mut all = vec![i];
         all.extend(skip_after(i, after, &mut self.skipped));
-        for j in all {
-            self.ready.settled(j);
-            let o = graph.ops[j as usize];
-            let addr = &plan.changes[o.change as usize].addr;
-            report(Progress::Skipped {
-                addr,
-                kind: o.kind,
-                cause,
-            });
-            self.outcome.skipped.push((addr.clone(), o.kind));
-        }
+        report_skips(
+            &all,
+            cause,
+            &mut self.ready,
+            &mut self.outcome,
+            plan,
+            graph,
+            report,
+        );
+    }
+}
+
+/// Reports operations that will not run because `cause` failed, and counts them.
+fn report_skips(
+    ops: &[u32],
+    cause: &Addr,
+    ready: &mut Ready,
+    outcome: &mut Outcome,
+    plan: &Plan,
+    graph: &OpGraph,
+    report: &mut dyn FnMut(Progress<'_>),
+) {
+    for &j in ops {
+        ready.settled(j);
+        let o = graph.ops[j as usize];
+        let addr = &plan.changes[o.change as usize].addr;
+        report(Progress::Skipped {
+            addr,
+            kind: o.kind,
+            cause,
+        });
+        outcome.skipped.push((addr.clone(), o.kind));
     }
 }
 
