@@ -166,12 +166,13 @@ pub(super) fn sweep(
     host: &str,
     image: &str,
     recorded: &[&Addr],
+    names: &[String],
 ) -> Result<(), BackendError> {
     let dir = stack.dir(host, image);
-    for name in stack.transport.list_dir(host, &dir).unwrap_or_default() {
+    for name in names {
         let n = if name == "lv-cache.img" {
             None
-        } else if let Some(n) = super::numbered(&name, "lv-cow-", ".img") {
+        } else if let Some(n) = super::numbered(name, "lv-cow-", ".img") {
             Some(n)
         } else {
             continue;
@@ -179,7 +180,7 @@ pub(super) fn sweep(
         let known = recorded.iter().any(|a| a.kind == Kind::Lv && a.n == n);
         if !known {
             tracing::info!(host, file = %name, "removing an lv file that state does not record");
-            let _ = stack.transport.remove_file(host, &dir.join(&name));
+            let _ = stack.transport.remove_file(host, &dir.join(name));
         }
     }
     Ok(())

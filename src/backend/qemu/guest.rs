@@ -253,10 +253,10 @@ pub(super) fn sweep(
     host: &str,
     image: &str,
     recorded: &[&Addr],
+    names: &[String],
 ) -> Result<(), BackendError> {
-    let dir = stack.dir(host, image);
-    for name in stack.transport.list_dir(host, &dir).unwrap_or_default() {
-        let Some(n) = super::numbered(&name, "vm-", ".pid") else {
+    for name in names {
+        let Some(n) = super::numbered(name, "vm-", ".pid") else {
             continue;
         };
         if recorded
@@ -310,38 +310,28 @@ fn resolve_accel(stack: &QemuStack, host: &str, boot: &Boot) -> Result<&'static 
         .entry(key.to_string())
         .or_default()
         .clone();
-    let mut failed = None;
-    let verdict = *cell.get_or_init(|| {
+    cell.get_or_init(|| {
         let cache = stack.base.join(ACCEL_CACHE);
         if local {
             match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
-                Ok("kvm") => return "kvm",
-                Ok("tcg") => return "tcg",
+                Ok("kvm") => return Ok("kvm"),
+                Ok("tcg") => return Ok("tcg"),
                 _ => {}
             }
         }
-        let verdict = match kvm_boots(stack, host, boot) {
-            Ok(true) => "kvm",
-            Ok(false) => "tcg",
-            Err(e) => {
-                failed = Some(e);
-                "unknown"
-            }
+        let verdict = if kvm_boots(stack, host, boot)? {
+            "kvm"
+        } else {
+            "tcg"
         };
-        if local && verdict != "unknown" {
+        if local {
             let _ = std::fs::create_dir_all(&stack.base);
             let _ = std::fs::write(&cache, verdict);
         }
         tracing::info!(host, verdict, "accelerator probed");
-        verdict
-    });
-    match (verdict, failed) {
-        (_, Some(e)) => Err(e),
-        ("unknown", None) => Err(BackendError::new(format!(
-            "on host {host}: the accelerator probe failed earlier in this run"
-        ))),
-        (v, None) => Ok(v),
-    }
+        Ok(verdict)
+    })
+    .clone()
 }
 
 /// Boots a probe guest under KVM on `host` and judges by what it prints in time.

@@ -37,6 +37,9 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(60);
 /// unknown, and the rest of the refresh goes on.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A host's accelerator, probed once: `kvm`, `tcg`, or why the probe could not be made.
+type AccelVerdict = OnceLock<Result<&'static str, BackendError>>;
+
 pub struct QemuStack {
     transport: Box<dyn Transport>,
     /// `<root>/<cluster>`, absolute.
@@ -45,8 +48,9 @@ pub struct QemuStack {
     ready: Option<Ready>,
     /// Every (host, image) pair the spec knows, for the final sweep.
     pairs: Vec<(String, String)>,
-    /// Per host (one entry, "", when every host is this machine).
-    resolved_accel: Mutex<HashMap<String, Arc<OnceLock<&'static str>>>>,
+    /// Per host (one entry, "", when every host is this machine): the probe's verdict, or
+    /// why it could not be made.
+    resolved_accel: Mutex<HashMap<String, Arc<AccelVerdict>>>,
     /// With `backend.netns`: each host's namespace.
     netns: Option<super::netns::Netns>,
     /// One lock per relay: its operations never interleave on its monitor.
@@ -364,9 +368,13 @@ impl Backend for QemuStack {
                 .get(&(host.as_str(), image.as_str()))
                 .cloned()
                 .unwrap_or_default();
-            let swept = relay::sweep(self, host, image, &addrs)
-                .and_then(|()| guest::sweep(self, host, image, &addrs))
-                .and_then(|()| disk::sweep(self, host, image, &addrs));
+            let swept = relay::sweep(self, host, image, &addrs).and_then(|()| {
+                // One listing of the host-image directory serves both file sweeps.
+                let dir = self.dir(host, image);
+                let names = self.transport.list_dir(host, &dir).unwrap_or_default();
+                guest::sweep(self, host, image, &addrs, &names)?;
+                disk::sweep(self, host, image, &addrs, &names)
+            });
             match swept {
                 // Its operations reported it already; it is swept when it answers again.
                 Err(e) if e.unreachable_host.is_some() => {
