@@ -411,8 +411,16 @@ impl SshTransport {
 
     /// Runs a small POSIX shell script on `host` with `args` as `$1`...
     fn sh(&self, host: &str, script: &str, args: &[&str]) -> Result<Output, CommandError> {
-        let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
-        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = ["sh", "-c", script, "sh"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        self.file_command(host, &argv)
+    }
+
+    /// A short command of the file operations below (60 s at most).
+    fn file_command(&self, host: &str, argv: &[&str]) -> Result<Output, CommandError> {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         self.run(host, &argv, Duration::from_secs(60))
     }
 }
@@ -502,13 +510,9 @@ impl Transport for SshTransport {
 
     fn create_dir_all(&self, host: &str, path: &Path) -> io::Result<()> {
         let p = path.to_string_lossy();
-        self.run(
-            host,
-            &["mkdir".into(), "-p".into(), "--".into(), p.into_owned()],
-            Duration::from_secs(60),
-        )
-        .map(|_| ())
-        .map_err(io_error)
+        self.file_command(host, &["mkdir", "-p", "--", &p])
+            .map(|_| ())
+            .map_err(io_error)
     }
 
     fn remove_dir_if_empty(&self, host: &str, path: &Path) -> io::Result<bool> {
@@ -525,13 +529,9 @@ impl Transport for SshTransport {
 
     fn remove_file(&self, host: &str, path: &Path) -> io::Result<()> {
         let p = path.to_string_lossy();
-        self.run(
-            host,
-            &["rm".into(), "-f".into(), "--".into(), p.into_owned()],
-            Duration::from_secs(60),
-        )
-        .map(|_| ())
-        .map_err(io_error)
+        self.file_command(host, &["rm", "-f", "--", &p])
+            .map(|_| ())
+            .map_err(io_error)
     }
 
     fn set_len(&self, host: &str, path: &Path, len: u64, reset: bool) -> io::Result<()> {
