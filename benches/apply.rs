@@ -31,7 +31,17 @@ use vmthunder::state::State;
 
 const CLONES: u32 = 10;
 
-fn spec(hosts: usize, clones: u32, degree: u32, sim: serde_json::Value) -> Spec {
+/// `create`: seconds per create by kind; every other time (deletes, reads) is zero.
+fn spec(hosts: usize, clones: u32, degree: u32, create: serde_json::Value) -> Spec {
+    let mut zero = serde_json::json!({"lv": 0, "session": 0, "cache": 0, "target": 0,
+                                      "snapshot": 0, "domain": 0});
+    let delete = zero.clone();
+    if let Some(m) = create.as_object() {
+        for (k, v) in m {
+            zero[k] = v.clone();
+        }
+    }
+    let estimate = serde_json::json!({"working_set": 0, "create": zero, "delete": delete});
     let mut list = vec![serde_json::json!({"name": "img0", "address": "10.0.0.1"})];
     for i in 0..hosts {
         list.push(serde_json::json!({
@@ -42,7 +52,8 @@ fn spec(hosts: usize, clones: u32, degree: u32, sim: serde_json::Value) -> Spec 
     let doc = serde_json::json!({
         "version": 1,
         "cluster": "bench",
-        "backend": {"stack": "sim", "sim": sim},
+        "backend": {"stack": "sim"},
+        "estimate": estimate,
         "hosts": list,
         "images": [{"name": "base", "source_host": "img0", "path": "base.qcow2", "size": "10GiB"}],
         "tree": {"degree": degree},
@@ -238,7 +249,7 @@ fn schedule_quality(hosts: usize, clones: u32, scale: f64, parallelism: usize) {
         .iter()
         .map(|(k, v)| (k.to_string(), v / scale))
         .collect();
-    let spec = spec(hosts, clones, 2, serde_json::json!({"create": scaled}));
+    let spec = spec(hosts, clones, 2, serde_json::to_value(scaled).unwrap());
     let limits = Limits {
         parallelism,
         per_host: 4,

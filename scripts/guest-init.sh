@@ -12,6 +12,12 @@
 # and then idles forever, so the VM keeps running until the caller stops it.
 # Kernel command line parameters read: vmthunder.name=NAME (default "unnamed"),
 # vmthunder.verbose=1 (keep kernel messages on the console).
+#
+# Benchmark mode (vmthunder.read_mib=N, used by benches/provision.rs): instead of the above, the
+# guest prints VMTHUNDER-WAITING name=<name>, waits until its NIC's link goes down (the host
+# says "go" with QMP `set_link`; vmthunder.go=now skips the wait), reads the first N MiB of
+# /dev/vda (its boot working set) and prints VMTHUNDER-READ name=<name> mib=<N> as the last
+# line it ever writes, so the console file's modification time is when the read finished.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -24,10 +30,14 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
 name=unnamed
 verbose=0
+read_mib=
+go=link-down
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmthunder.name=*) name=${arg#vmthunder.name=} ;;
         vmthunder.verbose=1) verbose=1 ;;
+        vmthunder.read_mib=*) read_mib=${arg#vmthunder.read_mib=} ;;
+        vmthunder.go=now) go=now ;;
     esac
 done
 # Keep the kernel's own messages off the console so our lines stay whole
@@ -72,6 +82,27 @@ mac=none
 [ -n "$nic" ] && [ -r "/sys/class/net/$nic/address" ] && mac=$(cat "/sys/class/net/$nic/address")
 uuid=none
 [ -r /sys/class/dmi/id/product_uuid ] && uuid=$(cat /sys/class/dmi/id/product_uuid)
+
+if [ -n "$read_mib" ]; then
+    if [ "$go" != now ]; then
+        [ -n "$nic" ] || fail no-nic
+        ip link set "$nic" up 2>/dev/null || fail nic-up
+        carrier() { c=; read -r c < "/sys/class/net/$nic/carrier" 2>/dev/null; }
+        # The link comes up once the driver has it (bounded: 10 s), then down = go.
+        i=0
+        while carrier && [ "$c" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        carrier; [ "$c" = 1 ] || fail no-carrier
+        echo
+        echo "VMTHUNDER-WAITING name=$name"
+        while carrier && [ "$c" = 1 ]; do sleep 0.1; done
+    else
+        echo
+        echo "VMTHUNDER-WAITING name=$name"
+    fi
+    dd if=/dev/vda of=/dev/null bs=1M count="$read_mib" 2>/dev/null || fail disk-read
+    echo "VMTHUNDER-READ name=$name mib=$read_mib"
+    idle
+fi
 
 sectors=$(cat /sys/block/vda/size 2>/dev/null) || fail no-disk-size
 bytes=$((sectors * 512))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::placement;
+use crate::model;
 use crate::resource::{
     Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs, SnapshotAttrs,
     TargetAttrs,
@@ -143,20 +143,11 @@ impl Graph {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
         let endpoints = Endpoints::new(spec, prior);
+        let degree = model::degree(spec);
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
-            let source: Arc<str> = image.source_host.as_str().into();
-            let members = spec.image_hosts(image);
-            let names: Vec<Arc<str>> = std::iter::once(source.clone())
-                .chain(members.iter().map(|m| Arc::<str>::from(*m)))
-                .collect();
-            let index = placement::index(&image.source_host, &members);
-            let recorded = prior.placement.get(&image.name);
-            let tree = placement::place(members.len(), spec.tree.degree, |i| {
-                recorded
-                    .and_then(|r| r.get(&*names[i as usize]))
-                    .and_then(|p| index.get(p.as_str()).copied())
-            });
+            let (hosts, tree) = model::image_tree(spec, image, degree, Some(&prior.placement));
+            let names: Vec<Arc<str>> = hosts.iter().map(|&h| Arc::<str>::from(h)).collect();
             let clones = spec.clones_per_host(image);
             let mut target_of: Vec<u32> = vec![u32::MAX; names.len()];
             let mut parents = BTreeMap::new();

@@ -1,4 +1,5 @@
-//! Byte sizes as users write them in specs: `"1GiB"`, `"512 MiB"`, `"10G"` or a plain integer.
+//! Byte sizes as users write them in specs: `"1GiB"`, `"512 MiB"`, `"10G"` or a plain integer;
+//! and link rates, as `tc` writes them: `"200mbit"`.
 //!
 //! Owns parsing and canonical rendering only; it knows nothing about where sizes are used.
 
@@ -131,6 +132,115 @@ impl JsonSchema for Size {
     }
 }
 
+/// A link rate in bits per second, written as `tc` writes it: `"200mbit"`, `"1gbit"`,
+/// `"10gbit"`, `"1.5gbit"` (decimal units) or a plain number of bits per second.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
+pub struct Rate(pub f64);
+
+const RATE_UNITS: [(&str, f64); 5] = [
+    ("bit", 1.0),
+    ("kbit", 1e3),
+    ("mbit", 1e6),
+    ("gbit", 1e9),
+    ("tbit", 1e12),
+];
+
+impl Rate {
+    /// Bytes per second on the wire.
+    pub fn bytes_per_sec(self) -> f64 {
+        self.0 / 8.0
+    }
+
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = (&t[..split], t[split..].trim());
+        let bad = || {
+            format!("invalid rate {text:?}: expected a number of bits per second with an optional unit, like \"200mbit\" or \"1gbit\"")
+        };
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let mult = if unit.is_empty() {
+            1.0
+        } else {
+            RATE_UNITS
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    format!("invalid rate {text:?}: unknown unit {unit:?} (use bit, kbit, mbit, gbit or tbit)")
+                })?
+        };
+        if !(value * mult > 0.0 && (value * mult).is_finite()) {
+            return Err(format!("invalid rate {text:?}: must be above zero"));
+        }
+        Ok(Rate(value * mult))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, mult) in RATE_UNITS.iter().rev() {
+            if self.0 >= *mult {
+                let v = self.0 / mult;
+                return if v.fract() == 0.0 {
+                    write!(f, "{v}{unit}")
+                } else {
+                    write!(f, "{}{unit}", (v * 1000.0).round() / 1000.0)
+                };
+            }
+        }
+        write!(f, "{}bit", self.0)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Rate;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate like \"1gbit\" or a number of bits per second")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Rate, E> {
+                Rate::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Rate, E> {
+                Rate::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Rate, E> {
+                Rate::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Rate, E> {
+                Rate::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Rate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rate".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A link rate in bits per second: a number, or a string with a unit such as \"200mbit\", \"1gbit\", \"10gbit\".",
+            "oneOf": [
+                { "type": "number", "exclusiveMinimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([kmgt]?bit)?\\s*$" }
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +262,25 @@ mod tests {
             assert_eq!(s.bytes(), bytes, "{text}");
             assert_eq!(s.to_string(), shown, "{text}");
             assert_eq!(Size::parse(shown).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn rates_parse_like_tc_and_render_canonically() {
+        for (text, bits, shown) in [
+            ("200mbit", 200e6, "200mbit"),
+            ("1gbit", 1e9, "1gbit"),
+            ("1.5 Gbit", 1.5e9, "1.5gbit"),
+            ("1000", 1e3, "1kbit"),
+            ("64kbit", 64e3, "64kbit"),
+        ] {
+            let r = Rate::parse(text).unwrap();
+            assert_eq!(r.0, bits, "{text}");
+            assert_eq!(r.to_string(), shown, "{text}");
+            assert_eq!(r.bytes_per_sec(), bits / 8.0);
+        }
+        for bad in ["", "fast", "10mb", "0mbit", "-5mbit"] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
 

@@ -536,7 +536,12 @@ fn human_plans_read_like_terraform() {
 fn applied_sim0(dir: &Path) {
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("examples/sim.json")).unwrap()).unwrap();
-    doc["backend"].as_object_mut().unwrap().remove("sim");
+    let zero: serde_json::Value = ["lv", "session", "cache", "target", "snapshot", "domain"]
+        .iter()
+        .map(|k| (k.to_string(), serde_json::json!(0)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    doc["estimate"] = serde_json::json!({"working_set": 0, "create": zero, "delete": zero});
     std::fs::write(dir.join("sim0.json"), doc.to_string()).unwrap();
     let o = run(dir, &["apply", "-f", "sim0.json", "--auto-approve"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -8,7 +8,7 @@
 //! limit. A failed operation is reported once and everything that waits on it is skipped;
 //! independent branches run to completion.
 
-mod order;
+pub mod order;
 
 use std::collections::VecDeque;
 use std::path::Path;

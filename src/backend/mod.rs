@@ -140,7 +140,7 @@ pub trait Backend: Send + Sync {
 pub fn for_spec(spec: &Spec) -> Result<Arc<dyn Backend>, BackendError> {
     match spec.backend.stack {
         Stack::Qemu => Ok(Arc::new(qemu::QemuStack::new(spec)?)),
-        Stack::Sim => Ok(Arc::new(sim::SimStack::new(&spec.backend.sim))),
+        Stack::Sim => Ok(Arc::new(sim::SimStack::new(spec))),
         Stack::Linux => Err(BackendError::new(
             "the linux stack is not available in this build yet; use \"stack\": \"qemu\"",
         )),

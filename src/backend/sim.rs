@@ -1,34 +1,34 @@
 //! The sim stack: records objects without touching any machine, each operation taking the
-//! duration the spec models for its kind. It exists to measure and plan the engine at
-//! 100,000+ resources; every feature is tested on a real stack.
+//! time the provisioning model ([`crate::model`], the spec's `estimate`) gives it: fixed per
+//! kind, plus each domain's read of the working set from its host's place in the tree. It
+//! exists to measure and plan the engine at 100,000+ resources; every feature is tested on a
+//! real stack.
 
 use std::time::Duration;
 
 use super::{Backend, BackendError, Observed, Target};
+use crate::model::Model;
 use crate::plan::{OpKind, Plan};
 use crate::resource::{Addr, Kind};
-use crate::spec::SimSpec;
+use crate::spec::Spec;
 use crate::state::State;
 
 pub struct SimStack {
-    create: [Duration; Kind::ALL.len()],
-    delete: [Duration; Kind::ALL.len()],
+    model: Model,
 }
 
 impl SimStack {
-    pub fn new(model: &SimSpec) -> SimStack {
-        let table = |m: &std::collections::BTreeMap<Kind, f64>| {
-            Kind::ALL.map(|k| Duration::from_secs_f64(m.get(&k).copied().unwrap_or(0.0)))
-        };
+    /// Trees as a fresh apply of `spec` places them.
+    pub fn new(spec: &Spec) -> SimStack {
         SimStack {
-            create: table(&model.create),
-            delete: table(&model.delete),
+            model: Model::new(spec, None),
         }
     }
 
-    fn take(d: Duration) {
-        if !d.is_zero() {
-            std::thread::sleep(d);
+    fn take(&self, addr: &Addr, op: OpKind) {
+        let secs = self.model.secs(addr, op);
+        if secs > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(secs));
         }
     }
 }
@@ -43,20 +43,17 @@ impl Backend for SimStack {
     }
 
     fn create(&self, t: Target<'_>, _: &[(Addr, Observed)]) -> Result<Observed, BackendError> {
-        SimStack::take(self.create[t.addr.kind as usize]);
+        self.take(t.addr, OpKind::Create);
         Ok(Observed::new())
     }
 
     fn delete(&self, t: Target<'_>, _: &Observed) -> Result<(), BackendError> {
-        SimStack::take(self.delete[t.addr.kind as usize]);
+        self.take(t.addr, OpKind::Delete);
         Ok(())
     }
 
     fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
-        match op {
-            OpKind::Create => self.create[kind as usize],
-            OpKind::Delete => self.delete[kind as usize],
-        }
+        Duration::from_secs_f64(self.model.kind_secs(kind, op))
     }
 
     fn finish(&self, _: &State) -> Result<(), BackendError> {

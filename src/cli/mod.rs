@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::apply::Limits;
+use crate::forecast;
 use crate::graph::Graph;
 use crate::paint::Paint;
 use crate::plan::{self, Mode, OpGraph, Plan, RenderOptions};
 use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
-use crate::spec::{Spec, SpecError};
+use crate::spec::{Degree, Spec, SpecError};
 use crate::state::{self, Lock, State};
 
 /// Provision large VM clusters declaratively with the VMThunder image tree.
@@ -235,6 +237,20 @@ pub struct PlanArgs {
     /// Plan to destroy every recorded resource, dependents first.
     #[arg(long)]
     pub destroy: bool,
+    /// Also print how long the apply will take and its critical path, from the model in the
+    /// spec's `estimate` (link rate, hop latency, working set, seconds per operation).
+    #[arg(long)]
+    pub estimate: bool,
+    /// Use this tree degree instead of the spec's: a number, or `auto` for the one the model
+    /// finds fastest (as `tree.degree: "auto"` does). Save the plan with --out to apply it.
+    #[arg(long, value_name = "N|auto", value_parser = Degree::parse)]
+    pub degree: Option<Degree>,
+    /// With --estimate: operations the apply will run at once, overall.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "estimate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: u32,
+    /// With --estimate: operations the apply will run at once on one host.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "estimate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_host: u32,
     /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
@@ -550,7 +566,10 @@ fn find_state(spec: Option<&Path>, given: Option<PathBuf>) -> Result<PathBuf, Fa
 }
 
 fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
-    let spec = load_spec(&args.spec.file)?;
+    let mut spec = load_spec(&args.spec.file)?;
+    if let Some(d) = args.degree {
+        spec.tree.degree = d;
+    }
     let replace = args
         .replace
         .iter()
@@ -594,20 +613,37 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
     if let Some(out) = &args.out {
         plan.save(out)?;
     }
+    let forecast = args.estimate.then(|| {
+        let limits = Limits {
+            parallelism: args.parallelism as usize,
+            per_host: args.per_host as usize,
+            ..Limits::default()
+        };
+        forecast::forecast(&spec, &plan, limits)
+    });
     if args.json {
-        if drift.drift.is_empty() {
+        if drift.drift.is_empty() && forecast.is_none() {
             emit(&plan.to_json())?;
         } else {
-            // What the refresh found, as Terraform's `resource_drift` (not part of saved plans).
             let mut v: serde_json::Value =
                 serde_json::from_slice(&plan.to_json()).expect("plans serialize");
-            v["resource_drift"] =
-                serde_json::from_slice(&run::drift_json(&drift)).expect("drift serializes");
+            if !drift.drift.is_empty() {
+                // What the refresh found, as Terraform's `resource_drift` (not part of saved
+                // plans).
+                v["resource_drift"] =
+                    serde_json::from_slice(&run::drift_json(&drift)).expect("drift serializes");
+            }
+            if let Some(f) = &forecast {
+                v["estimate"] = serde_json::to_value(f).expect("forecasts serialize");
+            }
             emit(&serde_json::to_vec_pretty(&v).expect("plans serialize"))?;
         }
     } else {
         let mut text = refresh::render(&drift, color);
         text.push_str(&plan::render(&plan, render_options(color, args.full)));
+        if let Some(f) = &forecast {
+            text.push_str(&forecast::render(f));
+        }
         if let Some(out) = &args.out {
             text.push_str(&format!(
                 "\nSaved the plan to `{}`. `vmthunder show {}` renders it again.\n",

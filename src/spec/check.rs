@@ -62,16 +62,9 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         if let Some(ssh) = &b.ssh {
             check_ssh(ssh, "/backend/ssh", diags);
         }
-        for (verb, table) in [("create", &b.sim.create), ("delete", &b.sim.delete)] {
-            for (kind, secs) in table {
-                if !(0.0..=86_400.0).contains(secs) {
-                    diags.push(
-                        format!("/backend/sim/{verb}/{kind}"),
-                        format!("{secs} is not a duration in seconds between 0 and 86400"),
-                    );
-                }
-            }
-        }
+    }
+    if let Some(e) = &d.estimate {
+        check_estimate(e, diags);
     }
     let over_ssh = backend.is_some_and(|b| b.transport == Transport::Ssh);
     if let (true, Some(boot)) = (over_ssh, d.clones.as_ref().and_then(|c| c.boot.as_ref())) {
@@ -195,7 +188,7 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
     }
 
     if let Some(t) = &d.tree {
-        if t.degree == 0 {
+        if t.degree == super::Degree::Fixed(0) {
             diags.push(
                 "/tree/degree",
                 "must be at least 1 (1 makes a chain; the source serves at most `degree` hosts)",
@@ -370,4 +363,35 @@ pub(crate) fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn check_estimate(e: &super::Estimate, diags: &mut Diagnostics) {
+    for (verb, table) in [("create", &e.create), ("delete", &e.delete)] {
+        for (kind, secs) in table {
+            if !(0.0..=86_400.0).contains(secs) {
+                diags.push(
+                    format!("/estimate/{verb}/{kind}"),
+                    format!("{secs} is not a duration in seconds between 0 and 86400"),
+                );
+            }
+        }
+    }
+    if !(e.efficiency > 0.0 && e.efficiency <= 1.0) {
+        diags.push(
+            "/estimate/efficiency",
+            format!("{} is not a share between 0 (excluded) and 1", e.efficiency),
+        );
+    }
+    if !(0.0..=60_000.0).contains(&e.latency_ms) {
+        diags.push(
+            "/estimate/latency_ms",
+            format!(
+                "{} is not a latency in milliseconds between 0 and 60000",
+                e.latency_ms
+            ),
+        );
+    }
+    if e.hop_window.bytes() == 0 {
+        diags.push("/estimate/hop_window", "must be greater than zero");
+    }
 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Backend, CacheSpec, Clones, Host, Image, Spec, Ssh, Tree};
+use super::{Backend, CacheSpec, Clones, Estimate, Host, Image, Spec, Ssh, Tree};
 
 /// One problem in a spec, at a JSON Pointer path (`/images/0/source_host`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -65,6 +65,7 @@ pub(crate) struct Draft {
     pub tree: Option<Tree>,
     pub cache: Option<CacheSpec>,
     pub clones: Option<Clones>,
+    pub estimate: Option<Estimate>,
     /// False when a required top-level part is missing or broken.
     pub complete: bool,
 }
@@ -84,6 +85,7 @@ impl Draft {
             tree: self.tree?,
             cache: self.cache?,
             clones: self.clones?,
+            estimate: self.estimate?,
         })
     }
 }
@@ -219,6 +221,7 @@ pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
         None => Some(Clones::default()),
         Some(v) => decode_clones(v, top.child("clones"), top.diags),
     };
+    draft.estimate = top.or("estimate", Estimate::default());
     draft.complete = top.close();
     draft
 }
@@ -262,7 +265,6 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
     let volume_group = o.opt("volume_group");
     let base_port = o.or("base_port", d.base_port);
     let accel = o.or("accel", d.accel);
-    let sim = o.or("sim", d.sim);
     let ssh = match o.raw("ssh") {
         None | Some(Value::Null) => Some(None),
         Some(sv) => {
@@ -279,7 +281,6 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
         volume_group: volume_group.ok()?,
         base_port: base_port?,
         accel: accel?,
-        sim: sim?,
         ssh: ssh?,
     };
     ok.then_some(backend)

@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::resource::Kind;
-use crate::size::Size;
+use crate::size::{Rate, Size};
 
 pub use decode::{Diagnostic, Diagnostics};
 
@@ -54,6 +54,10 @@ pub struct Spec {
     /// The VM clones booted on every host.
     #[serde(default)]
     pub clones: Clones,
+    /// The provisioning model behind `plan --estimate`, `tree.degree: "auto"` and the sim
+    /// stack.
+    #[serde(default, skip_serializing_if = "Estimate::is_default")]
+    pub estimate: Estimate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]
@@ -104,30 +108,75 @@ pub struct Backend {
     /// qemu stack: how guests run: `auto` (KVM if it boots a guest, else TCG), `kvm`, `tcg`.
     #[serde(default)]
     pub accel: Accel,
-    /// sim stack: how long each operation takes.
-    #[serde(default, skip_serializing_if = "SimSpec::is_default")]
-    pub sim: SimSpec,
     /// ssh transport: settings for every host; a host's own `ssh` overrides them field by
     /// field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<Ssh>,
 }
 
-/// The sim stack's model: seconds per create and per delete, by resource kind (kinds not
-/// named take no time). For planning and benchmarks of the engine only.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+/// The provisioning model (`plan --estimate`, `tree.degree: "auto"`, the sim stack): each
+/// host's link, the working set every clone reads at boot, and seconds per operation.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SimSpec {
-    /// e.g. {"session": 2, "cache": 1, "snapshot": 0.5, "domain": 3}
+pub struct Estimate {
+    /// Each host's link, in each direction, like tc writes it: "1gbit", "200mbit".
+    #[serde(default = "Estimate::default_link_rate")]
+    pub link_rate: Rate,
+    /// The share of the link rate left for data after packet and protocol headers.
+    #[serde(default = "Estimate::default_efficiency")]
+    #[schemars(range(min = 0.01, max = 1.0))]
+    pub efficiency: f64,
+    /// One-way latency of a hop between two hosts, in milliseconds.
+    #[serde(default = "Estimate::default_latency_ms")]
+    #[schemars(range(min = 0.0))]
+    pub latency_ms: f64,
+    /// How much each clone reads at boot [default: 64MiB, at most the image's size].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<Size>,
+    /// How far each hop of the tree lags behind its parent: the bytes it has in flight (read
+    /// ahead, stored and forwarded) before its child gets them. A host at depth d starts its
+    /// stream d windows late. 8MiB was measured on the qemu stack (benches/provision.rs).
+    #[serde(default = "Estimate::default_hop_window")]
+    pub hop_window: Size,
+    /// Seconds per create, by resource kind (the domain's includes the guest's boot; its read
+    /// of the working set is added by the model), e.g. {"session": 0.3, "domain": 4}. Kinds
+    /// not named take the built-in defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub create: BTreeMap<Kind, f64>,
+    /// Seconds per delete, by resource kind.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delete: BTreeMap<Kind, f64>,
 }
 
-impl SimSpec {
+impl Estimate {
+    fn default_link_rate() -> Rate {
+        Rate(1e9)
+    }
+    fn default_efficiency() -> f64 {
+        0.95
+    }
+    fn default_latency_ms() -> f64 {
+        0.1
+    }
+    fn default_hop_window() -> Size {
+        Size(8 << 20)
+    }
     fn is_default(&self) -> bool {
-        self == &SimSpec::default()
+        self == &Estimate::default()
+    }
+}
+
+impl Default for Estimate {
+    fn default() -> Self {
+        Estimate {
+            link_rate: Estimate::default_link_rate(),
+            efficiency: Estimate::default_efficiency(),
+            latency_ms: Estimate::default_latency_ms(),
+            working_set: None,
+            hop_window: Estimate::default_hop_window(),
+            create: BTreeMap::new(),
+            delete: BTreeMap::new(),
+        }
     }
 }
 
@@ -169,7 +218,6 @@ impl Default for Backend {
             volume_group: None,
             base_port: Backend::default_base_port(),
             accel: Accel::Auto,
-            sim: SimSpec::default(),
             ssh: None,
         }
     }
@@ -295,21 +343,89 @@ impl Image {
 #[serde(deny_unknown_fields)]
 pub struct Tree {
     /// Children per node of the distribution tree (1 = chain; the source serves at most this
-    /// many hosts).
+    /// many hosts), or "auto": the degree the model (`estimate`) finds fastest.
     #[serde(default = "Tree::default_degree")]
-    #[schemars(range(min = 1))]
-    pub degree: u32,
+    pub degree: Degree,
+}
+
+/// A tree degree: a number, or "auto".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Degree {
+    Fixed(#[schemars(range(min = 1))] u32),
+    Auto(AutoWord),
+}
+
+/// The word "auto".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+impl Degree {
+    pub const AUTO: Degree = Degree::Auto(AutoWord::Auto);
+
+    /// Parses a `--degree` value: a number of at least 1, or "auto".
+    pub fn parse(text: &str) -> Result<Degree, String> {
+        if text == "auto" {
+            return Ok(Degree::AUTO);
+        }
+        match text.parse::<u32>() {
+            Ok(d) if d >= 1 => Ok(Degree::Fixed(d)),
+            _ => Err(format!(
+                "invalid degree {text:?}: expected a number of at least 1 or \"auto\""
+            )),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Degree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Degree, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Degree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of at least 1 or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Degree, E> {
+                u32::try_from(v)
+                    .map(Degree::Fixed)
+                    .map_err(|_| E::custom(format!("degree {v} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Degree, E> {
+                Err(E::custom(format!(
+                    "invalid degree {v}: expected a number of at least 1 or \"auto\""
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Degree, E> {
+                Degree::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for Degree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Degree::Fixed(d) => write!(f, "{d}"),
+            Degree::Auto(_) => f.write_str("auto"),
+        }
+    }
 }
 
 impl Tree {
-    fn default_degree() -> u32 {
-        2
+    fn default_degree() -> Degree {
+        Degree::Fixed(2)
     }
 }
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { degree: 2 }
+        Tree {
+            degree: Tree::default_degree(),
+        }
     }
 }
 

@@ -1,0 +1,276 @@
+//! `plan --estimate`: how long applying a plan will take, and its critical path.
+//!
+//! Replays the executor's scheduling on the plan's operation graph with the model's durations
+//! ([`crate::model`]): the same critical-path priority, at most `parallelism` operations at
+//! once and `per_host` on one host. Event-driven, O(n log n) in operations.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::apply::order::{Ready, Schedule};
+use crate::apply::Limits;
+use crate::model::{self, Link, Model};
+use crate::plan::{OpGraph, OpKind, Plan};
+use crate::resource::Kind;
+use crate::spec::{Degree, Spec};
+
+/// One operation on the critical path.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub address: String,
+    pub action: &'static str,
+    /// Seconds from the start of the apply.
+    pub start: f64,
+    pub seconds: f64,
+    /// Seconds it was ready but waited for a free worker or a free slot on its host.
+    pub queued: f64,
+}
+
+/// Per image: how the tree moves its working set.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    pub image: String,
+    pub degree: u32,
+    pub depth: u32,
+    pub working_set_bytes: u64,
+    /// What the source sends: the working set once per child.
+    pub source_sends_bytes: u64,
+    /// Seconds until the slowest host has read the working set, all reading at once.
+    pub read_seconds: f64,
+    /// The least time any distribution over this tree needs for that read.
+    pub read_lower_bound_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Forecast {
+    /// Seconds until every operation is done.
+    pub seconds: f64,
+    pub operations: usize,
+    /// The degree in use, and whether "auto" chose it.
+    pub degree: u32,
+    pub auto: bool,
+    pub link_rate: String,
+    pub latency_ms: f64,
+    pub parallelism: usize,
+    pub per_host: usize,
+    pub flows: Vec<Flow>,
+    pub critical_path: Vec<Step>,
+}
+
+/// The forecast of applying `plan` (made from `spec`) under `limits`.
+pub fn forecast(spec: &Spec, plan: &Plan, limits: Limits) -> Forecast {
+    let model = Model::new(spec, Some(&plan.placement));
+    let graph = OpGraph::build(plan);
+    let n = graph.ops.len();
+    let secs: Vec<f64> = graph
+        .ops
+        .iter()
+        .map(|op| model.secs(&plan.changes[op.change as usize].addr, op.kind))
+        .collect();
+    let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, b) in graph.before.iter().enumerate() {
+        for &p in b {
+            after[p as usize].push(i as u32);
+        }
+    }
+    let weight: Vec<u64> = secs.iter().map(|s| ((s * 1e6) as u64).max(1)).collect();
+    let mut ready = Ready::new(Schedule::CriticalPath, &graph.before, &after, &weight);
+    let host_of = |i: u32| -> &str {
+        &plan.changes[graph.ops[i as usize].change as usize]
+            .addr
+            .host
+    };
+
+    let mut waiting: Vec<u32> = graph.before.iter().map(|b| b.len() as u32).collect();
+    let mut ready_at = vec![0.0f64; n];
+    let mut start = vec![0.0f64; n];
+    let mut finish = vec![0.0f64; n];
+    for i in (0..n as u32).filter(|&i| waiting[i as usize] == 0) {
+        ready.push(i);
+    }
+    let workers = limits.parallelism.max(1);
+    let per_host = limits.per_host.max(1);
+    let mut running: BinaryHeap<Reverse<(Ms, u32)>> = BinaryHeap::new();
+    let mut on_host: HashMap<&str, usize> = HashMap::new();
+    let mut parked: HashMap<&str, VecDeque<u32>> = HashMap::new();
+    let mut now = 0.0f64;
+    loop {
+        while running.len() < workers {
+            let Some(i) = ready.pop() else { break };
+            let h = host_of(i);
+            let busy = on_host.entry(h).or_default();
+            if *busy >= per_host {
+                parked.entry(h).or_default().push_back(i);
+                continue;
+            }
+            *busy += 1;
+            start[i as usize] = now;
+            finish[i as usize] = now + secs[i as usize];
+            running.push(Reverse((Ms(finish[i as usize]), i)));
+        }
+        let Some(Reverse((Ms(t), i))) = running.pop() else {
+            break;
+        };
+        now = t;
+        let h = host_of(i);
+        *on_host.get_mut(h).expect("a running operation's host") -= 1;
+        if let Some(q) = parked.get_mut(h) {
+            while let Some(j) = q.pop_front() {
+                ready.push(j);
+            }
+        }
+        for &s in &after[i as usize] {
+            waiting[s as usize] -= 1;
+            ready_at[s as usize] = ready_at[s as usize].max(now);
+            if waiting[s as usize] == 0 {
+                ready.push(s);
+            }
+        }
+    }
+    let total = finish.iter().copied().fold(0.0, f64::max);
+
+    // The critical path: back from the last operation to finish, through the predecessor that
+    // finished last.
+    let mut path = Vec::new();
+    let mut at = (0..n).max_by(|&a, &b| finish[a].total_cmp(&finish[b]));
+    while let Some(i) = at {
+        let op = graph.ops[i];
+        path.push(Step {
+            address: plan.changes[op.change as usize].addr.to_string(),
+            action: match op.kind {
+                OpKind::Create => "create",
+                OpKind::Delete => "delete",
+            },
+            start: start[i],
+            seconds: secs[i],
+            queued: start[i] - ready_at[i],
+        });
+        at = graph.before[i]
+            .iter()
+            .map(|&p| p as usize)
+            .max_by(|&a, &b| finish[a].total_cmp(&finish[b]));
+    }
+    path.reverse();
+
+    let e = &spec.estimate;
+    let link = Link::from_estimate(e);
+    let degree = model::degree(spec);
+    let flows = spec
+        .images
+        .iter()
+        .map(|image| {
+            let (_, tree) = model::image_tree(spec, image, degree, Some(&plan.placement));
+            let w = model::working_set(e, image);
+            let reads = model::read_secs(&tree, w, &link);
+            Flow {
+                image: image.name.clone(),
+                degree,
+                depth: tree.depth.iter().copied().max().unwrap_or(0),
+                working_set_bytes: w as u64,
+                source_sends_bytes: (w as u64) * tree.children[0].len() as u64,
+                read_seconds: reads.iter().copied().fold(0.0, f64::max),
+                read_lower_bound_seconds: model::lower_bound(&tree, w, &link),
+            }
+        })
+        .collect();
+    Forecast {
+        seconds: total,
+        operations: n,
+        degree,
+        auto: spec.tree.degree == Degree::AUTO,
+        link_rate: e.link_rate.to_string(),
+        latency_ms: e.latency_ms,
+        parallelism: workers,
+        per_host,
+        flows,
+        critical_path: path,
+    }
+}
+
+/// Seconds, ordered (they are never NaN here).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Ms(f64);
+
+impl Eq for Ms {}
+
+impl PartialOrd for Ms {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ms {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// "1m 12.5s", "4.2s".
+pub fn duration(secs: f64) -> String {
+    if secs >= 60.0 {
+        let m = (secs / 60.0).floor();
+        format!("{m:.0}m {:.1}s", secs - m * 60.0)
+    } else {
+        format!("{secs:.1}s")
+    }
+}
+
+fn bytes(b: u64) -> String {
+    crate::size::Size(b).to_string()
+}
+
+/// The human form, printed after the plan.
+pub fn render(f: &Forecast) -> String {
+    let mut s = String::new();
+    let domains = f
+        .critical_path
+        .last()
+        .is_some_and(|st| st.address.starts_with(Kind::Domain.as_str()));
+    let _ = writeln!(
+        s,
+        "\nEstimate: {} to apply {} operations{} (model: {} links, {} ms a hop; {} at once, {} per host).",
+        duration(f.seconds),
+        f.operations,
+        if domains { ", the last domain ready" } else { "" },
+        f.link_rate,
+        f.latency_ms,
+        f.parallelism,
+        f.per_host
+    );
+    for fl in &f.flows {
+        let _ = writeln!(
+            s,
+            "  image {}: degree {}{}, depth {}; each clone reads {}, the source sends {}; the slowest host has read it after {} (lower bound {}).",
+            fl.image,
+            fl.degree,
+            if f.auto { " (auto)" } else { "" },
+            fl.depth,
+            bytes(fl.working_set_bytes),
+            bytes(fl.source_sends_bytes),
+            duration(fl.read_seconds),
+            duration(fl.read_lower_bound_seconds)
+        );
+    }
+    if !f.critical_path.is_empty() {
+        let _ = writeln!(s, "  critical path ({} operations):", f.critical_path.len());
+        for st in &f.critical_path {
+            let queued = if st.queued > 0.0005 {
+                format!("  (queued {} for a worker)", duration(st.queued))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "    {:>9}  +{:<8} {} {}{queued}",
+                duration(st.start),
+                duration(st.seconds),
+                st.action,
+                st.address
+            );
+        }
+    }
+    s
+}

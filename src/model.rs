@@ -1,0 +1,286 @@
+//! The provisioning model: how long operations take and how fast the image tree moves the
+//! working set to every clone, from each host's link rate, the hop latency and per-operation
+//! times (the spec's `estimate`). `plan --estimate`, `tree.degree: "auto"` and the sim stack
+//! use it, and `benches/provision.rs` compares it with measurements.
+//!
+//! The data plane: every clone reads the same `working_set` at boot, on demand, through its
+//! host's cache, which reads through its parent's export. A parent's uplink is shared by its
+//! children, so a host receives at `min(rate of its parent, link / children of its parent)`
+//! (a host cannot pass on bytes faster than it gets them); the source serves at `link /
+//! children`. Each hop also lags its parent by a window of bytes in flight (`hop_window`) and
+//! a round trip, so a host at depth `d` finishes `d` windows and round trips after its
+//! stream's transfer time. Clones of one host share its cache: the host pulls the working set
+//! once. O(hosts) per tree.
+
+use std::collections::HashMap;
+
+use crate::placement::{self, Tree};
+use crate::plan::OpKind;
+use crate::resource::{Addr, Kind};
+use crate::spec::{Degree, Estimate, Spec};
+use crate::state::Placement;
+
+/// The link as the model sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Payload bytes per second of one host's link, in each direction.
+    pub payload: f64,
+    /// One-way latency of a hop, seconds.
+    pub latency: f64,
+    /// Bytes each hop lags behind its parent ([`crate::spec::Estimate::hop_window`]).
+    pub window: f64,
+}
+
+impl Link {
+    pub fn from_estimate(e: &Estimate) -> Link {
+        Link {
+            payload: e.link_rate.bytes_per_sec() * e.efficiency,
+            latency: e.latency_ms / 1000.0,
+            window: e.hop_window.bytes() as f64,
+        }
+    }
+
+    /// Seconds to move `bytes` over one link.
+    pub fn transfer(&self, bytes: f64) -> f64 {
+        bytes / self.payload
+    }
+}
+
+/// Per node of `tree` (0 is the source, which reads nothing): the seconds until the node has
+/// received `working_set` bytes when every node reads at once.
+pub fn read_secs(tree: &Tree, working_set: f64, link: &Link) -> Vec<f64> {
+    let n = tree.parent.len();
+    let mut rate = vec![f64::INFINITY; n];
+    let mut secs = vec![0.0; n];
+    if working_set <= 0.0 {
+        return secs;
+    }
+    for &v in &tree.order {
+        let Some(p) = tree.parent[v as usize] else {
+            continue;
+        };
+        let share = link.payload / tree.children[p as usize].len() as f64;
+        let r = rate[p as usize].min(share);
+        rate[v as usize] = r;
+        let depth = tree.depth[v as usize] as f64;
+        secs[v as usize] =
+            working_set / r + depth * (link.window.min(working_set) / r + 2.0 * link.latency);
+    }
+    secs
+}
+
+/// The least time any distribution over `tree` needs: the busiest uplink must send the
+/// working set to each of its children, and every host must receive it once.
+pub fn lower_bound(tree: &Tree, working_set: f64, link: &Link) -> f64 {
+    let fanout = tree.children.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    link.transfer(working_set * fanout as f64)
+}
+
+/// Seconds for `copies` full copies of `image` bytes pulled from one source at once (its
+/// uplink is the bottleneck), each host receiving `per_host` of them.
+pub fn full_copy_secs(copies: usize, per_host: usize, image: f64, link: &Link) -> f64 {
+    link.transfer(image * copies.max(per_host) as f64) + 2.0 * link.latency
+}
+
+/// The working set of `image` under `e`: as given, else 64 MiB (at most the image's size).
+pub fn working_set(e: &Estimate, image: &crate::spec::Image) -> f64 {
+    match e.working_set {
+        Some(w) => w.bytes() as f64,
+        None => {
+            let w = 64u64 << 20;
+            image.size.map_or(w, |s| s.bytes().min(w)) as f64
+        }
+    }
+}
+
+/// Per-operation durations of a cluster: fixed per kind, plus each domain's read of its
+/// working set through its host's place in the tree.
+pub struct Model {
+    create: [f64; Kind::ALL.len()],
+    delete: [f64; Kind::ALL.len()],
+    /// (image, host) -> seconds its clones spend reading the working set.
+    read: HashMap<(String, String), f64>,
+}
+
+impl Model {
+    /// The model of `spec`. Trees come from `placement` where it names a host's parent, else
+    /// from a fresh placement at the spec's degree.
+    pub fn new(spec: &Spec, placement: Option<&Placement>) -> Model {
+        let e = &spec.estimate;
+        let link = Link::from_estimate(e);
+        let table = |m: &std::collections::BTreeMap<Kind, f64>, defaults: [f64; 6]| {
+            Kind::ALL.map(|k| m.get(&k).copied().unwrap_or(defaults[k as usize]))
+        };
+        let mut read = HashMap::new();
+        let degree = degree(spec);
+        for image in &spec.images {
+            let (names, tree) = image_tree(spec, image, degree, placement);
+            let w = working_set(e, image);
+            for (i, s) in read_secs(&tree, w, &link).into_iter().enumerate().skip(1) {
+                read.insert((image.name.clone(), names[i].to_string()), s);
+            }
+        }
+        Model {
+            create: table(&e.create, DEFAULT_CREATE),
+            delete: table(&e.delete, DEFAULT_DELETE),
+            read,
+        }
+    }
+
+    /// Seconds `op` takes for any resource of `kind`, reads left out.
+    pub fn kind_secs(&self, kind: Kind, op: OpKind) -> f64 {
+        match op {
+            OpKind::Create => self.create[kind as usize],
+            OpKind::Delete => self.delete[kind as usize],
+        }
+    }
+
+    /// Seconds `op` on `addr` takes.
+    pub fn secs(&self, addr: &Addr, op: OpKind) -> f64 {
+        match op {
+            OpKind::Create => {
+                let fixed = self.create[addr.kind as usize];
+                if addr.kind == Kind::Domain {
+                    let key = (addr.image.to_string(), addr.host.to_string());
+                    fixed + self.read.get(&key).copied().unwrap_or(0.0)
+                } else {
+                    fixed
+                }
+            }
+            OpKind::Delete => self.delete[addr.kind as usize],
+        }
+    }
+}
+
+/// Seconds per create when the spec names none for a kind, in `Kind::ALL` order (lv, session,
+/// cache, target, snapshot, domain): a qemu-stack host on local disks, the guest's boot to its
+/// ready line included in `domain`.
+pub const DEFAULT_CREATE: [f64; 6] = [0.05, 0.3, 0.15, 0.3, 0.05, 4.0];
+pub const DEFAULT_DELETE: [f64; 6] = [0.02, 0.1, 0.05, 0.1, 0.02, 0.5];
+
+/// The hosts of `image`'s tree (index 0 the source) and the tree: as `placement` records it
+/// where it can, else fresh at `degree`.
+pub fn image_tree<'s>(
+    spec: &'s Spec,
+    image: &'s crate::spec::Image,
+    degree: u32,
+    placement: Option<&Placement>,
+) -> (Vec<&'s str>, Tree) {
+    let members = spec.image_hosts(image);
+    let names: Vec<&str> = std::iter::once(image.source_host.as_str())
+        .chain(members.iter().copied())
+        .collect();
+    let index = placement::index(&image.source_host, &members);
+    let recorded = placement.and_then(|p| p.get(&image.name));
+    let tree = placement::place(members.len(), degree, |i| {
+        recorded
+            .and_then(|r| r.get(names[i as usize]))
+            .and_then(|p| index.get(p.as_str()).copied())
+    });
+    (names, tree)
+}
+
+/// The degree the spec asks for, or for `"auto"` the one the model finds fastest.
+pub fn degree(spec: &Spec) -> u32 {
+    match spec.tree.degree {
+        Degree::Fixed(d) => d,
+        Degree::Auto(_) => best_degree(spec).0,
+    }
+}
+
+/// The degree (1 to the largest tree's host count, at most 64) whose slowest host is ready
+/// first, and that time: per host, the setup chain down its depth (target, session, cache per
+/// level), then a snapshot and a domain whose read follows [`read_secs`]. Ties go to the
+/// smaller degree (less load on the source). O(hosts x degrees).
+pub fn best_degree(spec: &Spec) -> (u32, f64) {
+    let e = &spec.estimate;
+    let link = Link::from_estimate(e);
+    let c = |k: Kind| {
+        e.create
+            .get(&k)
+            .copied()
+            .unwrap_or(DEFAULT_CREATE[k as usize])
+    };
+    let level = c(Kind::Target) + c(Kind::Session) + c(Kind::Cache);
+    let tail = c(Kind::Snapshot) + c(Kind::Domain);
+    let widest = spec
+        .images
+        .iter()
+        .map(|i| spec.image_hosts(i).len())
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 64) as u32;
+    let mut best = (1, f64::INFINITY);
+    for d in 1..=widest {
+        let mut worst = 0.0f64;
+        for image in &spec.images {
+            let (_, tree) = image_tree(spec, image, d, None);
+            let reads = read_secs(&tree, working_set(e, image), &link);
+            for v in 1..tree.parent.len() {
+                let t = tree.depth[v] as f64 * level + tail + reads[v];
+                worst = worst.max(t);
+            }
+        }
+        if worst < best.1 * (1.0 - 1e-9) {
+            best = (d, worst);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        // 100 MB/s payload, no latency, a 1 MB window.
+        Link {
+            payload: 100e6,
+            latency: 0.0,
+            window: 1e6,
+        }
+    }
+
+    #[test]
+    fn star_shares_the_source_and_chains_pay_per_hop() {
+        let w = 100e6;
+        // Star of 4: the source's uplink is split four ways.
+        let star = placement::place(4, 4, |_| None);
+        let r = read_secs(&star, w, &link());
+        assert_eq!(r[0], 0.0);
+        for &s in &r[1..] {
+            assert!((s - (4.0 + 0.04)).abs() < 1e-9, "{s}");
+        }
+        assert!((lower_bound(&star, w, &link()) - 4.0).abs() < 1e-9);
+        // Chain of 4: full rate, one request's store-and-forward per hop.
+        let chain = placement::place(4, 1, |_| None);
+        let r = read_secs(&chain, w, &link());
+        for d in 1..=4 {
+            assert!((r[d] - (1.0 + d as f64 * 0.01)).abs() < 1e-9, "{}", r[d]);
+        }
+        assert!((lower_bound(&chain, w, &link()) - 1.0).abs() < 1e-9);
+        // Binary tree of 6: depth 1 and 2, every parent split two ways.
+        let bin = placement::place(6, 2, |_| None);
+        let r = read_secs(&bin, w, &link());
+        assert!((r[1] - (2.0 + 0.02)).abs() < 1e-9);
+        assert!((r[6] - (2.0 + 0.04)).abs() < 1e-9);
+        // Nothing to read, nothing to wait for.
+        assert!(read_secs(&bin, 0.0, &link()).iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn a_child_is_never_faster_than_its_parent() {
+        // source -> 1 -> {2, 3, 4}: host 1 gets the full rate, its children a third each.
+        let t = placement::place(4, 3, |i| if i == 1 { Some(0) } else { Some(1) });
+        let r = read_secs(&t, 90e6, &link());
+        assert!((r[1] - (0.9 + 0.01)).abs() < 1e-9, "{}", r[1]);
+        for &s in &r[2..] {
+            assert!((s - (2.7 + 0.02 * 3.0)).abs() < 1e-9, "{s}");
+        }
+    }
+
+    #[test]
+    fn full_copies_queue_on_the_source() {
+        assert!((full_copy_secs(8, 2, 100e6, &link()) - 8.0).abs() < 1e-9);
+    }
+}
