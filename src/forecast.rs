@@ -274,3 +274,96 @@ pub fn render(f: &Forecast) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::plan::{self, Mode, Options};
+    use crate::state::State;
+
+    fn plan_of(spec: &Spec) -> Plan {
+        let state = State::empty(&spec.cluster);
+        let graph = Graph::build(spec, &state).unwrap();
+        let opts = Options {
+            mode: Some(Mode::Normal),
+            ..Options::default()
+        };
+        plan::diff(graph, &state, &opts, None).unwrap()
+    }
+
+    fn chain_spec() -> Spec {
+        Spec::from_value(&serde_json::json!({
+            "version": 1, "cluster": "f", "backend": {"stack": "sim"},
+            "hosts": [{"name": "src", "address": "10.0.0.1"}, {"name": "n01", "address": "10.0.0.2"},
+                      {"name": "n02", "address": "10.0.0.3"}],
+            "images": [{"name": "img", "source_host": "src", "path": "/i.raw", "format": "raw",
+                        "size": "1GiB"}],
+            "tree": {"degree": 1},
+            "estimate": {"working_set": 0,
+                         "create": {"lv": 1, "session": 1, "cache": 1, "target": 1,
+                                    "snapshot": 1, "domain": 2}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_forecast_follows_the_chain_of_the_tree_and_the_worker_limit() {
+        let spec = chain_spec();
+        let plan = plan_of(&spec);
+        let wide = forecast(
+            &spec,
+            &plan,
+            Limits {
+                parallelism: 100,
+                per_host: 100,
+                ..Limits::default()
+            },
+        );
+        let path: Vec<&str> = wide
+            .critical_path
+            .iter()
+            .map(|s| s.address.as_str())
+            .collect();
+        assert_eq!(
+            path,
+            [
+                "target.src.img",
+                "session.n01.img",
+                "cache.n01.img",
+                "target.n01.img",
+                "session.n02.img",
+                "cache.n02.img",
+                "snapshot.n02.img.0",
+                "domain.n02.img.0"
+            ]
+        );
+        assert_eq!(wide.seconds, 9.0);
+        for w in wide.critical_path.windows(2) {
+            assert_eq!(w[1].start, w[0].start + w[0].seconds, "{w:?}");
+            assert_eq!(w[1].queued, 0.0);
+        }
+        // One worker: every operation one after another.
+        let one = forecast(
+            &spec,
+            &plan,
+            Limits {
+                parallelism: 1,
+                ..Limits::default()
+            },
+        );
+        let model = Model::new(&spec, Some(&plan.placement));
+        let graph = OpGraph::build(&plan);
+        let all: f64 = graph
+            .ops
+            .iter()
+            .map(|o| model.secs(&plan.changes[o.change as usize].addr, o.kind))
+            .sum();
+        assert_eq!(one.seconds, all);
+        assert_eq!(one.operations, graph.ops.len());
+        assert!(one.critical_path.iter().any(|s| s.queued > 0.0));
+        let text = render(&wide);
+        assert!(text.contains("Estimate: 9.0s to apply"), "{text}");
+        assert!(text.contains("degree 1, depth 2"), "{text}");
+    }
+}

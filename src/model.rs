@@ -284,3 +284,84 @@ mod tests {
         assert!((full_copy_secs(8, 2, 100e6, &link()) - 8.0).abs() < 1e-9);
     }
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use crate::resource::Addr;
+    use std::sync::Arc;
+
+    fn spec(hosts: usize, estimate: serde_json::Value) -> Spec {
+        let mut list = vec![serde_json::json!({"name": "src", "address": "10.0.0.1"})];
+        for i in 1..=hosts {
+            list.push(
+                serde_json::json!({"name": format!("n{i:02}"), "address": format!("10.0.1.{i}")}),
+            );
+        }
+        Spec::from_value(&serde_json::json!({
+            "version": 1, "cluster": "m", "backend": {"stack": "sim"}, "hosts": list,
+            "images": [{"name": "img", "source_host": "src", "path": "/i.raw", "format": "raw",
+                        "size": "1GiB"}],
+            "tree": {"degree": "auto"},
+            "estimate": estimate
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn auto_picks_a_deep_tree_when_bytes_dominate_and_a_star_when_setup_does() {
+        // 24 hosts, 64 MiB over 200 Mbit/s links, operations instantaneous: the source's
+        // fan-out costs a whole working set per child, depth only a window per level.
+        let zero = serde_json::json!({"lv": 0, "session": 0, "cache": 0, "target": 0,
+                                      "snapshot": 0, "domain": 0});
+        let s = spec(
+            24,
+            serde_json::json!({"link_rate": "200mbit", "working_set": "64MiB",
+                                            "create": zero}),
+        );
+        let (d, t) = best_degree(&s);
+        assert_eq!(d, 2, "{t}");
+        assert_eq!(degree(&s), 2);
+        // Each level costs 10 s of setup and there is nothing to read: one level, the star.
+        let s = spec(
+            24,
+            serde_json::json!({"working_set": 0,
+            "create": {"target": 10, "session": 0, "cache": 0, "snapshot": 0, "domain": 0}}),
+        );
+        assert_eq!(best_degree(&s), (24, 10.0));
+    }
+
+    #[test]
+    fn a_domain_takes_its_boot_plus_its_hosts_read() {
+        let s = spec(
+            3,
+            serde_json::json!({"link_rate": "80mbit", "efficiency": 1,
+            "latency_ms": 0, "working_set": "10MB", "hop_window": "1MB",
+            "create": {"domain": 2}}),
+        );
+        // auto: 3 hosts; the model reads at 10 MB/s per link.
+        let m = Model::new(&s, None);
+        let (names, tree) = image_tree(&s, &s.images[0], degree(&s), None);
+        let reads = read_secs(&tree, 10e6, &Link::from_estimate(&s.estimate));
+        for v in 1..names.len() {
+            let addr = Addr::new(
+                Kind::Domain,
+                &Arc::from(names[v]),
+                &Arc::from("img"),
+                Some(0),
+            );
+            assert!((m.secs(&addr, OpKind::Create) - (2.0 + reads[v])).abs() < 1e-9);
+            assert!(reads[v] >= 1.0, "10 MB at 10 MB/s");
+            let snap = Addr::new(
+                Kind::Snapshot,
+                &Arc::from(names[v]),
+                &Arc::from("img"),
+                Some(0),
+            );
+            assert_eq!(
+                m.secs(&snap, OpKind::Create),
+                DEFAULT_CREATE[Kind::Snapshot as usize]
+            );
+        }
+    }
+}

@@ -689,3 +689,61 @@ fn destroy_target_takes_what_is_built_on_it_and_nothing_else() {
         .get(&"domain.node01.base.0".parse().unwrap())
         .is_none());
 }
+
+#[test]
+fn plan_estimate_prints_the_forecast_and_auto_picks_the_models_best_degree() {
+    let dir = workdir();
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/sim.json", "--estimate", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &v["estimate"];
+    assert_eq!(e["operations"], 310, "{e}");
+    assert_eq!(e["degree"], 2);
+    assert_eq!(e["auto"], false);
+    assert!(e["seconds"].as_f64().unwrap() > 0.3, "{e}");
+    let path = e["critical_path"].as_array().unwrap();
+    assert_eq!(path[0]["address"], "target.img0.base");
+    assert!(path.last().unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("domain."));
+    assert_eq!(e["flows"][0]["source_sends_bytes"], 2 * (64u64 << 20));
+
+    // --degree auto: the model's choice, shown as such; the plan is built with it.
+    let o = run(
+        dir.path(),
+        &[
+            "plan",
+            "-f",
+            "examples/sim.json",
+            "--estimate",
+            "--degree",
+            "auto",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("(auto)"), "{text}");
+    assert!(text.contains("Estimate: "), "{text}");
+    assert!(text.contains("critical path ("), "{text}");
+
+    // Scheduling flags mean nothing without --estimate; a bad degree names itself.
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/sim.json", "--parallelism", "4"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("--estimate"), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "examples/sim.json", "--degree", "0"],
+    );
+    assert!(
+        stderr(&o).contains("invalid degree \"0\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -221,7 +221,10 @@ pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
         None => Some(Clones::default()),
         Some(v) => decode_clones(v, top.child("clones"), top.diags),
     };
-    draft.estimate = top.or("estimate", Estimate::default());
+    draft.estimate = match top.raw("estimate") {
+        None => Some(Estimate::default()),
+        Some(v) => decode_estimate(v, top.child("estimate"), top.diags),
+    };
     draft.complete = top.close();
     draft
 }
@@ -386,6 +389,29 @@ fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clo
         ready: ready.ok()?,
     };
     ok.then_some(clones)
+}
+
+fn decode_estimate(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Estimate> {
+    let mut o = Obj::open(v, path, diags)?;
+    let d = Estimate::default();
+    let link_rate = o.or("link_rate", d.link_rate);
+    let efficiency = o.or("efficiency", d.efficiency);
+    let latency_ms = o.or("latency_ms", d.latency_ms);
+    let working_set = o.opt("working_set");
+    let hop_window = o.or("hop_window", d.hop_window);
+    let create = o.or("create", d.create);
+    let delete = o.or("delete", d.delete);
+    let ok = o.close();
+    let estimate = Estimate {
+        link_rate: link_rate?,
+        efficiency: efficiency?,
+        latency_ms: latency_ms?,
+        working_set: working_set.ok()?,
+        hop_window: hop_window?,
+        create: create?,
+        delete: delete?,
+    };
+    ok.then_some(estimate)
 }
 
 fn kind_of(v: &Value) -> &'static str {

@@ -201,3 +201,48 @@ fn structural_errors_never_yield_a_spec() {
         Err(SpecError::Syntax { .. })
     ));
 }
+
+#[test]
+fn degree_auto_and_the_estimate_model_decode_and_report_bad_values_at_their_path() {
+    let mut doc = good();
+    doc["tree"] = json!({"degree": "auto"});
+    doc["estimate"] = json!({"link_rate": "200mbit", "working_set": "64MiB", "latency_ms": 0.5,
+                             "create": {"domain": 12.5}});
+    let s = Spec::from_value(&doc).unwrap();
+    assert_eq!(s.tree.degree, Degree::AUTO);
+    assert_eq!(s.estimate.link_rate.bytes_per_sec(), 25e6);
+    assert_eq!(s.estimate.working_set, Some(Size(64 << 20)));
+    assert_eq!(s.estimate.create[&Kind::Domain], 12.5);
+    assert_eq!(s.estimate.hop_window, Size(8 << 20));
+    // Round trip: "auto" and the rate serialize back as written.
+    let back = serde_json::to_value(&s).unwrap();
+    assert_eq!(back["tree"]["degree"], "auto");
+    assert_eq!(back["estimate"]["link_rate"], "200mbit");
+
+    doc["tree"] = json!({"degree": "fast"});
+    doc["estimate"] = json!({"link_rate": "quick", "efficiency": 0, "latency_ms": -1,
+                             "create": {"domain": -3}, "hop_window": 0});
+    let got = diagnostics(doc.clone());
+    assert!(
+        got.iter()
+            .any(|d| d.starts_with("/tree/degree: invalid degree \"fast\"")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.starts_with("/estimate/link_rate: invalid rate \"quick\"")),
+        "{got:?}"
+    );
+    doc["tree"] = json!({"degree": "auto"});
+    doc["estimate"] = json!({"efficiency": 0, "latency_ms": -1, "create": {"domain": -3},
+                             "hop_window": 0});
+    assert_eq!(
+        diagnostics(doc),
+        [
+            "/estimate/create/domain: -3 is not a duration in seconds between 0 and 86400",
+            "/estimate/efficiency: 0 is not a share between 0 (excluded) and 1",
+            "/estimate/latency_ms: -1 is not a latency in milliseconds between 0 and 60000",
+            "/estimate/hop_window: must be greater than zero",
+        ]
+    );
+}
