@@ -216,9 +216,8 @@ pub fn best_degree(spec: &Spec) -> (u32, f64) {
         for image in &spec.images {
             let (_, tree) = image_tree(spec, image, d, None);
             let reads = read_secs(&tree, working_set(e, image), &link);
-            for v in 1..tree.parent.len() {
-                let t = tree.depth[v] as f64 * level + tail + reads[v];
-                worst = worst.max(t);
+            for (depth, read) in tree.depth.iter().zip(&reads).skip(1) {
+                worst = worst.max(*depth as f64 * level + tail + read);
             }
         }
         if worst < best.1 * (1.0 - 1e-9) {
@@ -255,8 +254,8 @@ mod tests {
         // Chain of 4: full rate, one request's store-and-forward per hop.
         let chain = placement::place(4, 1, |_| None);
         let r = read_secs(&chain, w, &link());
-        for d in 1..=4 {
-            assert!((r[d] - (1.0 + d as f64 * 0.01)).abs() < 1e-9, "{}", r[d]);
+        for (d, s) in r.iter().enumerate().skip(1) {
+            assert!((s - (1.0 + d as f64 * 0.01)).abs() < 1e-9, "{s}");
         }
         assert!((lower_bound(&chain, w, &link()) - 1.0).abs() < 1e-9);
         // Binary tree of 6: depth 1 and 2, every parent split two ways.
