@@ -99,37 +99,30 @@ fn mtime(p: &Path) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Runs `argv` (bounded: 900 s); panics with its output unless it succeeds.
 fn run(argv: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("900")
-        .args(argv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}{}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = Command::new("timeout");
+    cmd.arg("900").args(argv);
+    checked(cmd, &argv.join(" "))
 }
 
 fn vmthunder(dir: &Path, args: &[&str]) -> f64 {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmthunder"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmthunder"));
+    cmd.args(args).current_dir(dir);
+    checked(cmd, &format!("vmthunder {}", args.join(" ")));
+    start.elapsed().as_secs_f64()
+}
+
+fn checked(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "vmthunder {}: {}{}",
-        args.join(" "),
+        "{what}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    start.elapsed().as_secs_f64()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One guest of a case: its monitor socket and console file, as this machine sees them.
@@ -632,6 +625,35 @@ fn report(doc: &Value) -> String {
             );
         }
         let _ = writeln!(s);
+    }
+    // What "auto" would choose for the read phase alone (operations taking no time), against
+    // the fastest degree measured.
+    let mut hs: Vec<u64> = tree_times.iter().map(|t| t.0).filter(|&h| h > 1).collect();
+    hs.dedup();
+    for h in hs {
+        let case = results
+            .iter()
+            .find(|r| r["mode"] == "tree" && r["hosts"] == h)
+            .unwrap();
+        let mut spec = case["spec"].clone();
+        spec["tree"]["degree"] = json!("auto");
+        spec["estimate"] = json!({
+            "link_rate": rate, "working_set": format!("{read_mib}MiB"),
+            "create": {"lv": 0, "session": 0, "cache": 0, "target": 0, "snapshot": 0, "domain": 0}
+        });
+        let spec =
+            vmthunder::spec::Spec::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        let (auto, _) = vmthunder::model::best_degree(&spec);
+        let fastest = tree_times
+            .iter()
+            .filter(|t| t.0 == h)
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .unwrap();
+        let _ = writeln!(
+            s,
+            "H={h}: degree auto picks {auto}; the fastest measured was degree {} ({:.2} s)",
+            fastest.1, fastest.2
+        );
     }
     let stars: Vec<String> = tree_times
         .iter()
