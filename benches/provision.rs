@@ -641,8 +641,7 @@ fn report(doc: &Value) -> String {
             "link_rate": rate, "working_set": format!("{read_mib}MiB"),
             "create": {"lv": 0, "session": 0, "cache": 0, "target": 0, "snapshot": 0, "domain": 0}
         });
-        let spec =
-            vmthunder::spec::Spec::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        let spec = vmthunder::spec::Spec::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
         let (auto, _) = vmthunder::model::best_degree(&spec);
         let fastest = tree_times
             .iter()

@@ -55,6 +55,8 @@ pub struct QemuStack {
     netns: Option<super::netns::Netns>,
     /// One lock per relay: its operations never interleave on its monitor.
     relay_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// The spec's provisioning model: seconds per kind, for the executor's priorities.
+    model: crate::model::Model,
 }
 
 /// A path from a spec: relative paths are relative to vmthunder's working directory.
@@ -95,6 +97,7 @@ impl QemuStack {
             pairs,
             resolved_accel: Mutex::new(HashMap::new()),
             relay_locks: Mutex::new(HashMap::new()),
+            model: crate::model::Model::new(spec, None),
         })
     }
 
@@ -247,16 +250,9 @@ fn numbered(name: &str, prefix: &str, suffix: &str) -> Option<u32> {
 
 impl Backend for QemuStack {
     fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
-        // Rough times on this stack: a guest boots to its ready line in seconds (TCG), a
-        // session may start a relay, the rest are QMP commands and file operations.
-        Duration::from_millis(match (op, kind) {
-            (OpKind::Create, Kind::Domain) => 5_000,
-            (OpKind::Delete, Kind::Domain) => 500,
-            (OpKind::Create, Kind::Session) => 200,
-            (OpKind::Create, Kind::Snapshot) => 100,
-            (_, Kind::Lv) => 10,
-            _ => 50,
-        })
+        // The model's times (the spec's `estimate`, else its defaults for this stack), as
+        // `plan --estimate` uses them.
+        Duration::from_secs_f64(self.model.kind_secs(kind, op))
     }
 
     fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>> {
