@@ -212,10 +212,27 @@ fn pause_waiting(guests: &[Guest], done: &std::sync::atomic::AtomicBool) {
     }
 }
 
+/// This machine's CPU time so far: (busy, all), in clock ticks, from /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let all: u64 = fields.iter().sum();
+    // idle and iowait
+    (all - fields[3] - fields.get(4).copied().unwrap_or(0), all)
+}
+
 /// Gives every guest the go at once and waits for every read. Returns (seconds from the first
 /// go to the last read's end, each guest's own read seconds).
-fn read_phase(guests: &[Guest]) -> (f64, Vec<f64>) {
+fn read_phase(guests: &[Guest]) -> (f64, Vec<f64>, f64) {
     let barrier = Barrier::new(guests.len());
+    let cpu_before = cpu_ticks();
     let sent: Vec<f64> = std::thread::scope(|s| {
         let handles: Vec<_> = guests
             .iter()
@@ -237,11 +254,13 @@ fn read_phase(guests: &[Guest]) -> (f64, Vec<f64>) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     wait_consoles(guests, "VMTHUNDER-READ ", Duration::from_secs(1800));
+    let cpu_after = cpu_ticks();
+    let busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64;
     let done: Vec<f64> = guests.iter().map(|g| mtime(&g.console)).collect();
     let first = sent.iter().cloned().fold(f64::INFINITY, f64::min);
     let last = done.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let each = sent.iter().zip(&done).map(|(s, d)| d - s).collect();
-    (last - first, each)
+    (last - first, each, busy)
 }
 
 fn hosts_of(h: usize) -> Vec<String> {
@@ -307,7 +326,7 @@ fn tree_case(tb: &Testbed, c: &Config, h: usize, degree: usize) -> Value {
         apply
     });
     let before = tx_bytes(tb);
-    let (read, each) = read_phase(&guests);
+    let (read, each, busy) = read_phase(&guests);
     let sent = tx_bytes(tb) - before;
     let destroy = vmthunder(
         dir.path(),
@@ -315,7 +334,7 @@ fn tree_case(tb: &Testbed, c: &Config, h: usize, degree: usize) -> Value {
     );
     json!({"mode": "tree", "hosts": h, "degree": degree, "spec": spec, "apply_s": apply,
            "read_s": read, "each_read_s": each, "source_sent_bytes": sent,
-           "destroy_s": destroy})
+           "destroy_s": destroy, "cpu_busy": busy})
 }
 
 /// Full copies: per clone (`per_clone`) or per host with qcow2 overlays, from an NBD export
@@ -441,7 +460,7 @@ fn copy_case(tb: &Testbed, c: &Config, h: usize, per_clone: bool) -> Value {
     }
     let done = std::sync::atomic::AtomicBool::new(false);
     pause_waiting(&guests, &done);
-    let (read, each) = read_phase(&guests);
+    let (read, each, busy) = read_phase(&guests);
     for n in &nodes {
         let d = tb.on_host(n, work);
         for i in 0..c.clones {
@@ -456,7 +475,8 @@ fn copy_case(tb: &Testbed, c: &Config, h: usize, per_clone: bool) -> Value {
     }
     let mode = if per_clone { "copy-clone" } else { "copy-host" };
     json!({"mode": mode, "hosts": h, "copy_s": copy, "read_s": copy + read,
-           "local_read_s": read, "each_read_s": each, "source_sent_bytes": sent})
+           "local_read_s": read, "each_read_s": each, "source_sent_bytes": sent,
+           "cpu_busy": busy})
 }
 
 fn degrees(c: &Config, h: usize) -> Vec<usize> {
@@ -604,8 +624,11 @@ fn report(doc: &Value) -> String {
         "Links {rate} each way (tbf), image {} MiB, working set {read_mib} MiB read by each of {} clones per host.\n",
         doc["image_mib"], doc["clones"]
     );
-    let _ = writeln!(s, "| H | how | degree | depth | measured | predicted | predicted / measured | lower bound | measured / bound | source sent | apply (boot incl.) |");
-    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| H | how | degree | depth | measured | predicted | predicted / measured | lower bound | measured / bound | source sent | CPU busy | apply (boot incl.) |");
+    let _ = writeln!(
+        s,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let results = doc["results"].as_array().unwrap();
     let mut tree_times: Vec<(u64, u64, f64)> = Vec::new();
     for r in results {
@@ -635,9 +658,12 @@ fn report(doc: &Value) -> String {
         let apply = r["apply_s"]
             .as_f64()
             .map_or("-".to_string(), |a| format!("{a:.1} s"));
+        let busy = r["cpu_busy"]
+            .as_f64()
+            .map_or("-".to_string(), |b| format!("{:.0}%", b * 100.0));
         let _ = writeln!(
             s,
-            "| {h} | {how} | {degree} | {} | {measured:.2} s | {pred:.2} s | {:.2} | {bound:.2} s | {:.2} | {sent:.0} MiB ({:.1} x W) | {apply} |",
+            "| {h} | {how} | {degree} | {} | {measured:.2} s | {pred:.2} s | {:.2} | {bound:.2} s | {:.2} | {sent:.0} MiB ({:.1} x W) | {busy} | {apply} |",
             if mode == "tree" { depth.to_string() } else { "-".into() },
             pred / measured,
             measured / bound,
