@@ -8,7 +8,7 @@
 #   _MODES (tree,copy-host,copy-clone).
 # Output: the table on stdout and in target/bench-provision/table.md; raw numbers in
 # target/bench-provision/results.json. The bench removes its test bed (bp) when it ends, also
-# on failure; at full size it runs about 50 minutes on a 2-core machine.
+# on failure; at full size it runs about 90 minutes on a 2-core machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
