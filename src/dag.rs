@@ -9,17 +9,23 @@ use petgraph::graph::{DiGraph, NodeIndex};
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cycle(pub Vec<usize>);
 
-/// A topological order of `0..before.len()` where every node follows all of `before[v]`.
-/// Among ready nodes the lower index goes first, so an already ordered input is unchanged.
-pub fn topo_order(before: &[Vec<u32>]) -> Result<Vec<u32>, Cycle> {
-    let n = before.len();
-    let mut pending: Vec<u32> = before.iter().map(|b| b.len() as u32).collect();
-    let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
+/// The reverse edges: `after[d]` lists every node whose `before` names `d`, in node order.
+pub fn reversed(before: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let mut after: Vec<Vec<u32>> = vec![Vec::new(); before.len()];
     for (v, deps) in before.iter().enumerate() {
         for &d in deps {
             after[d as usize].push(v as u32);
         }
     }
+    after
+}
+
+/// A topological order of `0..before.len()` where every node follows all of `before[v]`.
+/// Among ready nodes the lower index goes first, so an already ordered input is unchanged.
+pub fn topo_order(before: &[Vec<u32>]) -> Result<Vec<u32>, Cycle> {
+    let n = before.len();
+    let mut pending: Vec<u32> = before.iter().map(|b| b.len() as u32).collect();
+    let after = reversed(before);
     let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<u32>> = (0..n as u32)
         .filter(|&v| pending[v as usize] == 0)
         .map(std::cmp::Reverse)

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::apply::order::{Ready, Schedule};
 use crate::apply::Limits;
-use crate::model::{self, Link, Model};
+use crate::model::{self, Model};
 use crate::plan::{OpGraph, OpKind, Plan};
 use crate::resource::Kind;
 use crate::spec::{Degree, Spec};
@@ -70,12 +70,7 @@ pub fn forecast(spec: &Spec, plan: &Plan, limits: Limits) -> Forecast {
         .iter()
         .map(|op| model.secs(&plan.changes[op.change as usize].addr, op.kind))
         .collect();
-    let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, b) in graph.before.iter().enumerate() {
-        for &p in b {
-            after[p as usize].push(i as u32);
-        }
-    }
+    let after = crate::dag::reversed(&graph.before);
     let weight: Vec<u64> = secs.iter().map(|s| ((s * 1e6) as u64).max(1)).collect();
     let mut ready = Ready::new(Schedule::CriticalPath, &graph.before, &after, &weight);
     let host_of = |i: u32| -> &str {
@@ -155,31 +150,24 @@ pub fn forecast(spec: &Spec, plan: &Plan, limits: Limits) -> Forecast {
     }
     path.reverse();
 
-    let e = &spec.estimate;
-    let link = Link::from_estimate(e);
-    let degree = model::degree(spec);
-    let flows = spec
-        .images
+    let flows = model
+        .trees()
         .iter()
-        .map(|image| {
-            let (_, tree) = model::image_tree(spec, image, degree, Some(&plan.placement));
-            let w = model::working_set(e, image);
-            let reads = model::read_secs(&tree, w, &link);
-            Flow {
-                image: image.name.clone(),
-                degree,
-                depth: tree.depth.iter().copied().max().unwrap_or(0),
-                working_set_bytes: w as u64,
-                source_sends_bytes: (w as u64) * tree.children[0].len() as u64,
-                read_seconds: reads.iter().copied().fold(0.0, f64::max),
-                read_lower_bound_seconds: model::lower_bound(&tree, w, &link),
-            }
+        .map(|t| Flow {
+            image: t.image.clone(),
+            degree: model.degree(),
+            depth: t.tree.depth.iter().copied().max().unwrap_or(0),
+            working_set_bytes: t.working_set as u64,
+            source_sends_bytes: (t.working_set as u64) * t.tree.children[0].len() as u64,
+            read_seconds: t.reads.iter().copied().fold(0.0, f64::max),
+            read_lower_bound_seconds: model::lower_bound(&t.tree, t.working_set, model.link()),
         })
         .collect();
+    let e = &spec.estimate;
     Forecast {
         seconds: total,
         operations: n,
-        degree,
+        degree: model.degree(),
         auto: spec.tree.degree == Degree::AUTO,
         link_rate: e.link_rate.to_string(),
         latency_ms: e.latency_ms,

@@ -93,61 +93,126 @@ pub fn working_set(e: &Estimate, image: &crate::spec::Image) -> f64 {
     }
 }
 
+/// One image's tree under the model.
+pub struct ImageTree {
+    pub image: String,
+    pub tree: Tree,
+    /// Bytes each clone reads at boot.
+    pub working_set: f64,
+    /// Per node of `tree`: [`read_secs`].
+    pub reads: Vec<f64>,
+}
+
 /// Per-operation durations of a cluster: fixed per kind, plus each domain's read of its
 /// working set through its host's place in the tree.
 pub struct Model {
-    create: [f64; Kind::ALL.len()],
-    delete: [f64; Kind::ALL.len()],
-    /// (image, host) -> seconds its clones spend reading the working set.
-    read: HashMap<(String, String), f64>,
+    times: OpTimes,
+    degree: u32,
+    link: Link,
+    trees: Vec<ImageTree>,
+    /// image -> host -> seconds its clones spend reading the working set.
+    read: HashMap<String, HashMap<String, f64>>,
 }
 
-impl Model {
-    /// The model of `spec`. Trees come from `placement` where it names a host's parent, else
-    /// from a fresh placement at the spec's degree.
-    pub fn new(spec: &Spec, placement: Option<&Placement>) -> Model {
-        let e = &spec.estimate;
-        let link = Link::from_estimate(e);
-        let table = |m: &std::collections::BTreeMap<Kind, f64>, defaults: [f64; 6]| {
-            Kind::ALL.map(|k| m.get(&k).copied().unwrap_or(defaults[k as usize]))
-        };
-        let mut read = HashMap::new();
-        let degree = degree(spec);
-        for image in &spec.images {
-            let (names, tree) = image_tree(spec, image, degree, placement);
-            let w = working_set(e, image);
-            for (i, s) in read_secs(&tree, w, &link).into_iter().enumerate().skip(1) {
-                read.insert((image.name.clone(), names[i].to_string()), s);
-            }
-        }
-        Model {
+/// Seconds per kind: `given` where it names the kind, else `defaults`.
+fn table(
+    given: &std::collections::BTreeMap<Kind, f64>,
+    defaults: [f64; Kind::ALL.len()],
+) -> [f64; Kind::ALL.len()] {
+    Kind::ALL.map(|k| given.get(&k).copied().unwrap_or(defaults[k as usize]))
+}
+
+/// The fixed seconds per create and delete of each kind (the spec's `estimate.create` and
+/// `estimate.delete` over the defaults), without any tree: what the executor's priorities
+/// need.
+pub struct OpTimes {
+    create: [f64; Kind::ALL.len()],
+    delete: [f64; Kind::ALL.len()],
+}
+
+impl OpTimes {
+    pub fn new(e: &Estimate) -> OpTimes {
+        OpTimes {
             create: table(&e.create, DEFAULT_CREATE),
             delete: table(&e.delete, DEFAULT_DELETE),
-            read,
         }
     }
 
     /// Seconds `op` takes for any resource of `kind`, reads left out.
-    pub fn kind_secs(&self, kind: Kind, op: OpKind) -> f64 {
+    pub fn secs(&self, kind: Kind, op: OpKind) -> f64 {
         match op {
             OpKind::Create => self.create[kind as usize],
             OpKind::Delete => self.delete[kind as usize],
         }
     }
+}
+
+impl Model {
+    /// The model of `spec`. Trees come from `placement` where it names a host's parent, else
+    /// from a fresh placement at the spec's degree ("auto" is resolved here, once).
+    pub fn new(spec: &Spec, placement: Option<&Placement>) -> Model {
+        let e = &spec.estimate;
+        let link = Link::from_estimate(e);
+        let degree = degree(spec);
+        let mut trees = Vec::new();
+        let mut read = HashMap::new();
+        for image in &spec.images {
+            let (names, tree) = image_tree(spec, image, degree, placement);
+            let working_set = working_set(e, image);
+            let reads = read_secs(&tree, working_set, &link);
+            let by_host: HashMap<String, f64> = names
+                .iter()
+                .zip(&reads)
+                .skip(1)
+                .map(|(h, s)| (h.to_string(), *s))
+                .collect();
+            read.insert(image.name.clone(), by_host);
+            trees.push(ImageTree {
+                image: image.name.clone(),
+                tree,
+                working_set,
+                reads,
+            });
+        }
+        Model {
+            times: OpTimes::new(e),
+            degree,
+            link,
+            trees,
+            read,
+        }
+    }
+
+    /// The tree degree in use ("auto" resolved).
+    pub fn degree(&self) -> u32 {
+        self.degree
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Each image's tree, in spec order.
+    pub fn trees(&self) -> &[ImageTree] {
+        &self.trees
+    }
+
+    /// The fixed seconds per kind, reads left out.
+    pub fn times(&self) -> &OpTimes {
+        &self.times
+    }
 
     /// Seconds `op` on `addr` takes.
     pub fn secs(&self, addr: &Addr, op: OpKind) -> f64 {
-        match op {
-            OpKind::Create => {
-                let fixed = self.create[addr.kind as usize];
-                if addr.kind == Kind::Domain {
-                    let key = (addr.image.to_string(), addr.host.to_string());
-                    fixed + self.read.get(&key).copied().unwrap_or(0.0)
-                } else {
-                    fixed
-                }
-            }
-            OpKind::Delete => self.delete[addr.kind as usize],
+        let fixed = self.times.secs(addr.kind, op);
+        if op == OpKind::Create && addr.kind == Kind::Domain {
+            let read = self
+                .read
+                .get(&*addr.image)
+                .and_then(|hosts| hosts.get(&*addr.host));
+            fixed + read.copied().unwrap_or(0.0)
+        } else {
+            fixed
         }
     }
 }
@@ -155,8 +220,8 @@ impl Model {
 /// Seconds per create when the spec names none for a kind, in `Kind::ALL` order (lv, session,
 /// cache, target, snapshot, domain): a qemu-stack host on local disks, the guest's boot to its
 /// ready line included in `domain`.
-pub const DEFAULT_CREATE: [f64; 6] = [0.05, 0.3, 0.15, 0.3, 0.05, 4.0];
-pub const DEFAULT_DELETE: [f64; 6] = [0.02, 0.1, 0.05, 0.1, 0.02, 0.5];
+pub const DEFAULT_CREATE: [f64; Kind::ALL.len()] = [0.05, 0.3, 0.15, 0.3, 0.05, 4.0];
+pub const DEFAULT_DELETE: [f64; Kind::ALL.len()] = [0.02, 0.1, 0.05, 0.1, 0.02, 0.5];
 
 /// The hosts of `image`'s tree (index 0 the source) and the tree: as `placement` records it
 /// where it can, else fresh at `degree`.
@@ -195,12 +260,8 @@ pub fn degree(spec: &Spec) -> u32 {
 pub fn best_degree(spec: &Spec) -> (u32, f64) {
     let e = &spec.estimate;
     let link = Link::from_estimate(e);
-    let c = |k: Kind| {
-        e.create
-            .get(&k)
-            .copied()
-            .unwrap_or(DEFAULT_CREATE[k as usize])
-    };
+    let t = OpTimes::new(e);
+    let c = |k| t.secs(k, OpKind::Create);
     let level = c(Kind::Target) + c(Kind::Session) + c(Kind::Cache);
     let tail = c(Kind::Snapshot) + c(Kind::Domain);
     let widest = spec

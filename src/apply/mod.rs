@@ -192,12 +192,7 @@ pub fn run(
     let graph = OpGraph::build(plan);
     let n = graph.ops.len();
     let waiting: Vec<u32> = graph.before.iter().map(|b| b.len() as u32).collect();
-    let mut after: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, b) in graph.before.iter().enumerate() {
-        for &p in b {
-            after[p as usize].push(i as u32);
-        }
-    }
+    let after = crate::dag::reversed(&graph.before);
     let weight: Vec<u64> = graph
         .ops
         .iter()

@@ -53,7 +53,7 @@ impl Backend for SimStack {
     }
 
     fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
-        Duration::from_secs_f64(self.model.kind_secs(kind, op))
+        Duration::from_secs_f64(self.model.times().secs(kind, op))
     }
 
     fn finish(&self, _: &State) -> Result<(), BackendError> {

@@ -55,8 +55,8 @@ pub struct QemuStack {
     netns: Option<super::netns::Netns>,
     /// One lock per relay: its operations never interleave on its monitor.
     relay_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
-    /// The spec's provisioning model: seconds per kind, for the executor's priorities.
-    model: crate::model::Model,
+    /// The model's seconds per kind (the spec's `estimate`), for the executor's priorities.
+    times: crate::model::OpTimes,
 }
 
 /// A path from a spec: relative paths are relative to vmthunder's working directory.
@@ -97,7 +97,7 @@ impl QemuStack {
             pairs,
             resolved_accel: Mutex::new(HashMap::new()),
             relay_locks: Mutex::new(HashMap::new()),
-            model: crate::model::Model::new(spec, None),
+            times: crate::model::OpTimes::new(&spec.estimate),
         })
     }
 
@@ -252,7 +252,7 @@ impl Backend for QemuStack {
     fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
         // The model's times (the spec's `estimate`, else its defaults for this stack), as
         // `plan --estimate` uses them.
-        Duration::from_secs_f64(self.model.kind_secs(kind, op))
+        Duration::from_secs_f64(self.times.secs(kind, op))
     }
 
     fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>> {
