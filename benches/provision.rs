@@ -131,6 +131,34 @@ struct Guest {
     console: PathBuf,
 }
 
+impl Guest {
+    /// Clone `n` whose files are in `dir` (`vm-<n>.qmp`, `vm-<n>.log`, as the qemu stack names
+    /// them).
+    fn in_dir(dir: &Path, n: u32) -> Guest {
+        Guest {
+            monitor: dir.join(format!("vm-{n}.qmp")),
+            console: dir.join(format!("vm-{n}.log")),
+        }
+    }
+
+    fn qmp(&self) -> Qmp {
+        let stream = std::os::unix::net::UnixStream::connect(&self.monitor)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.monitor.display()));
+        Qmp::start(stream, &self.monitor, Duration::from_secs(30)).unwrap()
+    }
+
+    /// Panics with the console if the guest reported a failure.
+    fn assert_not_failed(&self) {
+        let text = std::fs::read(&self.console).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            !text.contains("VMTHUNDER-FAILED"),
+            "{}: {text}",
+            self.console.display()
+        );
+    }
+}
+
 /// The source's bytes sent so far (its NIC's counter, headers included).
 fn tx_bytes(tb: &Testbed) -> u64 {
     tb.in_ns("src", &["cat", "/sys/class/net/eth0/statistics/tx_bytes"])
@@ -156,13 +184,7 @@ fn wait_consoles(guests: &[Guest], what: &str, limit: Duration) {
             return;
         }
         for g in &missing {
-            let text = std::fs::read(&g.console).unwrap_or_default();
-            assert!(
-                !String::from_utf8_lossy(&text).contains("VMTHUNDER-FAILED"),
-                "{}: {}",
-                g.console.display(),
-                String::from_utf8_lossy(&text)
-            );
+            g.assert_not_failed();
         }
         assert!(
             start.elapsed() < limit,
@@ -187,10 +209,7 @@ fn pause_waiting(guests: &[Guest], done: &std::sync::atomic::AtomicBool) {
         let finished = done.load(Ordering::SeqCst);
         for (g, p) in guests.iter().zip(paused.iter_mut()) {
             if !*p && console_has(&g.console, "VMTHUNDER-WAITING") {
-                let stream = std::os::unix::net::UnixStream::connect(&g.monitor)
-                    .unwrap_or_else(|e| panic!("{}: {e}", g.monitor.display()));
-                let mut q = Qmp::start(stream, &g.monitor, Duration::from_secs(30)).unwrap();
-                q.execute("stop", json!({})).unwrap();
+                g.qmp().execute("stop", json!({})).unwrap();
                 *p = true;
             }
         }
@@ -198,11 +217,7 @@ fn pause_waiting(guests: &[Guest], done: &std::sync::atomic::AtomicBool) {
             return;
         }
         for g in guests {
-            assert!(
-                !console_has(&g.console, "VMTHUNDER-FAILED"),
-                "{}: the guest failed",
-                g.console.display()
-            );
+            g.assert_not_failed();
         }
         assert!(
             start.elapsed() < Duration::from_secs(1800),
@@ -239,9 +254,7 @@ fn read_phase(guests: &[Guest]) -> (f64, Vec<f64>, f64) {
             .map(|g| {
                 let barrier = &barrier;
                 s.spawn(move || {
-                    let stream = std::os::unix::net::UnixStream::connect(&g.monitor)
-                        .unwrap_or_else(|e| panic!("{}: {e}", g.monitor.display()));
-                    let mut q = Qmp::start(stream, &g.monitor, Duration::from_secs(30)).unwrap();
+                    let mut q = g.qmp();
                     barrier.wait();
                     let t = now();
                     q.execute("set_link", json!({"name": "net0", "up": false}))
@@ -312,10 +325,7 @@ fn tree_case(tb: &Testbed, c: &Config, h: usize, degree: usize) -> Value {
     for n in hosts_of(h) {
         let d = tb.on_host(&n, &format!("/var/lib/vmthunder/bench/{n}/bench"));
         for i in 0..c.clones {
-            guests.push(Guest {
-                monitor: d.join(format!("vm-{i}.qmp")),
-                console: d.join(format!("vm-{i}.log")),
-            });
+            guests.push(Guest::in_dir(&d, i));
         }
     }
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -409,10 +419,7 @@ fn copy_case(tb: &Testbed, c: &Config, h: usize, per_clone: bool) -> Value {
                 o
             };
             let fmt = if per_clone { "raw" } else { "qcow2" };
-            let g = Guest {
-                monitor: d.join(format!("vm-{i}.qmp")),
-                console: d.join(format!("vm-{i}.log")),
-            };
+            let g = Guest::in_dir(&d, i);
             let name = format!("bench-{n}-{i}");
             run(&[
                 "ip",
