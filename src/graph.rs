@@ -19,19 +19,26 @@ use crate::resource::{
     Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs, SnapshotAttrs,
     TargetAttrs,
 };
-use crate::spec::Spec;
+use crate::spec::{Spec, Stack};
 use crate::state::{Placement, State};
 
 /// Namespace of clone UUIDs (UUIDv5 of `cluster/image/host/n`).
 const CLONE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_0b7e_2d4a_4c1e_9a53_8e0f_7b1d_c0de);
 
+/// The iSCSI port (RFC 3720) the linux stack's targets listen on.
+pub const ISCSI_PORT: u16 = 3260;
+
 /// Where each host-image relay listens: its host's address and a port. A relay keeps the
 /// port state records for it (so adding or removing hosts never moves another host's
 /// exports); a new one takes `base_port` plus its image's index, offset by a range of
 /// `images.len()` ports per earlier host sharing its address, or the lowest free port above.
+///
+/// On the linux stack every export is an iSCSI target of the host's one target daemon, on the
+/// iSCSI port.
 struct Endpoints<'s> {
     addresses: HashMap<&'s str, &'s str>,
     ports: HashMap<(&'s str, u32), u16>,
+    fixed: Option<u16>,
 }
 
 impl<'s> Endpoints<'s> {
@@ -69,16 +76,22 @@ impl<'s> Endpoints<'s> {
             }
             ports.insert(key, port);
         }
-        Endpoints { addresses, ports }
+        let fixed = (spec.backend.stack == Stack::Linux).then_some(ISCSI_PORT);
+        Endpoints {
+            addresses,
+            ports,
+            fixed,
+        }
     }
 
     fn of(&self, host: &str, image_index: usize) -> (&'s str, u16) {
         let address = self.addresses.get(host).copied().unwrap_or("");
-        let port = self
-            .ports
-            .get(&(host, image_index as u32))
-            .copied()
-            .unwrap_or(0);
+        let port = self.fixed.unwrap_or_else(|| {
+            self.ports
+                .get(&(host, image_index as u32))
+                .copied()
+                .unwrap_or(0)
+        });
         (address, port)
     }
 }
@@ -165,6 +178,7 @@ impl Graph {
                             size: image.size,
                             address: address.to_string(),
                             port,
+                            version: image.version.clone(),
                         }),
                         vec![],
                     );
@@ -235,6 +249,7 @@ impl Graph {
                             vcpus: spec.clones.vcpus,
                             memory: spec.clones.memory,
                             boot: spec.clones.boot.clone(),
+                            network: spec.clones.network.clone(),
                         }),
                         vec![snap],
                     );

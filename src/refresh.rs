@@ -82,7 +82,7 @@ pub fn refresh(state: &mut State, backend: &Arc<dyn Backend>, limits: Limits) ->
                 for (k, _, v) in &diff {
                     r.observed.insert(k.clone(), v.clone());
                 }
-                Finding::Changed(diff)
+                Finding::Changed(crate::backend::redact_changes(diff))
             }
             Err(e) => Finding::Unknown(e.to_string()),
         };

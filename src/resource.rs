@@ -193,6 +193,9 @@ pub enum TargetAttrs {
         /// Where the export listens.
         address: String,
         port: u16,
+        /// The image's content version (`images[].version`), when the spec gives one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// The host's cache of the image, re-exported to its children.
     Cache { address: String, port: u16 },
@@ -235,6 +238,9 @@ pub struct DomainAttrs {
     /// Direct kernel boot, when the spec gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<crate::spec::Boot>,
+    /// The NIC's `bridge:NAME` or `network:NAME` (linux stack), when the spec gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Desired attributes, one variant per kind. Serialized as the bare attribute object; the
@@ -356,6 +362,7 @@ mod tests {
             size: Some(Size(1 << 30)),
             address: "10.0.0.1".into(),
             port: 10809,
+            version: None,
         });
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(

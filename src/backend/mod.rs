@@ -6,6 +6,7 @@
 //! Each returns the observed attributes that state records and dependents consume (an
 //! export's endpoint, a file path, a pid). Stacks reach hosts through a [`Transport`].
 
+pub mod linux;
 pub mod netns;
 pub mod qemu;
 pub mod qmp;
@@ -109,6 +110,14 @@ impl BackendError {
     }
 }
 
+impl BackendError {
+    /// The same error, its message preceded by what was being done.
+    pub fn context(mut self, what: &str) -> BackendError {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
 impl From<qmp::QmpError> for BackendError {
     fn from(e: qmp::QmpError) -> BackendError {
         BackendError::new(e.to_string())
@@ -136,14 +145,47 @@ pub trait Backend: Send + Sync {
     fn finish(&self, state: &State) -> Result<(), BackendError>;
 }
 
+/// Whether an observed attribute is a secret (a CHAP password): kept in state, which only its
+/// owner can read, and shown everywhere else as `(sensitive)`.
+pub fn is_sensitive(key: &str) -> bool {
+    key.ends_with("secret")
+}
+
+const SENSITIVE: &str = "(sensitive)";
+
+/// Observed attributes as they may be shown: secrets masked.
+pub fn redacted(o: &Observed) -> Observed {
+    o.iter()
+        .map(|(k, v)| {
+            let v = if is_sensitive(k) {
+                SENSITIVE.into()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Attribute changes (name, before, after) as they may be shown: secrets masked.
+pub fn redact_changes(c: Vec<(String, Value, Value)>) -> Vec<(String, Value, Value)> {
+    c.into_iter()
+        .map(|(k, b, a)| {
+            if is_sensitive(&k) {
+                (k, SENSITIVE.into(), SENSITIVE.into())
+            } else {
+                (k, b, a)
+            }
+        })
+        .collect()
+}
+
 /// The backend a spec asks for.
 pub fn for_spec(spec: &Spec) -> Result<Arc<dyn Backend>, BackendError> {
     match spec.backend.stack {
         Stack::Qemu => Ok(Arc::new(qemu::QemuStack::new(spec)?)),
         Stack::Sim => Ok(Arc::new(sim::SimStack::new(spec))),
-        Stack::Linux => Err(BackendError::new(
-            "the linux stack is not available in this build yet; use \"stack\": \"qemu\"",
-        )),
+        Stack::Linux => Ok(Arc::new(linux::LinuxStack::new(spec)?)),
     }
 }
 
@@ -171,4 +213,26 @@ pub fn dep_attr<'a>(
                 "internal error: no {key:?} observed on the {kind} this depends on"
             ))
         })
+}
+
+/// `f` of each item, on up to 16 threads (hosts answer independently; over ssh each call
+/// waits mostly on the network). Results in item order.
+pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(16);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let f = &f;
+                s.spawn(move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker panicked"))
+            .collect()
+    })
 }

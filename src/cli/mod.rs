@@ -722,7 +722,7 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
                 "image": &*r.addr.image,
                 "status": r.status,
                 "desired": r.desired,
-                "observed": r.observed,
+                "observed": crate::backend::redacted(&r.observed),
                 "deps": r.deps,
             });
             if json {

@@ -133,7 +133,7 @@ pub(super) fn import(
             )))
         }
     };
-    let shown = serde_json::to_string(&observed).expect("serializes");
+    let shown = serde_json::to_string(&backend::redacted(&observed)).expect("serializes");
     if dry_run {
         println!(
             "Would import {addr} (found on host {}: {shown}); nothing was written.",

@@ -162,6 +162,17 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                 format!("{:?} is relative: over ssh the image is a file on its source host; give an absolute path", img.path),
             );
         }
+        if let Some(v) = &img.version {
+            let ok = v.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !ok || v.len() > 64 {
+                diags.push(
+                    format!("/images/{i}/version"),
+                    format!("invalid version {v:?}: use up to 64 lowercase letters, digits, '.' or '-' (it becomes part of an iSCSI name)"),
+                );
+            }
+        }
         if let Some(list) = &img.hosts {
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(list.len());
             for (j, h) in list.iter().enumerate() {
@@ -209,6 +220,22 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         }
         if c.cow_size.bytes() == 0 {
             diags.push("/clones/cow_size", "must be greater than zero");
+        }
+        if let Some(n) = &c.network {
+            let name = n
+                .strip_prefix("bridge:")
+                .or_else(|| n.strip_prefix("network:"));
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            };
+            if !name.is_some_and(valid) {
+                diags.push(
+                    "/clones/network",
+                    format!("invalid network {n:?}: use \"bridge:NAME\" (a host bridge) or \"network:NAME\" (a libvirt network)"),
+                );
+            }
         }
         check_template(d, &c.name, diags);
     }

@@ -340,6 +340,7 @@ fn decode_image(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Imag
     let size = o.opt("size");
     let hosts = o.opt("hosts");
     let clones_per_host = o.opt("clones_per_host");
+    let version = o.opt("version");
     let ok = o.close();
     let image = Image {
         name: name?,
@@ -349,6 +350,7 @@ fn decode_image(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Imag
         size: size.ok()?,
         hosts: hosts.ok()?,
         clones_per_host: clones_per_host.ok()?,
+        version: version.ok()?,
     };
     ok.then_some(image)
 }
@@ -378,6 +380,7 @@ fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clo
     let cow_size = o.or("cow_size", Clones::default_cow_size());
     let boot = o.opt("boot");
     let ready = o.opt("ready");
+    let network = o.opt("network");
     let ok = o.close();
     let clones = Clones {
         per_host: per_host?,
@@ -387,6 +390,7 @@ fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clo
         cow_size: cow_size?,
         boot: boot.ok()?,
         ready: ready.ok()?,
+        network: network.ok()?,
     };
     ok.then_some(clones)
 }

@@ -331,6 +331,13 @@ pub struct Image {
     /// Clones per host for this image; overrides `clones.per_host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clones_per_host: Option<u32>,
+    /// The image's content version: lowercase letters, digits, `.` and `-`. The linux stack
+    /// names its iSCSI targets after it (`iqn....:<cluster>.<image>.<version>`, default `1`),
+    /// so a new version never meets a stale cache or an old session; changing it replaces
+    /// every export of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]*$"))]
+    pub version: Option<String>,
 }
 
 impl Image {
@@ -475,6 +482,11 @@ pub struct Clones {
     /// created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<Ready>,
+    /// linux stack: where each clone's NIC goes: `bridge:NAME` (a host bridge) or
+    /// `network:NAME` (a libvirt network). Default: QEMU's user-mode networking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(bridge|network):[A-Za-z0-9_.-]+$"))]
+    pub network: Option<String>,
 }
 
 /// A kernel, an initramfs and a command line for each clone.
@@ -542,6 +554,7 @@ impl Default for Clones {
             cow_size: Clones::default_cow_size(),
             boot: None,
             ready: None,
+            network: None,
         }
     }
 }

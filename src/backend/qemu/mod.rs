@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::ssh::{Endpoint, SshTransport};
 use super::transport::Local;
-use super::{Backend, BackendError, Observed, Target, Transport};
+use super::{in_parallel, Backend, BackendError, Observed, Target, Transport};
 use crate::plan::{Action, OpKind, Plan};
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
 use crate::spec::{Accel, Ready, Spec, Transport as TransportKind};
@@ -212,28 +212,6 @@ impl QemuStack {
             })
             .collect()
     }
-}
-
-/// `f` of each item, on up to 16 threads (hosts answer independently; over ssh each call
-/// waits mostly on the network). Results in item order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(16);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let f = &f;
-                s.spawn(move || part.iter().map(f).collect::<Vec<R>>())
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a worker panicked"))
-            .collect()
-    })
 }
 
 fn args(v: &[&str]) -> Vec<String> {

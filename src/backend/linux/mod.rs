@@ -1,0 +1,281 @@
+//! The linux stack: LVM, tgt iSCSI targets, open-iscsi sessions, writethrough dm-cache,
+//! dm-snapshot and libvirt, on real hosts reached over SSH (or this machine).
+//!
+//! Per host and image, bottom-up: `lv` (cache data + metadata volumes, or a clone's
+//! copy-on-write volume), `session` (a login to the parent's target), `cache` (dm-cache over
+//! the session's disk), `target` (tgt export of the image file or of the cache), `snapshot`
+//! (dm-snapshot over the cache), `domain` (libvirt). Every command is an argument vector
+//! built by a function of its module, and every read parses the tool's machine output
+//! (`lvs` JSON, `dmsetup info -c` columns) or its fixed text format (tgtadm, iscsiadm, virsh):
+//! those builders and parsers are unit-tested against output captured from the real tools
+//! (`fixtures/`, each test naming the version), the whole stack end to end in guest VMs
+//! (`tests/linux.rs`).
+
+mod dm;
+mod iscsi;
+mod lvm;
+pub mod names;
+mod tgt;
+mod virsh;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::ssh::{Endpoint, SshTransport};
+use super::transport::Local;
+use super::{in_parallel, Backend, BackendError, CommandError, Observed, Target, Transport};
+use crate::plan::{Action, OpKind, Plan};
+use crate::resource::{Addr, Desired, Kind};
+use crate::spec::{Accel, Spec, Transport as TransportKind};
+use crate::state::State;
+
+/// How long one command may take before it counts as hung (a login waits for udev, an
+/// lvcreate for its wipe).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct LinuxStack {
+    transport: Box<dyn Transport>,
+    cluster: String,
+    vg: String,
+    accel: Accel,
+    /// One lock per host for its target daemon: target ids are picked from what it shows,
+    /// and accounts are made and bound in steps.
+    tgt_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    times: crate::model::OpTimes,
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The exit status of a failed command, when it ran.
+fn exit_code(e: &CommandError) -> Option<i32> {
+    e.status.strip_prefix("exited with status ")?.parse().ok()
+}
+
+impl LinuxStack {
+    pub fn new(spec: &Spec) -> Result<LinuxStack, BackendError> {
+        let transport: Box<dyn Transport> = match spec.backend.transport {
+            TransportKind::Ssh => {
+                Box::new(SshTransport::new(Endpoint::from_spec(spec)).map_err(|e| {
+                    BackendError::new(format!("cannot prepare the ssh transport: {e}"))
+                })?)
+            }
+            TransportKind::Local => Box::new(Local { netns: None }),
+        };
+        Ok(LinuxStack {
+            transport,
+            cluster: spec.cluster.clone(),
+            vg: spec
+                .backend
+                .volume_group
+                .clone()
+                .ok_or_else(|| BackendError::new("the linux stack needs backend.volume_group"))?,
+            accel: spec.backend.accel,
+            tgt_locks: Mutex::new(HashMap::new()),
+            times: crate::model::OpTimes::new(&spec.estimate),
+        })
+    }
+
+    /// Runs a command on `host`; its standard output.
+    fn run(&self, host: &str, argv: &[String]) -> Result<String, BackendError> {
+        self.attempt(host, argv)?.map_err(BackendError::from)
+    }
+
+    /// Runs a command whose failure the caller looks at: `Err` only when the host could not
+    /// be reached, `Ok(Err)` when the command failed.
+    fn attempt(
+        &self,
+        host: &str,
+        argv: &[String],
+    ) -> Result<Result<String, CommandError>, BackendError> {
+        match self.transport.run(host, argv, COMMAND_TIMEOUT) {
+            Ok(o) => Ok(Ok(String::from_utf8_lossy(&o.stdout).into_owned())),
+            Err(e) if e.unreachable => Err(e.into()),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Runs a command that carries `secret`: a failure shows it masked.
+    fn run_secret(&self, host: &str, argv: &[String], secret: &str) -> Result<(), BackendError> {
+        match self.attempt(host, argv)? {
+            Ok(_) => Ok(()),
+            Err(mut e) => {
+                e.command = e.command.replace(secret, "(sensitive)");
+                e.stderr = e.stderr.replace(secret, "(sensitive)");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The lock of `host`'s target daemon.
+    fn tgt_lock(&self, host: &str) -> Arc<Mutex<()>> {
+        self.tgt_locks
+            .lock()
+            .expect("lock")
+            .entry(host.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Holds a lock (a poisoned one too: the daemon's state is re-read under it anyway).
+fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What each host needs, by the kinds it gets.
+fn tools(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Lv => &["lvs", "lvcreate", "lvremove"],
+        Kind::Session => &["iscsiadm", "udevadm"],
+        Kind::Cache | Kind::Snapshot => &["dmsetup", "blockdev", "dd"],
+        Kind::Target => &["tgtadm"],
+        Kind::Domain => &["virsh"],
+    }
+}
+
+impl LinuxStack {
+    /// One host's problems: missing tools, a missing volume group, no initiator name.
+    fn check_host(&self, host: &str, kinds: &[Kind]) -> Result<Vec<String>, BackendError> {
+        let mut wanted: Vec<&str> = kinds
+            .iter()
+            .flat_map(|k| tools(*k).iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut argv = args(&[
+            "sh",
+            "-c",
+            r#"for t; do PATH=$PATH:/usr/sbin:/sbin command -v -- "$t" >/dev/null 2>&1 || echo "$t"; done"#,
+            "sh",
+        ]);
+        argv.extend(wanted.iter().map(|s| s.to_string()));
+        let mut problems: Vec<String> = self
+            .run(host, &argv)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|t| {
+                format!(
+                    "host {host}: `{t}` is not installed (Debian: apt install lvm2 dmsetup open-iscsi tgt libvirt-clients libvirt-daemon-system)"
+                )
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Ok(problems);
+        }
+        if kinds.iter().any(|k| matches!(k, Kind::Lv)) {
+            if let Err(e) = self.list_lvs(host) {
+                problems.push(format!(
+                    "host {host}: the volume group {:?} cannot be listed: {}",
+                    self.vg,
+                    e.stderr.as_deref().unwrap_or(&e.message).trim()
+                ));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+impl Backend for LinuxStack {
+    fn estimate(&self, kind: Kind, op: OpKind) -> Duration {
+        Duration::from_secs_f64(self.times.secs(kind, op))
+    }
+
+    fn preflight(&self, plan: &Plan) -> Result<(), Vec<String>> {
+        let mut kinds: BTreeMap<&str, Vec<Kind>> = BTreeMap::new();
+        let mut session_hosts: Vec<&str> = Vec::new();
+        for c in &plan.changes {
+            if !matches!(c.action, Action::Create | Action::Replace) {
+                continue;
+            }
+            kinds.entry(&c.addr.host).or_default().push(c.addr.kind);
+            if c.addr.kind == Kind::Session {
+                session_hosts.push(&c.addr.host);
+            }
+            if let Some(Desired::Target(crate::resource::TargetAttrs::Image { path, .. })) =
+                &c.after
+            {
+                if !path.starts_with('/') {
+                    return Err(vec![format!(
+                        "{}: the image path {path:?} must be absolute on the linux stack",
+                        c.addr
+                    )]);
+                }
+            }
+        }
+        let hosts: Vec<(&str, Vec<Kind>)> = kinds.into_iter().collect();
+        let mut problems = Vec::new();
+        let found: Vec<Result<Vec<String>, BackendError>> =
+            in_parallel(&hosts, |(h, k)| self.check_host(h, k));
+        for (r, (host, _)) in found.into_iter().zip(&hosts) {
+            match r {
+                Ok(p) => problems.extend(p),
+                Err(e) if e.unreachable_host.is_some() => {
+                    tracing::debug!(host, "preflight skipped an unreachable host")
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        // Every host that logs in needs an initiator name of its own: clones of one machine
+        // share theirs and knock each other's sessions off.
+        let names = in_parallel(&session_hosts, |h| self.initiator_name(h));
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for (r, host) in names.into_iter().zip(&session_hosts) {
+            match r {
+                Ok(n) => {
+                    if let Some(other) = seen.insert(n.clone(), host) {
+                        problems.push(format!(
+                            "hosts {other} and {host} have the same iSCSI initiator name {n}: give each its own in /etc/iscsi/initiatorname.iscsi (iscsi-iname makes one) and restart iscsid"
+                        ));
+                    }
+                }
+                Err(e) if e.unreachable_host.is_some() => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn read(&self, t: Target<'_>, observed: &Observed) -> Result<Option<Observed>, BackendError> {
+        match t.addr.kind {
+            Kind::Lv => lvm::read(self, t),
+            Kind::Session => iscsi::read(self, t, observed),
+            Kind::Cache | Kind::Snapshot => dm::read(self, t, observed),
+            Kind::Target => tgt::read(self, t, observed),
+            Kind::Domain => virsh::read(self, t),
+        }
+    }
+
+    fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError> {
+        match t.addr.kind {
+            Kind::Lv => lvm::create(self, t),
+            Kind::Session => iscsi::create(self, t, deps),
+            Kind::Cache => dm::create_cache(self, t, deps),
+            Kind::Snapshot => dm::create_snapshot(self, t, deps),
+            Kind::Target => tgt::create(self, t, deps),
+            Kind::Domain => virsh::create(self, t, deps),
+        }
+    }
+
+    fn delete(&self, t: Target<'_>, observed: &Observed) -> Result<(), BackendError> {
+        match t.addr.kind {
+            Kind::Lv => lvm::delete(self, t),
+            Kind::Session => iscsi::delete(self, t, observed),
+            Kind::Cache | Kind::Snapshot => dm::delete(self, t),
+            Kind::Target => tgt::delete(self, t, observed),
+            Kind::Domain => virsh::delete(self, t),
+        }
+    }
+
+    fn finish(&self, _state: &State) -> Result<(), BackendError> {
+        // Every object is created and deleted by its own resource; there is no per-host
+        // scaffolding to remove.
+        Ok(())
+    }
+}
