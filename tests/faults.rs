@@ -166,8 +166,19 @@ fn destroy_converges(c: &Cluster) {
 
 type Trigger = (&'static str, fn(&[Value]) -> bool);
 
+/// The two tests take turns: each boots TCG guests on every core of a small machine. Side by
+/// side (with the rest of CI before them) the kill test failed once in CI, cause not seen
+/// (the log was cut) and not reproduced in three runs here; a likely one is a monitor starved
+/// past the refresh's 5 s read timeout, which makes an object unknown and the plan exit 2.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn kill_9_at_any_point_then_apply_converges() {
+    let _turn = one_at_a_time();
     // img0 -> node01, node02; node01 -> node03; one booting guest per host: 20 operations.
     let c = Cluster::new(&spec(41, 3, 2, 1, true));
     let out = c.apply();
@@ -222,6 +233,7 @@ fn kill_9_at_any_point_then_apply_converges() {
 
 #[test]
 fn ctrl_c_once_finishes_running_operations_twice_stops_waiting() {
+    let _turn = one_at_a_time();
     let c = Cluster::new(&spec(42, 3, 2, 1, true));
 
     // Once, while guests boot: nothing new starts, running operations finish and are recorded.

@@ -236,3 +236,24 @@ pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + S
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_wherever_attributes_are_shown() {
+        let mut o = Observed::new();
+        o.insert("chap_user".into(), "vmt.c.base.node01".into());
+        o.insert("chap_secret".into(), "0123456789abcdef01234567".into());
+        let shown = serde_json::to_string(&redacted(&o)).unwrap();
+        assert!(!shown.contains("0123456789"), "{shown}");
+        assert!(shown.contains("(sensitive)") && shown.contains("vmt.c.base.node01"));
+        let c = redact_changes(vec![
+            ("chap_secret".into(), "a".into(), "b".into()),
+            ("pid".into(), 1.into(), 2.into()),
+        ]);
+        assert_eq!(c[0].1, "(sensitive)");
+        assert_eq!(c[1].2, 2);
+    }
+}

@@ -541,3 +541,34 @@ fn saved_plans_go_stale_when_the_state_moves() {
         Err(StalePlan::Lineage { .. })
     ));
 }
+
+#[test]
+fn the_linux_stack_exports_on_the_iscsi_port_and_versions_its_image() {
+    let mut s = spec_with(
+        &["a", "b"],
+        1,
+        1,
+        serde_json::json!({"backend": {"stack": "linux", "volume_group": "vg"}}),
+    );
+    s.images[0].version = Some("3".into());
+    let graph = Graph::build(&s, &State::empty("t")).unwrap();
+    let mut sessions = 0;
+    for r in &graph.resources {
+        match &r.desired {
+            crate::resource::Desired::Session(a) => {
+                assert_eq!(a.parent_port, crate::graph::ISCSI_PORT);
+                sessions += 1;
+            }
+            crate::resource::Desired::Target(crate::resource::TargetAttrs::Image {
+                version,
+                port,
+                ..
+            }) => {
+                assert_eq!(version.as_deref(), Some("3"));
+                assert_eq!(*port, 3260);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sessions, 2);
+}

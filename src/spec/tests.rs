@@ -246,3 +246,23 @@ fn degree_auto_and_the_estimate_model_decode_and_report_bad_values_at_their_path
         ]
     );
 }
+
+#[test]
+fn image_versions_and_clone_networks_are_checked_at_their_path() {
+    let mut doc = good();
+    doc["images"][0]["version"] = json!("7.9-2");
+    doc["clones"] = json!({"network": "bridge:br0"});
+    assert!(diagnostics(doc.clone()).is_empty());
+    doc["images"][0]["version"] = json!("Seven_9");
+    doc["clones"] = json!({"network": "br0"});
+    let got = diagnostics(doc);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("/images/0/version: invalid version \"Seven_9\""),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("/clones/network: invalid network \"br0\""),
+        "{got:?}"
+    );
+}
