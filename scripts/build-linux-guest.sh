@@ -2,7 +2,7 @@
 # Builds the Debian 12 guest the linux stack's end-to-end test boots under QEMU (TCG): a real
 # kernel with device-mapper (dm-cache, dm-snapshot) and iSCSI (iscsi_tcp), lvm2, dmsetup,
 # open-iscsi, tgt, libvirt with its QEMU driver, and sshd, all from Debian packages
-# (mmdebstrap, the mirror this machine's apt already uses).
+# (mmdebstrap, the mirror this machine's apt already uses), and targetcli-fb for the LIO option.
 #
 # Output in OUTDIR (default target/linux-guest), nothing of it committed:
 #   rootfs.img   ext4 root file system (sparse); each guest boots a qcow2 overlay of it
@@ -51,7 +51,7 @@ mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sour
 
 pkgs=(systemd-sysv udev dbus kmod iproute2 procps e2fsprogs openssh-server
       linux-image-amd64 initramfs-tools
-      lvm2 dmsetup thin-provisioning-tools open-iscsi tgt
+      lvm2 dmsetup thin-provisioning-tools open-iscsi tgt targetcli-fb
       libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86)
 
 root=$(mktemp -d /var/tmp/vmthunder-linux-guest.XXXXXX)
@@ -109,7 +109,7 @@ EOS' \
     --customize-hook='rm -f "$1/etc/iscsi/initiatorname.iscsi" "$1/etc/ssh/ssh_host_"*; chroot "$1" ssh-keygen -A' \
     --customize-hook='sed -i "s/^#\?UseDNS.*/UseDNS no/" "$1/etc/ssh/sshd_config"' \
     --customize-hook='rm -rf "$1/usr/share/doc" "$1/usr/share/man" "$1/var/cache/apt/archives"/*.deb "$1/lib/modules"/*/kernel/drivers/gpu "$1/lib/modules"/*/kernel/sound "$1/lib/modules"/*/kernel/drivers/net/wireless "$1/lib/modules"/*/kernel/drivers/media' \
-    --customize-hook="chroot \"\$1\" sh -c 'dpkg-query -W -f=\"\\\${Package} \\\${Version}\\n\" lvm2 dmsetup open-iscsi tgt libvirt-clients libvirt-daemon qemu-system-x86 linux-image-amd64 thin-provisioning-tools' >'$out/versions.txt'" \
+    --customize-hook="chroot \"\$1\" sh -c 'dpkg-query -W -f=\"\\\${Package} \\\${Version}\\n\" lvm2 dmsetup open-iscsi tgt targetcli-fb libvirt-clients libvirt-daemon qemu-system-x86 linux-image-amd64 thin-provisioning-tools' >'$out/versions.txt'" \
     --customize-hook='chroot "$1" depmod -a $(ls "$1/lib/modules")' \
     --customize-hook='printf "MODULES=list\nCOMPRESS=gzip\n" >"$1/etc/initramfs-tools/conf.d/vmthunder.conf"; printf "virtio_pci\nvirtio_blk\nvirtio_net\next4\n" >>"$1/etc/initramfs-tools/modules"' \
     --customize-hook='chroot "$1" update-initramfs -u -k all' \

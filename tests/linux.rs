@@ -4,7 +4,8 @@
 //! booted on a bridge of this machine by scripts/linux-guests.sh.
 //!
 //! img0 (the image) -> node01 -> node02 (degree 1: node01 is a relay), one clone on each node,
-//! started by libvirt with the test guest's kernel (nested TCG: its boot is not waited for).
+//! started by libvirt with the test guest's kernel (nested TCG: its boot is not waited for);
+//! with tgt, then again with LIO.
 //!
 //! Takes about 10 minutes (15 when the guest image is built first). Root only; set
 //! VMTHUNDER_SKIP_LINUX_E2E=1 to skip it.
@@ -72,14 +73,14 @@ fn address(i: usize) -> String {
     format!("10.{NET}.0.{}", 10 + i)
 }
 
-fn spec() -> serde_json::Value {
+fn spec(iscsi_target: &str) -> serde_json::Value {
     let key = repo().join("target/linux-guest/id_ed25519");
     json!({
         "version": 1,
         "cluster": "e2e",
         "backend": {
             "stack": "linux", "transport": "ssh", "root": "/var/lib/vmthunder",
-            "volume_group": "vg_vmthunder",
+            "volume_group": "vg_vmthunder", "iscsi_target": iscsi_target,
             "ssh": {
                 "user": "root",
                 "identity_file": key.display().to_string(),
@@ -137,7 +138,7 @@ fn linux_stack_end_to_end_in_guest_vms() {
         .unwrap();
     assert!(build.status.success(), "{}", text(&build));
     let g = Guests::up();
-    let c = Cluster::new(&spec());
+    let c = Cluster::new(&spec("tgt"));
 
     // Apply: 14 resources on three hosts.
     let out = c.apply();
@@ -256,6 +257,45 @@ fn linux_stack_end_to_end_in_guest_vms() {
         assert_eq!(leftovers(&g, h), "", "left on {h}");
     }
     assert_eq!(c.state("e2e")["resources"], json!([]));
+    drop(c);
+
+    // The same cluster with the kernel's LIO target instead of tgt (they share the port).
+    for h in HOSTS {
+        g.ok(h, "systemctl stop tgt");
+    }
+    let c = Cluster::new(&spec("lio"));
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let acls = g.ok("node01", &format!("targetcli ls /iscsi/{iqn}/tpg1/acls"));
+    assert!(acls.contains(":node02"), "{acls}");
+    let lio_disk = g.ok(
+        "node02",
+        &format!(
+            "readlink -f /dev/disk/by-path/ip-{}:3260-iscsi-{iqn}-lun-0",
+            address(1)
+        ),
+    );
+    let (wrote, why) = g.sh(
+        "node02",
+        &format!(
+            "dd if=/dev/zero of={} bs=4k count=1 oflag=direct",
+            lio_disk.trim()
+        ),
+    );
+    assert!(!wrote, "a write to the session's disk succeeded: {why}");
+    assert_eq!(
+        digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
+        image
+    );
+    let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for h in HOSTS {
+        assert_eq!(leftovers(&g, h), "", "left on {h}");
+        let lio = g.ok(h, "targetcli ls / | grep -c 'vmt\\.' || true");
+        assert_eq!(lio.trim(), "0", "LIO objects left on {h}");
+    }
     drop(c);
     drop(g);
 }

@@ -266,6 +266,7 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
     let root = o.or("root", d.root);
     let netns = o.or("netns", false);
     let volume_group = o.opt("volume_group");
+    let iscsi_target = o.or("iscsi_target", d.iscsi_target);
     let base_port = o.or("base_port", d.base_port);
     let accel = o.or("accel", d.accel);
     let ssh = match o.raw("ssh") {
@@ -282,6 +283,7 @@ fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ba
         root: root?,
         netns: netns?,
         volume_group: volume_group.ok()?,
+        iscsi_target: iscsi_target?,
         base_port: base_port?,
         accel: accel?,
         ssh: ssh?,

@@ -99,6 +99,10 @@ pub struct Backend {
     /// linux stack: the LVM volume group that holds cache and copy-on-write volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_group: Option<String>,
+    /// linux stack: the iSCSI target implementation: `tgt` (default, tgtadm) or `lio` (the
+    /// kernel's, through targetcli).
+    #[serde(default)]
+    pub iscsi_target: IscsiTarget,
     /// First TCP port of the image exports (NBD on the qemu stack). Each host-image relay
     /// listens on its host's address at this port plus the image's index; hosts that share an
     /// address (all on 127.0.0.1, say) get consecutive ranges in spec order.
@@ -180,6 +184,19 @@ impl Default for Estimate {
     }
 }
 
+/// Which iSCSI target the linux stack exports images with.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IscsiTarget {
+    /// The user-space tgt daemon (`tgtadm`).
+    #[default]
+    Tgt,
+    /// The kernel's LIO target (`targetcli`).
+    Lio,
+}
+
 /// How QEMU guests are accelerated.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize,
@@ -216,6 +233,7 @@ impl Default for Backend {
             root: Backend::default_root(),
             netns: false,
             volume_group: None,
+            iscsi_target: IscsiTarget::Tgt,
             base_port: Backend::default_base_port(),
             accel: Accel::Auto,
             ssh: None,

@@ -253,6 +253,16 @@ fn image_versions_and_clone_networks_are_checked_at_their_path() {
     doc["images"][0]["version"] = json!("7.9-2");
     doc["clones"] = json!({"network": "bridge:br0"});
     assert!(diagnostics(doc.clone()).is_empty());
+    doc["backend"] = json!({"stack": "linux", "volume_group": "vg", "iscsi_target": "lio"});
+    let s = Spec::from_value(&doc).unwrap();
+    assert_eq!(s.backend.iscsi_target, IscsiTarget::Lio);
+    doc["backend"]["iscsi_target"] = json!("iet");
+    let got = diagnostics(doc.clone());
+    assert!(
+        got[0].starts_with("/backend/iscsi_target: unknown variant `iet`"),
+        "{got:?}"
+    );
+    doc["backend"] = json!({});
     doc["images"][0]["version"] = json!("Seven_9");
     doc["clones"] = json!({"network": "br0"});
     let got = diagnostics(doc);

@@ -296,6 +296,16 @@ pub(super) fn read(
     Ok(Some(o))
 }
 
+/// What a create made, read as a refresh reads it.
+fn read_back(stack: &LinuxStack, t: Target<'_>) -> Result<Observed, BackendError> {
+    read(stack, t, &Observed::new())?.ok_or_else(|| {
+        BackendError::new(format!(
+            "{}: dmsetup create succeeded on host {} but the device is not there",
+            t.addr, t.addr.host
+        ))
+    })
+}
+
 /// The cache over the session's disk (through its writable face), on the host's cache
 /// volumes.
 pub(super) fn create_cache(
@@ -322,12 +332,7 @@ pub(super) fn create_cache(
         let table = cache_table(sectors, meta, data, &format!("/dev/mapper/{oname}"));
         stack.run(host, &create_argv(&name, &uuid, &table))?;
     }
-    let mut o = read(stack, t, &Observed::new())?.ok_or_else(|| {
-        BackendError::new(format!(
-            "{}: dmsetup create succeeded on host {host} but the device is not there",
-            t.addr
-        ))
-    })?;
+    let mut o = read_back(stack, t)?;
     o.insert("iqn".into(), iqn.into());
     Ok(o)
 }
@@ -348,12 +353,7 @@ pub(super) fn create_snapshot(
         let table = snapshot_table(sectors, origin, cow);
         stack.run(host, &create_argv(&name, &uuid, &table))?;
     }
-    let mut o = read(stack, t, &Observed::new())?.ok_or_else(|| {
-        BackendError::new(format!(
-            "{}: dmsetup create succeeded on host {host} but the device is not there",
-            t.addr
-        ))
-    })?;
+    let mut o = read_back(stack, t)?;
     // Usage moves with every write of the clone: reported by reads, never drift.
     o.remove("cow_used_sectors");
     Ok(o)

@@ -10,10 +10,18 @@
 use std::io::Read;
 
 use super::names::{by_path, chap_user, TGT_LUN};
-use super::tgt::{account_argv, delete_account_argv, initiator_argv, new_account_argv};
 use super::{args, exit_code, LinuxStack};
-use crate::backend::{dep_attr, BackendError, Observed, Target};
+use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, Kind};
+use crate::spec::IscsiTarget;
+
+/// A child host as its parent's target admits it: by initiator name and CHAP account.
+pub struct Child<'a> {
+    pub iqn: &'a str,
+    pub initiator: &'a str,
+    pub user: &'a str,
+    pub secret: &'a str,
+}
 
 /// Where open-iscsi keeps the host's initiator name.
 pub const INITIATOR_FILE: &str = "/etc/iscsi/initiatorname.iscsi";
@@ -151,6 +159,13 @@ impl LinuxStack {
     }
 }
 
+/// The LUN the parent's target exports the image as (tgt: 1, LIO: 0).
+fn lun_of(deps: &[(Addr, Observed)]) -> u32 {
+    dep_value(deps, Kind::Target, "lun")
+        .and_then(|v| v.as_u64())
+        .map_or(TGT_LUN, |n| n as u32)
+}
+
 fn parent_of(t: Target<'_>) -> &str {
     match t.desired {
         Desired::Session(s) => &s.parent,
@@ -179,10 +194,12 @@ pub(super) fn read(
         return Ok(None);
     }
     let mut o = recorded.clone();
-    let link = by_path(portal, iqn, TGT_LUN);
+    let Some(link) = text(recorded, "device") else {
+        return Ok(None);
+    };
     let dev = stack.run(
         host,
-        &args(&["sh", "-c", r#"readlink -f -- "$1" || true"#, "sh", &link]),
+        &args(&["sh", "-c", r#"readlink -f -- "$1" || true"#, "sh", link]),
     )?;
     o.insert("disk".into(), dev.trim().into());
     Ok(Some(o))
@@ -211,29 +228,24 @@ pub(super) fn create(
     }
 
     // The parent admits this child: its initiator name and a fresh account.
+    let child = Child {
+        iqn: &iqn,
+        initiator: &initiator,
+        user: &user,
+        secret: &secret,
+    };
     {
         let lock = stack.tgt_lock(parent);
         let _held = super::hold(&lock);
-        let tid = stack
-            .tgt_targets(parent)?
-            .into_iter()
-            .find(|x| x.iqn == iqn)
-            .map(|x| x.tid)
-            .ok_or_else(|| {
-                BackendError::new(format!(
-                    "{}: the parent's target {iqn} is not on host {parent}; apply again to recreate it",
-                    t.addr
-                ))
-            })?;
-        let _ = stack.attempt(parent, &account_argv("unbind", tid, &user))?;
-        let _ = stack.attempt(parent, &delete_account_argv(&user))?;
-        stack.run_secret(parent, &new_account_argv(&user, &secret), &secret)?;
-        stack.run(parent, &account_argv("bind", tid, &user))?;
-        match stack.attempt(parent, &initiator_argv("bind", tid, &initiator))? {
-            Ok(_) => {}
-            // Already bound (a re-run): tgt says so and changes nothing.
-            Err(e) if e.stderr.contains("exist") => {}
-            Err(e) => return Err(e.into()),
+        let admitted = match stack.iscsi_target {
+            IscsiTarget::Tgt => super::tgt::admit(stack, parent, &child)?,
+            IscsiTarget::Lio => super::lio::admit(stack, parent, &child)?,
+        };
+        if !admitted {
+            return Err(BackendError::new(format!(
+                "{}: the parent's target {iqn} is not on host {parent}; apply again to recreate it",
+                t.addr
+            )));
         }
     }
 
@@ -267,7 +279,7 @@ pub(super) fn create(
             )))
         }
     }
-    let link = by_path(&portal, &iqn, TGT_LUN);
+    let link = by_path(&portal, &iqn, lun_of(deps));
     let disk = stack.run(host, &wait_link_argv(&link))?;
 
     let mut o = Observed::new();
@@ -300,20 +312,22 @@ pub(super) fn delete(
     // The parent stops admitting this child. Its target may be gone already (it goes with
     // its accounts), or its host may be down: the login is what mattered.
     let parent = parent_of(t);
-    let lock = stack.tgt_lock(parent);
-    let _held = super::hold(&lock);
-    let Ok(targets) = stack.tgt_targets(parent) else {
+    let (Some(user), Some(initiator)) = (text(recorded, "chap_user"), text(recorded, "initiator"))
+    else {
         return Ok(());
     };
-    if let Some(x) = targets.iter().find(|x| x.iqn == iqn) {
-        if let Some(user) = text(recorded, "chap_user") {
-            let _ = stack.attempt(parent, &account_argv("unbind", x.tid, user));
-            let _ = stack.attempt(parent, &delete_account_argv(user));
-        }
-        if let Some(i) = text(recorded, "initiator") {
-            let _ = stack.attempt(parent, &initiator_argv("unbind", x.tid, i));
-        }
-    }
+    let child = Child {
+        iqn,
+        initiator,
+        user,
+        secret: "",
+    };
+    let lock = stack.tgt_lock(parent);
+    let _held = super::hold(&lock);
+    let _ = match stack.iscsi_target {
+        IscsiTarget::Tgt => super::tgt::dismiss(stack, parent, &child),
+        IscsiTarget::Lio => super::lio::dismiss(stack, parent, &child),
+    };
     Ok(())
 }
 

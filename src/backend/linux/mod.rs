@@ -1,4 +1,4 @@
-//! The linux stack: LVM, tgt iSCSI targets, open-iscsi sessions, writethrough dm-cache,
+//! The linux stack: LVM, tgt (or LIO) iSCSI targets, open-iscsi sessions, writethrough dm-cache,
 //! dm-snapshot and libvirt, on real hosts reached over SSH (or this machine).
 //!
 //! Per host and image, bottom-up: `lv` (cache data + metadata volumes, or a clone's
@@ -13,6 +13,7 @@
 
 mod dm;
 mod iscsi;
+mod lio;
 mod lvm;
 pub mod names;
 mod tgt;
@@ -27,7 +28,7 @@ use super::transport::Local;
 use super::{in_parallel, Backend, BackendError, CommandError, Observed, Target, Transport};
 use crate::plan::{Action, OpKind, Plan};
 use crate::resource::{Addr, Desired, Kind};
-use crate::spec::{Accel, Spec, Transport as TransportKind};
+use crate::spec::{Accel, IscsiTarget, Spec, Transport as TransportKind};
 use crate::state::State;
 
 /// How long one command may take before it counts as hung (a login waits for udev, an
@@ -39,6 +40,7 @@ pub struct LinuxStack {
     cluster: String,
     vg: String,
     accel: Accel,
+    iscsi_target: IscsiTarget,
     /// One lock per host for its target daemon: target ids are picked from what it shows,
     /// and accounts are made and bound in steps.
     tgt_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -73,6 +75,7 @@ impl LinuxStack {
                 .clone()
                 .ok_or_else(|| BackendError::new("the linux stack needs backend.volume_group"))?,
             accel: spec.backend.accel,
+            iscsi_target: spec.backend.iscsi_target,
             tgt_locks: Mutex::new(HashMap::new()),
             times: crate::model::OpTimes::new(&spec.estimate),
         })
@@ -126,13 +129,14 @@ fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
 }
 
 /// What each host needs, by the kinds it gets.
-fn tools(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Lv => &["lvs", "lvcreate", "lvremove"],
-        Kind::Session => &["iscsiadm", "udevadm"],
-        Kind::Cache | Kind::Snapshot => &["dmsetup", "blockdev", "dd"],
-        Kind::Target => &["tgtadm"],
-        Kind::Domain => &["virsh"],
+fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
+    match (kind, target) {
+        (Kind::Lv, _) => &["lvs", "lvcreate", "lvremove"],
+        (Kind::Session, _) => &["iscsiadm", "udevadm"],
+        (Kind::Cache | Kind::Snapshot, _) => &["dmsetup", "blockdev", "dd"],
+        (Kind::Target, IscsiTarget::Tgt) => &["tgtadm"],
+        (Kind::Target, IscsiTarget::Lio) => &["targetcli", "dmsetup", "blockdev"],
+        (Kind::Domain, _) => &["virsh"],
     }
 }
 
@@ -141,7 +145,7 @@ impl LinuxStack {
     fn check_host(&self, host: &str, kinds: &[Kind]) -> Result<Vec<String>, BackendError> {
         let mut wanted: Vec<&str> = kinds
             .iter()
-            .flat_map(|k| tools(*k).iter().copied())
+            .flat_map(|k| tools(*k, self.iscsi_target).iter().copied())
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -247,7 +251,10 @@ impl Backend for LinuxStack {
             Kind::Lv => lvm::read(self, t),
             Kind::Session => iscsi::read(self, t, observed),
             Kind::Cache | Kind::Snapshot => dm::read(self, t, observed),
-            Kind::Target => tgt::read(self, t, observed),
+            Kind::Target => match self.iscsi_target {
+                IscsiTarget::Tgt => tgt::read(self, t, observed),
+                IscsiTarget::Lio => lio::read(self, t, observed),
+            },
             Kind::Domain => virsh::read(self, t),
         }
     }
@@ -258,7 +265,10 @@ impl Backend for LinuxStack {
             Kind::Session => iscsi::create(self, t, deps),
             Kind::Cache => dm::create_cache(self, t, deps),
             Kind::Snapshot => dm::create_snapshot(self, t, deps),
-            Kind::Target => tgt::create(self, t, deps),
+            Kind::Target => match self.iscsi_target {
+                IscsiTarget::Tgt => tgt::create(self, t, deps),
+                IscsiTarget::Lio => lio::create(self, t, deps),
+            },
             Kind::Domain => virsh::create(self, t, deps),
         }
     }
@@ -268,7 +278,10 @@ impl Backend for LinuxStack {
             Kind::Lv => lvm::delete(self, t),
             Kind::Session => iscsi::delete(self, t, observed),
             Kind::Cache | Kind::Snapshot => dm::delete(self, t),
-            Kind::Target => tgt::delete(self, t, observed),
+            Kind::Target => match self.iscsi_target {
+                IscsiTarget::Tgt => tgt::delete(self, t, observed),
+                IscsiTarget::Lio => lio::delete(self, t, observed),
+            },
             Kind::Domain => virsh::delete(self, t),
         }
     }

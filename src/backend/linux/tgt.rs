@@ -5,6 +5,7 @@
 //! account to it before logging in, and removes them after logging out. A target is never
 //! deleted while an initiator is still connected to it (an I_T nexus).
 
+use super::iscsi::Child;
 use super::names::{iqn, TGT_LUN};
 use super::LinuxStack;
 use crate::backend::{dep_attr, BackendError, Observed, Target};
@@ -64,37 +65,29 @@ pub fn new_target_argv(tid: u32, iqn: &str) -> Vec<String> {
     ])
 }
 
-pub fn new_lun_argv(tid: u32, path: &str) -> Vec<String> {
-    tgtadm(&[
+/// `--mode logicalunit` on the image's LUN of target `tid`.
+fn lun(op: &str, tid: u32, rest: &[&str]) -> Vec<String> {
+    let (tid, lun) = (tid.to_string(), TGT_LUN.to_string());
+    let head = [
         "--op",
-        "new",
+        op,
         "--mode",
         "logicalunit",
         "--tid",
-        &tid.to_string(),
+        &tid,
         "--lun",
-        &TGT_LUN.to_string(),
-        "--backing-store",
-        path,
-        "--bstype",
-        "rdwr",
-    ])
+        &lun,
+    ];
+    tgtadm(&[&head[..], rest].concat())
+}
+
+pub fn new_lun_argv(tid: u32, path: &str) -> Vec<String> {
+    lun("new", tid, &["--backing-store", path, "--bstype", "rdwr"])
 }
 
 /// Read-only is a parameter `--op new` does not take: it is set right after.
 pub fn readonly_argv(tid: u32) -> Vec<String> {
-    tgtadm(&[
-        "--op",
-        "update",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        &tid.to_string(),
-        "--lun",
-        &TGT_LUN.to_string(),
-        "--params",
-        "readonly=1",
-    ])
+    lun("update", tid, &["--params", "readonly=1"])
 }
 
 pub fn delete_target_argv(tid: u32) -> Vec<String> {
@@ -246,8 +239,8 @@ impl LinuxStack {
         parse_show(&out).map_err(|e| BackendError::new(format!("on host {host}: {e}")))
     }
 
-    /// The IQN of the image version a target exports.
-    fn target_iqn(
+    /// The IQN of the image version a target exports (either implementation).
+    pub(super) fn target_iqn(
         &self,
         t: Target<'_>,
         deps: Option<&[(Addr, Observed)]>,
@@ -277,6 +270,7 @@ impl LinuxStack {
 fn observed(tgt: &TgtTarget, address: &str) -> Observed {
     let mut o = Observed::new();
     o.insert("iqn".into(), tgt.iqn.clone().into());
+    o.insert("lun".into(), TGT_LUN.into());
     o.insert("tid".into(), tgt.tid.into());
     o.insert("portal".into(), format!("{address}:{ISCSI_PORT}").into());
     if let Some(p) = tgt.lun(TGT_LUN).and_then(|l| l.path.clone()) {
@@ -400,6 +394,52 @@ pub(super) fn delete(
             let _ = stack.attempt(host, &delete_account_argv(user))?;
         }
     }
+    Ok(())
+}
+
+/// Binds a child's initiator name and a fresh CHAP account to the target `child.iqn`; false
+/// when there is no such target. The caller holds the host's target lock.
+pub(super) fn admit(stack: &LinuxStack, host: &str, child: &Child) -> Result<bool, BackendError> {
+    let Some(tid) = stack
+        .tgt_targets(host)?
+        .into_iter()
+        .find(|x| x.iqn == child.iqn)
+        .map(|x| x.tid)
+    else {
+        return Ok(false);
+    };
+    let _ = stack.attempt(host, &account_argv("unbind", tid, child.user))?;
+    let _ = stack.attempt(host, &delete_account_argv(child.user))?;
+    stack.run_secret(
+        host,
+        &new_account_argv(child.user, child.secret),
+        child.secret,
+    )?;
+    stack.run(host, &account_argv("bind", tid, child.user))?;
+    match stack.attempt(host, &initiator_argv("bind", tid, child.initiator))? {
+        Ok(_) => {}
+        // Already bound (a re-run): tgt says so and changes nothing.
+        Err(e) if e.stderr.contains("exist") => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(true)
+}
+
+/// Unbinds and deletes what [`admit`] made, as far as it is still there.
+pub(super) fn dismiss(stack: &LinuxStack, host: &str, child: &Child) -> Result<(), BackendError> {
+    if let Some(x) = stack
+        .tgt_targets(host)?
+        .into_iter()
+        .find(|x| x.iqn == child.iqn)
+    {
+        stack
+            .attempt(host, &account_argv("unbind", x.tid, child.user))?
+            .ok();
+        stack
+            .attempt(host, &initiator_argv("unbind", x.tid, child.initiator))?
+            .ok();
+    }
+    stack.attempt(host, &delete_account_argv(child.user))?.ok();
     Ok(())
 }
 
