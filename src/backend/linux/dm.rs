@@ -416,6 +416,16 @@ mod tests {
                 "0 8 linear /dev/sda 0"
             ]
         );
+        assert_eq!(remove_argv("n").join(" "), "dmsetup remove --retry n");
+        assert_eq!(status_argv("n").join(" "), "dmsetup status n");
+        assert_eq!(
+            getsz_argv("/dev/sda").join(" "),
+            "blockdev --getsz /dev/sda"
+        );
+        assert_eq!(
+            info_argv().join(" "),
+            "dmsetup info -c --noheadings --separator | -o name,uuid,attr,open,blkdevs_used"
+        );
     }
 
     /// Captured from dmsetup 1.02.185 (lvm2 2.03.16, Debian 12, kernel 6.1.176) in the test

@@ -349,6 +349,19 @@ mod tests {
             discovery_argv("10.0.0.1:3260").join(" "),
             "iscsiadm -m discovery -t sendtargets -p 10.0.0.1:3260"
         );
+        let p = "10.0.0.1:3260";
+        assert_eq!(
+            logout_argv("iqn.x:y", p).join(" "),
+            "iscsiadm -m node -T iqn.x:y -p 10.0.0.1:3260 --logout"
+        );
+        assert_eq!(
+            node_delete_argv("iqn.x:y", p).join(" "),
+            "iscsiadm -m node -T iqn.x:y -p 10.0.0.1:3260 -o delete"
+        );
+        assert_eq!(sessions_argv().join(" "), "iscsiadm -m session");
+        let wait = wait_link_argv("/dev/disk/by-path/x");
+        assert_eq!(wait[..2], ["sh", "-c"]);
+        assert_eq!(wait[4], "/dev/disk/by-path/x");
         let s = new_secret().unwrap();
         assert_eq!(s.len(), 24);
         assert_ne!(s, new_secret().unwrap());

@@ -216,6 +216,10 @@ mod tests {
         );
         assert_eq!(lvremove_argv("vg0", "x").join(" "), "lvremove -y vg0/x");
         assert_eq!(
+            lvchange_activate_argv("vg0", "x").join(" "),
+            "lvchange -ay vg0/x"
+        );
+        assert_eq!(
             lvs_argv("vg0").join(" "),
             "lvs --reportformat json --units b --nosuffix -o lv_uuid,lv_name,vg_name,lv_size,lv_attr,lv_tags vg0"
         );

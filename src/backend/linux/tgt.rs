@@ -473,6 +473,18 @@ mod tests {
             delete_target_argv(3).join(" "),
             "tgtadm --lld iscsi --op delete --mode target --tid 3"
         );
+        assert_eq!(
+            new_account_argv("u", "s3cret").join(" "),
+            "tgtadm --lld iscsi --op new --mode account --user u --password s3cret"
+        );
+        assert_eq!(
+            delete_account_argv("u").join(" "),
+            "tgtadm --lld iscsi --op delete --mode account --user u"
+        );
+        assert_eq!(
+            show_argv().join(" "),
+            "tgtadm --lld iscsi --op show --mode target"
+        );
     }
 
     /// Captured from tgt 1.0.85 (Debian 12) in the test guest: a source target with one

@@ -296,6 +296,18 @@ mod tests {
         user.network = None;
         assert!(domain_xml(&user, "/d", "kvm").contains("<interface type='user'>"));
         assert!(define_argv("<domain/>").contains(&"<domain/>".to_string()));
+        for (argv, verb) in [
+            (start_argv("d"), "start"),
+            (destroy_argv("d"), "destroy"),
+            (undefine_argv("d"), "undefine"),
+            (domstate_argv("d"), "domstate"),
+            (dumpxml_argv("d"), "dumpxml"),
+        ] {
+            assert_eq!(
+                argv.join(" "),
+                format!("virsh -q -c qemu:///system {verb} d")
+            );
+        }
     }
 
     /// Captured from libvirt 9.0.0 (Debian 12) in the test guest: `virsh dumpxml` of a domain
