@@ -113,14 +113,15 @@ fn digest(g: &Guests, host: &str, path: &str, mib: u32) -> String {
     out.split_whitespace().next().unwrap().to_string()
 }
 
-/// What vmthunder may have left on a host: LVs, dm devices, sessions, targets, CHAP accounts,
-/// domains.
+/// What vmthunder may have left on a host: LVs, dm devices, sessions, tgt targets and CHAP
+/// accounts (none to list once tgtd is stopped for the LIO run), domains.
 fn leftovers(g: &Guests, host: &str) -> String {
     g.ok(
         host,
         "lvs --noheadings -o lv_name vg_vmthunder; dmsetup ls | grep -v '^No devices found'; \
-         iscsiadm -m session 2>/dev/null; tgtadm --lld iscsi --op show --mode target; \
-         tgtadm --lld iscsi --op show --mode account | grep -v '^Account list:'; \
+         iscsiadm -m session 2>/dev/null; \
+         tgtadm --lld iscsi --op show --mode target 2>/dev/null; \
+         tgtadm --lld iscsi --op show --mode account 2>/dev/null | grep -v '^Account list:'; \
          virsh -q -c qemu:///system list --all --name; true",
     )
     .trim()
