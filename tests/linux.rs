@@ -104,6 +104,21 @@ fn spec(iscsi_target: &str) -> serde_json::Value {
     })
 }
 
+/// A write to the disk `host`'s session to `parent`'s target has (LUN `lun`) fails: the
+/// target exports it read-only.
+fn assert_read_only(g: &Guests, host: &str, parent: &str, iqn: &str, lun: u32) {
+    let link = format!("/dev/disk/by-path/ip-{parent}:3260-iscsi-{iqn}-lun-{lun}");
+    let disk = g.ok(host, &format!("readlink -f {link}"));
+    let (wrote, why) = g.sh(
+        host,
+        &format!(
+            "dd if=/dev/zero of={} bs=4k count=1 oflag=direct",
+            disk.trim()
+        ),
+    );
+    assert!(!wrote, "on {host}: a write to {link} succeeded: {why}");
+}
+
 /// sha256 of the first `mib` MiB of `path` on `host`.
 fn digest(g: &Guests, host: &str, path: &str, mib: u32) -> String {
     let out = g.ok(
@@ -190,21 +205,7 @@ fn linux_stack_end_to_end_in_guest_vms() {
     let state = g.ok("node02", "virsh -c qemu:///system domstate base-node02-0");
     assert_eq!(state.trim(), "running");
     // The session's disk refuses writes: the target exports it read-only.
-    let disk = g.ok(
-        "node01",
-        &format!(
-            "readlink -f /dev/disk/by-path/ip-{}:3260-iscsi-{iqn}-lun-1",
-            address(0)
-        ),
-    );
-    let (wrote, why) = g.sh(
-        "node01",
-        &format!(
-            "dd if=/dev/zero of={} bs=4k count=1 oflag=direct",
-            disk.trim()
-        ),
-    );
-    assert!(!wrote, "a write to the session's disk succeeded: {why}");
+    assert_read_only(&g, "node01", &address(0), iqn, 1);
 
     // Data read through node02's clone disk (its snapshot, over its cache, over node01's
     // cache, over the image) is the image. The clone may write its last MiB as it boots.
@@ -271,21 +272,7 @@ fn linux_stack_end_to_end_in_guest_vms() {
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let acls = g.ok("node01", &format!("targetcli ls /iscsi/{iqn}/tpg1/acls"));
     assert!(acls.contains(":node02"), "{acls}");
-    let lio_disk = g.ok(
-        "node02",
-        &format!(
-            "readlink -f /dev/disk/by-path/ip-{}:3260-iscsi-{iqn}-lun-0",
-            address(1)
-        ),
-    );
-    let (wrote, why) = g.sh(
-        "node02",
-        &format!(
-            "dd if=/dev/zero of={} bs=4k count=1 oflag=direct",
-            lio_disk.trim()
-        ),
-    );
-    assert!(!wrote, "a write to the session's disk succeeded: {why}");
+    assert_read_only(&g, "node02", &address(1), iqn, 0);
     assert_eq!(
         digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
         image

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::dm::{create_argv, getsz_argv, info_argv, parse_info, remove_argv};
 use super::iscsi::Child;
+use super::tgt::{address, still_in_use};
 use super::{args, LinuxStack};
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::graph::ISCSI_PORT;
@@ -194,14 +195,6 @@ fn observed(cfg: &LioConfig, t: &LioTarget, address: &str) -> Observed {
     o
 }
 
-fn address(t: Target<'_>) -> &str {
-    match t.desired {
-        Desired::Target(TargetAttrs::Image { address, .. })
-        | Desired::Target(TargetAttrs::Cache { address, .. }) => address,
-        _ => unreachable!("target attributes"),
-    }
-}
-
 pub(super) fn read(
     stack: &LinuxStack,
     t: Target<'_>,
@@ -344,12 +337,7 @@ pub(super) fn delete(
             .map(String::from)
             .collect();
         if !who.is_empty() {
-            return Err(BackendError::new(format!(
-                "{}: refusing to delete target {name} on host {host}: {} still logged in: {}. Delete their sessions in the same apply, or log them out (iscsiadm -m node -T {name} --logout on each)",
-                t.addr,
-                if who.len() == 1 { "an initiator is" } else { "initiators are" },
-                who.join(", ")
-            )));
+            return Err(still_in_use(t, &name, &who));
         }
         stack.run(host, &targetcli(&["/iscsi", "delete", &name]))?;
     }

@@ -283,12 +283,25 @@ fn observed(tgt: &TgtTarget, address: &str) -> Observed {
     o
 }
 
-fn address(t: Target<'_>) -> &str {
+/// Where a target listens (either implementation).
+pub(super) fn address(t: Target<'_>) -> &str {
     match t.desired {
         Desired::Target(TargetAttrs::Image { address, .. })
         | Desired::Target(TargetAttrs::Cache { address, .. }) => address,
         _ => unreachable!("target attributes"),
     }
+}
+
+/// The refusal to delete a target that initiators are still logged in to (either
+/// implementation): `who` names them.
+pub(super) fn still_in_use(t: Target<'_>, iqn: &str, who: &[String]) -> BackendError {
+    BackendError::new(format!(
+        "{}: refusing to delete target {iqn} on host {}: {} still logged in: {}. Delete their sessions in the same apply, or log them out (iscsiadm -m node -T {iqn} --logout on each)",
+        t.addr,
+        t.addr.host,
+        if who.len() == 1 { "an initiator is" } else { "initiators are" },
+        who.join(", ")
+    ))
 }
 
 pub(super) fn read(
@@ -380,12 +393,7 @@ pub(super) fn delete(
     };
     if !x.nexus.is_empty() {
         let who: Vec<String> = x.nexus.iter().map(|(i, a)| format!("{i} ({a})")).collect();
-        return Err(BackendError::new(format!(
-            "{}: refusing to delete target {name} on host {host}: {} still logged in: {}. Delete their sessions in the same apply, or log them out (iscsiadm -m node -T {name} --logout on each)",
-            t.addr,
-            if who.len() == 1 { "an initiator is" } else { "initiators are" },
-            who.join(", ")
-        )));
+        return Err(still_in_use(t, &name, &who));
     }
     stack.run(host, &delete_target_argv(x.tid))?;
     // The children's accounts were bound to it only: they go with it.
