@@ -99,8 +99,8 @@ pub fn getsz_argv(dev: &str) -> Vec<String> {
     args(&["blockdev", "--getsz", dev])
 }
 
-/// Zeroes the first 64 KiB of a volume: a stale cache superblock or snapshot header would
-/// otherwise be taken as valid.
+/// Zeroes the first 64 KiB of a volume: a stale cache superblock would otherwise be taken as
+/// valid.
 pub fn zero_header_argv(dev: &str) -> Vec<String> {
     vec![
         "dd".into(),
@@ -349,7 +349,10 @@ pub(super) fn create_snapshot(
         let origin = dep_attr(deps, Kind::Cache, "device")?;
         let cow = dep_attr(deps, Kind::Lv, "path")?;
         let sectors = stack.sectors(host, origin)?;
-        stack.run(host, &zero_header_argv(cow))?;
+        // The copy-on-write volume is not zeroed here: `lvcreate -Zy` zeroed its header when
+        // it was made, and a volume that already holds a snapshot (the device is gone after a
+        // host reboot, say) holds the clone's writes, which the persistent snapshot takes up
+        // again instead of losing them.
         let table = snapshot_table(sectors, origin, cow);
         stack.run(host, &create_argv(&name, &uuid, &table))?;
     }
