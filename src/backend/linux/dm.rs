@@ -89,6 +89,11 @@ pub fn shim_table(sectors: u64, disk: &str, shim: &str) -> String {
     format!("0 {sectors} snapshot {disk} {shim} N 8")
 }
 
+/// A table that maps all `sectors` of `dev` as they are.
+pub fn linear_table(sectors: u64, dev: &str) -> String {
+    format!("0 {sectors} linear {dev} 0")
+}
+
 /// A persistent snapshot table over `origin` of `sectors`.
 pub fn snapshot_table(sectors: u64, origin: &str, cow: &str) -> String {
     format!("0 {sectors} snapshot {origin} {cow} P {SNAPSHOT_CHUNK_SECTORS}")
@@ -196,7 +201,7 @@ pub fn parse_cache_status(line: &str) -> Result<CacheStatus, String> {
 }
 
 impl LinuxStack {
-    fn dm_devices(&self, host: &str) -> Result<Vec<DmInfo>, BackendError> {
+    pub(super) fn dm_devices(&self, host: &str) -> Result<Vec<DmInfo>, BackendError> {
         Ok(parse_info(&self.run(host, &info_argv())?))
     }
 
@@ -207,7 +212,7 @@ impl LinuxStack {
         ours(&all, &name, &uuid, addr)
     }
 
-    fn sectors(&self, host: &str, dev: &str) -> Result<u64, BackendError> {
+    pub(super) fn sectors(&self, host: &str, dev: &str) -> Result<u64, BackendError> {
         let out = self.run(host, &getsz_argv(dev))?;
         out.trim().parse().map_err(|_| {
             BackendError::new(format!(
@@ -222,7 +227,7 @@ impl LinuxStack {
 }
 
 /// The device named `name` in `all`, if there is one, and it is vmthunder's (has `uuid`).
-fn ours(
+pub(super) fn ours(
     all: &[DmInfo],
     name: &str,
     uuid: &str,
@@ -394,6 +399,10 @@ mod tests {
         assert_eq!(
             cache_table(131072, "/dev/vg/m", "/dev/vg/d", "/dev/sdb"),
             "0 131072 cache /dev/vg/m /dev/vg/d /dev/sdb 512 1 writethrough smq 0"
+        );
+        assert_eq!(
+            linear_table(131072, "/dev/mapper/c"),
+            "0 131072 linear /dev/mapper/c 0"
         );
         assert_eq!(
             shim_table(131072, "/dev/sdb", "/dev/vg/shim"),

@@ -9,10 +9,10 @@
 
 use serde::Deserialize;
 
-use super::dm::{create_argv, getsz_argv, info_argv, parse_info, remove_argv};
+use super::dm::{create_argv, linear_table, ours, remove_argv};
 use super::iscsi::Child;
-use super::tgt::{address, still_in_use};
-use super::{args, LinuxStack};
+use super::names::export_name;
+use super::{address, args, still_in_use, LinuxStack};
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::graph::ISCSI_PORT;
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
@@ -161,15 +161,9 @@ pub fn logged_in_argv(iqn: &str) -> Vec<String> {
     ])
 }
 
-/// The backstore and, on a relay, the linear wrapper of the cache LIO claims instead of it.
+/// The name of an image's backstore (`fileio` on the source, `block` on a relay).
 fn backstore_name(stack: &LinuxStack, image: &str) -> String {
     format!("vmt.{}.{image}", stack.cluster)
-}
-
-fn wrapper(stack: &LinuxStack, image: &str) -> (String, String) {
-    let name = format!("vmt.{}.{image}.export", stack.cluster);
-    let uuid = format!("VMT-{name}");
-    (name, uuid)
 }
 
 impl LinuxStack {
@@ -221,11 +215,8 @@ pub(super) fn create(
     // The backstore: the image file, or a read-only block device over the cache's wrapper.
     let path = match t.desired {
         Desired::Target(TargetAttrs::Image { path, .. }) => {
-            if !cfg
-                .storage_objects
-                .iter()
-                .any(|o| o.plugin == "fileio" && o.name == store)
-            {
+            let object = format!("/backstores/fileio/{store}");
+            if cfg.object(&object).is_none() {
                 let file = format!("file_or_dev={path}");
                 let name = format!("name={store}");
                 stack.run(
@@ -239,24 +230,17 @@ pub(super) fn create(
                     ]),
                 )?;
             }
-            format!("/backstores/fileio/{store}")
+            object
         }
         _ => {
             let cache = dep_attr(deps, Kind::Cache, "device")?;
-            let (wname, wuuid) = wrapper(stack, &t.addr.image);
-            if !parse_info(&stack.run(host, &info_argv())?)
-                .iter()
-                .any(|d| d.name == wname)
-            {
-                let sectors = stack.run(host, &getsz_argv(cache))?;
-                let table = format!("0 {} linear {cache} 0", sectors.trim());
+            let (wname, wuuid) = export_name(&stack.cluster, &t.addr.image);
+            if ours(&stack.dm_devices(host)?, &wname, &wuuid, t.addr)?.is_none() {
+                let table = linear_table(stack.sectors(host, cache)?, cache);
                 stack.run(host, &create_argv(&wname, &wuuid, &table))?;
             }
-            if !cfg
-                .storage_objects
-                .iter()
-                .any(|o| o.plugin == "block" && o.name == store)
-            {
+            let object = format!("/backstores/block/{store}");
+            if cfg.object(&object).is_none() {
                 let dev = format!("dev=/dev/mapper/{wname}");
                 let name = format!("name={store}");
                 stack.run(
@@ -264,7 +248,7 @@ pub(super) fn create(
                     &targetcli(&["/backstores/block", "create", &name, &dev, "readonly=true"]),
                 )?;
             }
-            format!("/backstores/block/{store}")
+            object
         }
     };
     let tpg = format!("/iscsi/{name}/tpg1");
@@ -344,9 +328,8 @@ pub(super) fn delete(
     let store = backstore_name(stack, &t.addr.image);
     for plugin in ["fileio", "block"] {
         if cfg
-            .storage_objects
-            .iter()
-            .any(|o| o.plugin == plugin && o.name == store)
+            .object(&format!("/backstores/{plugin}/{store}"))
+            .is_some()
         {
             stack.run(
                 host,
@@ -354,8 +337,9 @@ pub(super) fn delete(
             )?;
         }
     }
-    let (wname, wuuid) = wrapper(stack, &t.addr.image);
-    if parse_info(&stack.run(host, &info_argv())?)
+    let (wname, wuuid) = export_name(&stack.cluster, &t.addr.image);
+    if stack
+        .dm_devices(host)?
         .iter()
         .any(|d| d.name == wname && d.uuid == wuuid)
     {

@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use super::ssh::{Endpoint, SshTransport};
 use super::transport::Local;
-use super::{in_parallel, Backend, BackendError, CommandError, Observed, Target, Transport};
+use super::{
+    dep_attr, in_parallel, Backend, BackendError, CommandError, Observed, Target, Transport,
+};
 use crate::plan::{Action, OpKind, Plan};
-use crate::resource::{Addr, Desired, Kind};
+use crate::resource::{Addr, Desired, Kind, TargetAttrs};
 use crate::spec::{Accel, IscsiTarget, Spec, Transport as TransportKind};
 use crate::state::State;
 
@@ -121,11 +123,59 @@ impl LinuxStack {
             .or_default()
             .clone()
     }
+
+    /// The IQN of the image version a target exports (either implementation).
+    fn target_iqn(
+        &self,
+        t: Target<'_>,
+        deps: Option<&[(Addr, Observed)]>,
+        recorded: &Observed,
+    ) -> Result<String, BackendError> {
+        match t.desired {
+            Desired::Target(TargetAttrs::Image { version, .. }) => Ok(names::iqn(
+                &self.cluster,
+                &t.addr.image,
+                version.as_deref().unwrap_or("1"),
+            )),
+            // A relay exports what it receives, under the same name.
+            _ => match deps {
+                Some(d) => Ok(dep_attr(d, Kind::Cache, "iqn")?.to_string()),
+                None => recorded
+                    .get("iqn")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+                    .ok_or_else(|| {
+                        BackendError::new(format!("{}: no IQN recorded for it", t.addr))
+                    }),
+            },
+        }
+    }
 }
 
 /// Holds a lock (a poisoned one too: the daemon's state is re-read under it anyway).
 fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a target listens (either implementation).
+fn address(t: Target<'_>) -> &str {
+    match t.desired {
+        Desired::Target(TargetAttrs::Image { address, .. })
+        | Desired::Target(TargetAttrs::Cache { address, .. }) => address,
+        _ => unreachable!("target attributes"),
+    }
+}
+
+/// The refusal to delete a target that initiators are still logged in to (either
+/// implementation): `who` names them.
+fn still_in_use(t: Target<'_>, iqn: &str, who: &[String]) -> BackendError {
+    BackendError::new(format!(
+        "{}: refusing to delete target {iqn} on host {}: {} still logged in: {}. Delete their sessions in the same apply, or log them out (iscsiadm -m node -T {iqn} --logout on each)",
+        t.addr,
+        t.addr.host,
+        if who.len() == 1 { "an initiator is" } else { "initiators are" },
+        who.join(", ")
+    ))
 }
 
 /// What each host needs, by the kinds it gets.

@@ -42,17 +42,25 @@ pub fn lvs_of(cluster: &str, addr: &Addr) -> Vec<String> {
 /// writes to it (the cache is writethrough, its users only read): a stray write would land in
 /// the snapshot's small shim volume, never on the image.
 pub fn origin_name(cluster: &str, image: &str) -> (String, String) {
-    let name = format!("vmt.{cluster}.{image}.origin");
-    let uuid = format!("VMT-{name}");
-    (name, uuid)
+    with_uuid(format!("vmt.{cluster}.{image}.origin"))
 }
 
-/// A device-mapper device: its name and its UUID (`VMT-` and the name).
+/// The `linear` wrapper of a relay's cache that LIO exports (it claims a block device
+/// exclusively, and the clones' snapshots hold the cache), and its UUID.
+pub fn export_name(cluster: &str, image: &str) -> (String, String) {
+    with_uuid(format!("vmt.{cluster}.{image}.export"))
+}
+
+/// A device-mapper device: its name and its UUID.
 pub fn dm_name(cluster: &str, addr: &Addr) -> (String, String) {
-    let name = match addr.n {
+    with_uuid(match addr.n {
         Some(n) => format!("vmt.{cluster}.{}.snap{n}", addr.image),
         None => format!("vmt.{cluster}.{}.cache", addr.image),
-    };
+    })
+}
+
+/// A device-mapper name and the UUID vmthunder gives it: `VMT-` and the name.
+fn with_uuid(name: String) -> (String, String) {
     let uuid = format!("VMT-{name}");
     (name, uuid)
 }

@@ -6,8 +6,8 @@
 //! deleted while an initiator is still connected to it (an I_T nexus).
 
 use super::iscsi::Child;
-use super::names::{iqn, TGT_LUN};
-use super::LinuxStack;
+use super::names::TGT_LUN;
+use super::{address, still_in_use, LinuxStack};
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::graph::ISCSI_PORT;
 use crate::resource::{Addr, Desired, Kind, TargetAttrs};
@@ -238,33 +238,6 @@ impl LinuxStack {
         let out = self.run(host, &show_argv())?;
         parse_show(&out).map_err(|e| BackendError::new(format!("on host {host}: {e}")))
     }
-
-    /// The IQN of the image version a target exports (either implementation).
-    pub(super) fn target_iqn(
-        &self,
-        t: Target<'_>,
-        deps: Option<&[(Addr, Observed)]>,
-        recorded: &Observed,
-    ) -> Result<String, BackendError> {
-        match t.desired {
-            Desired::Target(TargetAttrs::Image { version, .. }) => Ok(iqn(
-                &self.cluster,
-                &t.addr.image,
-                version.as_deref().unwrap_or("1"),
-            )),
-            // A relay exports what it receives, under the same name.
-            _ => match deps {
-                Some(d) => Ok(dep_attr(d, Kind::Cache, "iqn")?.to_string()),
-                None => recorded
-                    .get("iqn")
-                    .and_then(|v| v.as_str())
-                    .map(String::from)
-                    .ok_or_else(|| {
-                        BackendError::new(format!("{}: no IQN recorded for it", t.addr))
-                    }),
-            },
-        }
-    }
 }
 
 fn observed(tgt: &TgtTarget, address: &str) -> Observed {
@@ -281,27 +254,6 @@ fn observed(tgt: &TgtTarget, address: &str) -> Observed {
         tgt.lun(TGT_LUN).is_some_and(|l| l.readonly).into(),
     );
     o
-}
-
-/// Where a target listens (either implementation).
-pub(super) fn address(t: Target<'_>) -> &str {
-    match t.desired {
-        Desired::Target(TargetAttrs::Image { address, .. })
-        | Desired::Target(TargetAttrs::Cache { address, .. }) => address,
-        _ => unreachable!("target attributes"),
-    }
-}
-
-/// The refusal to delete a target that initiators are still logged in to (either
-/// implementation): `who` names them.
-pub(super) fn still_in_use(t: Target<'_>, iqn: &str, who: &[String]) -> BackendError {
-    BackendError::new(format!(
-        "{}: refusing to delete target {iqn} on host {}: {} still logged in: {}. Delete their sessions in the same apply, or log them out (iscsiadm -m node -T {iqn} --logout on each)",
-        t.addr,
-        t.addr.host,
-        if who.len() == 1 { "an initiator is" } else { "initiators are" },
-        who.join(", ")
-    ))
 }
 
 pub(super) fn read(

@@ -232,12 +232,16 @@ pub(super) fn create(
     let d = attrs(t);
     let host = &*t.addr.host;
     let disk = dep_attr(deps, Kind::Snapshot, "device")?.to_string();
-    if read(stack, t)?.is_none() {
-        let xml = domain_xml(d, &disk, stack.virt_type(host)?);
-        stack.run(host, &define_argv(&xml))?;
-    }
-    let state = stack.run(host, &domstate_argv(&d.name))?;
-    if state.trim() != "running" {
+    // A domain left by an interrupted create is adopted (its UUID checked by `read`).
+    let running = match read(stack, t)? {
+        Some(o) => o.get("state").and_then(|v| v.as_str()) == Some("running"),
+        None => {
+            let xml = domain_xml(d, &disk, stack.virt_type(host)?);
+            stack.run(host, &define_argv(&xml))?;
+            false
+        }
+    };
+    if !running {
         stack.run(host, &start_argv(&d.name))?;
     }
     read(stack, t)?.ok_or_else(|| {
