@@ -18,3 +18,4 @@ pub mod resource;
 pub mod size;
 pub mod spec;
 pub mod state;
+pub mod text;

@@ -245,6 +245,51 @@ pub fn image_tree<'s>(
     (names, tree)
 }
 
+/// The longest any operation may take under the model: a week. A longer one is a mistake in
+/// the spec's `estimate` (or a cluster no link could serve), and the sim stack would sleep it.
+pub const MAX_OP_SECS: f64 = 7.0 * 86_400.0;
+
+/// Whether every duration the model derives from `spec` (a clone's read of its image's
+/// working set through its place in a fresh tree) is finite and at most [`MAX_OP_SECS`];
+/// otherwise a diagnostic at the spec field that makes it long.
+pub fn check(spec: &Spec) -> Option<crate::spec::Diagnostic> {
+    let e = &spec.estimate;
+    let model = Model::new(spec, None);
+    let link = model.link;
+    let (i, tree, secs) = model
+        .trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, t, t.reads.iter().copied().fold(0.0, f64::max)))
+        .max_by(|a, b| a.2.total_cmp(&b.2))?;
+    if secs.is_finite() && secs <= MAX_OP_SECS {
+        return None;
+    }
+    // Name what dominates: the stream itself, the hops' windows, or their round trips.
+    let depth = tree.tree.depth.iter().copied().max().unwrap_or(0) as f64;
+    let stream = tree.working_set / link.payload;
+    let windows = depth * link.window.min(tree.working_set) / link.payload;
+    let trips = depth * 2.0 * link.latency;
+    let path = if trips >= stream.max(windows) {
+        "/estimate/latency_ms".to_string()
+    } else if windows > stream {
+        "/estimate/hop_window".to_string()
+    } else if e.working_set.is_some() {
+        "/estimate/working_set".to_string()
+    } else if spec.images[i].size.is_some_and(|s| s.bytes() < 64 << 20) {
+        format!("/images/{i}/size")
+    } else {
+        "/estimate/link_rate".to_string()
+    };
+    Some(crate::spec::Diagnostic {
+        path,
+        message: format!(
+            "the model gives the slowest host of image {:?} {secs:.3e} s to read its {} B working set at {} per link ({} hops deep): longer than a week, which no apply waits for; raise estimate.link_rate or lower the working set, hop_window or latency_ms",
+            tree.image, tree.working_set, e.link_rate, depth
+        ),
+    })
+}
+
 /// The degree the spec asks for, or for `"auto"` the one the model finds fastest.
 pub fn degree(spec: &Spec) -> u32 {
     match spec.tree.degree {

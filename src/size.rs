@@ -29,6 +29,10 @@ const UNITS: [(&str, u64); 13] = [
 ];
 
 impl Size {
+    /// The largest size anything takes: QEMU's block layer and LVM stop at 2^63 - 1 bytes
+    /// (`qemu-img create` says "Must be between 0 and 9223372036854775807").
+    pub const MAX: Size = Size(i64::MAX as u64);
+
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -72,7 +76,12 @@ impl Size {
         };
         value
             .map(Size)
-            .ok_or_else(|| format!("invalid size {text:?}: too large"))
+            .and_then(Size::within)
+            .ok_or_else(|| format!("invalid size {text:?}: too large (at most 8EiB - 1B, 9223372036854775807 bytes, what QEMU and LVM take)"))
+    }
+
+    fn within(self) -> Option<Size> {
+        (self <= Size::MAX).then_some(self)
     }
 }
 
@@ -102,7 +111,7 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a size like \"1GiB\" or a number of bytes")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
-                Ok(Size(v))
+                Size::parse(&v.to_string()).map_err(E::custom)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
                 u64::try_from(v)
@@ -125,7 +134,7 @@ impl JsonSchema for Size {
         schemars::json_schema!({
             "description": "A size: a number of bytes, or a string with a unit such as \"512MiB\", \"1GiB\", \"10GB\".",
             "oneOf": [
-                { "type": "integer", "minimum": 0 },
+                { "type": "integer", "minimum": 0, "maximum": 9223372036854775807_u64 },
                 { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B?|B)?\\s*$" }
             ]
         })
@@ -146,6 +155,11 @@ const RATE_UNITS: [(&str, f64); 5] = [
 ];
 
 impl Rate {
+    /// The slowest link the model takes: 1kbit.
+    pub const MIN: Rate = Rate(1e3);
+    /// The fastest: 10tbit.
+    pub const MAX: Rate = Rate(1e13);
+
     /// Bytes per second on the wire.
     pub fn bytes_per_sec(self) -> f64 {
         self.0 / 8.0
@@ -172,8 +186,13 @@ impl Rate {
                     format!("invalid rate {text:?}: unknown unit {unit:?} (use bit, kbit, mbit, gbit or tbit)")
                 })?
         };
-        if !(value * mult > 0.0 && (value * mult).is_finite()) {
-            return Err(format!("invalid rate {text:?}: must be above zero"));
+        let bits = value * mult;
+        if !(Rate::MIN.0..=Rate::MAX.0).contains(&bits) {
+            return Err(format!(
+                "invalid rate {text:?}: use {} to {} (slower than a modem carries no disk image; no NIC is faster)",
+                Rate::MIN,
+                Rate::MAX
+            ));
         }
         Ok(Rate(value * mult))
     }
@@ -234,7 +253,7 @@ impl JsonSchema for Rate {
         schemars::json_schema!({
             "description": "A link rate in bits per second: a number, or a string with a unit such as \"200mbit\", \"1gbit\", \"10gbit\".",
             "oneOf": [
-                { "type": "number", "exclusiveMinimum": 0 },
+                { "type": "number", "minimum": 1e3, "maximum": 1e13 },
                 { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([kmgt]?bit)?\\s*$" }
             ]
         })

@@ -300,7 +300,7 @@ fn bad_specs_fail_clearly_and_write_nothing() {
         for line in [
             "Error: spec `bad.json` is invalid (3 errors):",
             "  /images/0/source_host: unknown host \"img9\"",
-            "  /tree/degree: must be at least 1",
+            "  /tree/degree: invalid value 0: expected a tree degree: a number, or \"auto\"",
             "  /clones/per_hots: unknown field \"per_hots\" (did you mean \"per_host\"?)",
         ] {
             assert!(err.contains(line), "{args:?}: missing {line:?} in\n{err}");
@@ -322,6 +322,31 @@ fn bad_specs_fail_clearly_and_write_nothing() {
         .map(|d| d["path"].as_str().unwrap())
         .collect();
     assert!(paths.contains(&"/images/0/source_host"), "{paths:?}");
+
+    // A FIFO (or any file that is not a regular one) is refused at once instead of blocking
+    // the command until a writer comes.
+    let fifo = dir.path().join("spec.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for args in [
+        &["validate", "-f", "spec.fifo"][..],
+        &["plan", "-f", "spec.fifo"],
+    ] {
+        let started = std::time::Instant::now();
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains(
+                "failed to read spec `spec.fifo`\n  caused by: it is a FIFO, not a regular file"
+            ),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
 
     std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
     let o = run(dir.path(), &["plan", "-f", "broken.json"]);

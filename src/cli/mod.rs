@@ -375,7 +375,9 @@ pub fn main() -> i32 {
     };
     match run(cli.command, color) {
         Ok(code) => code,
-        Err(f) => {
+        Err(mut f) => {
+            // The one place every failure is shown: quoted values stay readable however long.
+            f.message = crate::text::cut(&f.message).into_owned();
             if json_events {
                 progress::write_event(&events::Event::new(
                     f.message.clone(),

@@ -1,16 +1,18 @@
-//! Structural decoding of a spec document that keeps going after an error.
+//! Decoding a spec document that keeps going after an error.
 //!
-//! serde stops at the first problem; users want all of them at once, each with its JSON path.
-//! Every object is read field by field here, leaves through serde, and whatever decoded is kept
-//! in a [`Draft`] so the semantic checks can still run on the valid parts.
+//! Users want every problem at once, each with its JSON path. The document is first checked
+//! against the spec's JSON Schema (`schema`), which reports all structural errors; then each
+//! part the schema found nothing wrong in is decoded by serde on its own (a host, an image,
+//! the clones, ...) and kept in a [`Draft`], so the semantic checks still run on the valid
+//! parts.
 
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{Backend, CacheSpec, Clones, Estimate, Host, Image, Spec, Ssh, Tree};
+use super::{Backend, CacheSpec, Clones, Estimate, Host, Image, Spec, Tree};
 
 /// One problem in a spec, at a JSON Pointer path (`/images/0/source_host`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,10 +38,11 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Records a problem; a message that quotes a huge value is cut (`crate::text::cut`).
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Diagnostic {
-            path: path.into(),
-            message: message.into(),
+            path: crate::text::cut(&path.into()).into_owned(),
+            message: crate::text::cut(&message.into()).into_owned(),
         });
     }
     pub fn is_empty(&self) -> bool {
@@ -90,337 +93,162 @@ impl Draft {
     }
 }
 
-/// Reads one JSON object field by field, recording problems under its path.
-struct Obj<'v, 'd> {
-    map: &'v Map<String, Value>,
-    path: String,
-    known: Vec<&'static str>,
-    diags: &'d mut Diagnostics,
-    ok: bool,
-}
-
-impl<'v, 'd> Obj<'v, 'd> {
-    fn open(value: &'v Value, path: String, diags: &'d mut Diagnostics) -> Option<Obj<'v, 'd>> {
-        match value {
-            Value::Object(map) => Some(Obj {
-                map,
-                path,
-                known: Vec::new(),
-                diags,
-                ok: true,
-            }),
-            other => {
-                diags.push(
-                    path,
-                    format!("invalid type: {}, expected an object", kind_of(other)),
-                );
-                None
-            }
-        }
-    }
-
-    fn raw(&mut self, key: &'static str) -> Option<&'v Value> {
-        self.known.push(key);
-        self.map.get(key)
-    }
-
-    fn child(&self, key: &str) -> String {
-        format!("{}/{}", self.path, key)
-    }
-
-    fn leaf<T: DeserializeOwned>(&mut self, key: &'static str, value: &Value) -> Option<T> {
-        match T::deserialize(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.ok = false;
-                self.diags.push(self.child(key), clean_serde_message(&e));
-                None
-            }
-        }
-    }
-
-    /// A required leaf.
-    fn req<T: DeserializeOwned>(&mut self, key: &'static str) -> Option<T> {
-        match self.raw(key) {
-            Some(v) => self.leaf(key, v),
-            None => {
-                self.ok = false;
-                let path = self.path.clone();
-                self.diags
-                    .push(path, format!("missing required field \"{key}\""));
-                None
-            }
-        }
-    }
-
-    /// An optional leaf; `Ok(None)` when absent or null, `Err(())` when present but invalid.
-    fn opt<T: DeserializeOwned>(&mut self, key: &'static str) -> Result<Option<T>, ()> {
-        match self.raw(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => self.leaf(key, v).map(Some).ok_or(()),
-        }
-    }
-
-    /// An optional leaf with a default.
-    fn or<T: DeserializeOwned>(&mut self, key: &'static str, default: T) -> Option<T> {
-        self.opt(key).ok().map(|v| v.unwrap_or(default))
-    }
-
-    /// Reports unknown fields and tells whether everything read was valid.
-    fn close(self) -> bool {
-        let mut ok = self.ok;
-        for key in self.map.keys() {
-            if !self.known.contains(&key.as_str()) {
-                ok = false;
-                let mut expected = self.known.clone();
-                expected.retain(|k| !k.starts_with('$'));
-                self.diags.push(
-                    format!("{}/{}", self.path, escape(key)),
-                    format!(
-                        "unknown field \"{key}\"{}, expected one of {}",
-                        suggest(key, &expected)
-                            .map(|s| format!(" (did you mean \"{s}\"?)"))
-                            .unwrap_or_default(),
-                        expected
-                            .iter()
-                            .map(|k| format!("\"{k}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-            }
-        }
-        ok
-    }
-}
-
+/// Decodes `value`: the schema's verdict first, then every part that verdict left clean.
 pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
-    let mut draft = Draft::default();
-    let Some(mut top) = Obj::open(value, String::new(), diags) else {
+    super::schema::validate(value, diags);
+    let dirty = Dirty::of(diags);
+    let mut draft = Draft {
+        complete: diags.is_empty(),
+        ..Draft::default()
+    };
+    let Value::Object(top) = value else {
         return draft;
     };
-    draft.schema = top.opt("$schema").ok().flatten();
-    draft.version = top.req("version");
-    draft.cluster = top.req("cluster");
-
-    draft.backend = match top.raw("backend") {
-        None => Some(Backend::default()),
-        Some(v) => decode_backend(v, top.child("backend"), top.diags),
+    let part = |key: &str| -> Option<&Value> {
+        let v = top.get(key);
+        v.filter(|_| !dirty.within(&format!("/{key}")))
     };
-    draft.hosts = decode_list(&mut top, "hosts", decode_host);
-    draft.images = decode_list(&mut top, "images", decode_image);
-    draft.tree = match top.raw("tree") {
-        None => Some(Tree::default()),
-        Some(v) => decode_tree(v, top.child("tree"), top.diags),
-    };
-    draft.cache = match top.raw("cache") {
-        None => Some(CacheSpec::default()),
-        Some(v) => decode_cache(v, top.child("cache"), top.diags),
-    };
-    draft.clones = match top.raw("clones") {
-        None => Some(Clones::default()),
-        Some(v) => decode_clones(v, top.child("clones"), top.diags),
-    };
-    draft.estimate = match top.raw("estimate") {
-        None => Some(Estimate::default()),
-        Some(v) => decode_estimate(v, top.child("estimate"), top.diags),
-    };
-    draft.complete = top.close();
+    draft.schema = part("$schema")
+        .and_then(|v| leaf(v, "/$schema", diags))
+        .flatten();
+    draft.version = part("version").and_then(|v| leaf(v, "/version", diags));
+    draft.cluster = part("cluster").and_then(|v| leaf(v, "/cluster", diags));
+    draft.backend = or_default(top.get("backend"), "/backend", &dirty, diags);
+    draft.tree = or_default::<Tree>(top.get("tree"), "/tree", &dirty, diags);
+    draft.cache = or_default::<CacheSpec>(top.get("cache"), "/cache", &dirty, diags);
+    draft.clones = or_default::<Clones>(top.get("clones"), "/clones", &dirty, diags);
+    draft.estimate = or_default::<Estimate>(top.get("estimate"), "/estimate", &dirty, diags);
+    draft.hosts = list::<Host>(top.get("hosts"), "/hosts", &dirty, diags);
+    draft.images = list::<Image>(top.get("images"), "/images", &dirty, diags);
     draft
 }
 
-fn decode_list<T>(
-    top: &mut Obj<'_, '_>,
-    key: &'static str,
-    item: fn(&Value, String, &mut Diagnostics) -> Option<T>,
-) -> Vec<Option<T>> {
-    let path = top.child(key);
-    match top.raw(key) {
-        None => {
-            top.ok = false;
-            top.diags
-                .push("", format!("missing required field \"{key}\""));
-            Vec::new()
+/// The paths the schema complained about, to tell which parts are safe to decode.
+struct Dirty(std::collections::BTreeSet<String>);
+
+impl Dirty {
+    fn of(diags: &Diagnostics) -> Dirty {
+        Dirty(diags.iter().map(|d| d.path.clone()).collect())
+    }
+
+    /// Whether any complaint is at `path` or below it.
+    fn within(&self, path: &str) -> bool {
+        let below = format!("{path}/");
+        self.0.contains(path)
+            || self
+                .0
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|p| p.starts_with(&below))
+    }
+}
+
+impl Dirty {
+    /// `v` (at `path`) without the object fields and array items the schema faulted.
+    fn prune(&self, v: &Value, path: &str) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter_map(|(k, item)| {
+                        let at = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+                        self.keep(item, &at).map(|item| (k.clone(), item))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| self.keep(item, &format!("{path}/{i}")))
+                    .collect(),
+            ),
+            other => other.clone(),
         }
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| item(v, format!("{path}/{i}"), top.diags))
-            .collect(),
-        Some(other) => {
-            top.ok = false;
-            top.diags.push(
-                path,
-                format!("invalid type: {}, expected an array", kind_of(other)),
-            );
-            Vec::new()
+    }
+
+    fn keep(&self, item: &Value, at: &str) -> Option<Value> {
+        if self.0.contains(at) {
+            None
+        } else if self.within(at) {
+            Some(self.prune(item, at))
+        } else {
+            Some(item.clone())
         }
     }
 }
 
-fn decode_backend(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Backend> {
-    let mut o = Obj::open(v, path, diags)?;
-    let d = Backend::default();
-    let stack = o.or("stack", d.stack);
-    let transport = o.or("transport", d.transport);
-    let root = o.or("root", d.root);
-    let netns = o.or("netns", false);
-    let volume_group = o.opt("volume_group");
-    let iscsi_target = o.or("iscsi_target", d.iscsi_target);
-    let base_port = o.or("base_port", d.base_port);
-    let accel = o.or("accel", d.accel);
-    let ssh = match o.raw("ssh") {
-        None | Some(Value::Null) => Some(None),
-        Some(sv) => {
-            let p = o.child("ssh");
-            decode_ssh(sv, p, o.diags).map(Some)
+/// One part decoded by serde; a failure is reported at the path serde reached.
+fn leaf<T: DeserializeOwned>(v: &Value, path: &str, diags: &mut Diagnostics) -> Option<T> {
+    match serde_path_to_error::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().iter().fold(String::new(), |mut s, seg| {
+                use serde_path_to_error::Segment;
+                match seg {
+                    Segment::Seq { index } => s.push_str(&format!("/{index}")),
+                    Segment::Map { key } | Segment::Enum { variant: key } => {
+                        s.push('/');
+                        s.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    }
+                    Segment::Unknown => {}
+                }
+                s
+            });
+            diags.push(format!("{path}{inner}"), clean_serde_message(e.inner()));
+            None
         }
+    }
+}
+
+/// A part decoded for the semantic checks. One the schema faulted is decoded without its
+/// faulty fields (they take their defaults), so a bad `max_sessions` does not hide a bad
+/// `jump` beside it; what that decode says is a consequence and is not reported.
+fn part_of<T: DeserializeOwned>(
+    v: &Value,
+    path: &str,
+    dirty: &Dirty,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    if !dirty.within(path) {
+        return leaf(v, path, diags);
+    }
+    if dirty.0.contains(path) {
+        return None;
+    }
+    leaf(&dirty.prune(v, path), path, &mut Diagnostics::default())
+}
+
+/// An optional part: its default when absent, `None` when it is broken.
+fn or_default<T: DeserializeOwned + Default>(
+    v: Option<&Value>,
+    path: &str,
+    dirty: &Dirty,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match v {
+        None => Some(T::default()),
+        Some(v) => part_of(v, path, dirty, diags),
+    }
+}
+
+/// A list of parts, each decoded on its own.
+fn list<T: DeserializeOwned>(
+    v: Option<&Value>,
+    path: &str,
+    dirty: &Dirty,
+    diags: &mut Diagnostics,
+) -> Vec<Option<T>> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
     };
-    let ok = o.close();
-    let backend = Backend {
-        stack: stack?,
-        transport: transport?,
-        root: root?,
-        netns: netns?,
-        volume_group: volume_group.ok()?,
-        iscsi_target: iscsi_target?,
-        base_port: base_port?,
-        accel: accel?,
-        ssh: ssh?,
-    };
-    ok.then_some(backend)
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| part_of(item, &format!("{path}/{i}"), dirty, diags))
+        .collect()
 }
 
-fn decode_host(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Host> {
-    let mut o = Obj::open(v, path, diags)?;
-    let name = o.req("name");
-    let address = o.req("address");
-    let ssh = match o.raw("ssh") {
-        None | Some(Value::Null) => Some(None),
-        Some(sv) => {
-            let p = o.child("ssh");
-            decode_ssh(sv, p, o.diags).map(Some)
-        }
-    };
-    let ok = o.close();
-    let (name, address, ssh) = (name?, address?, ssh?);
-    ok.then_some(Host { name, address, ssh })
-}
-
-fn decode_ssh(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Ssh> {
-    let mut o = Obj::open(v, path, diags)?;
-    let user = o.opt("user");
-    let port = o.opt("port");
-    let identity_file = o.opt("identity_file");
-    let jump = o.opt("jump");
-    let connect_timeout = o.opt("connect_timeout");
-    let host_key_checking = o.opt("host_key_checking");
-    let known_hosts = o.opt("known_hosts");
-    let config_file = o.opt("config_file");
-    let max_sessions = o.opt("max_sessions");
-    let ok = o.close();
-    let ssh = Ssh {
-        user: user.ok()?,
-        port: port.ok()?,
-        identity_file: identity_file.ok()?,
-        jump: jump.ok()?,
-        connect_timeout: connect_timeout.ok()?,
-        host_key_checking: host_key_checking.ok()?,
-        known_hosts: known_hosts.ok()?,
-        config_file: config_file.ok()?,
-        max_sessions: max_sessions.ok()?,
-    };
-    ok.then_some(ssh)
-}
-
-fn decode_image(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Image> {
-    let mut o = Obj::open(v, path, diags)?;
-    let name = o.req("name");
-    let source_host = o.req("source_host");
-    let path = o.req("path");
-    let format = o.or("format", Image::default_format());
-    let size = o.opt("size");
-    let hosts = o.opt("hosts");
-    let clones_per_host = o.opt("clones_per_host");
-    let version = o.opt("version");
-    let ok = o.close();
-    let image = Image {
-        name: name?,
-        source_host: source_host?,
-        path: path?,
-        format: format?,
-        size: size.ok()?,
-        hosts: hosts.ok()?,
-        clones_per_host: clones_per_host.ok()?,
-        version: version.ok()?,
-    };
-    ok.then_some(image)
-}
-
-fn decode_tree(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Tree> {
-    let mut o = Obj::open(v, path, diags)?;
-    let degree = o.or("degree", Tree::default_degree());
-    let ok = o.close();
-    let tree = Tree { degree: degree? };
-    ok.then_some(tree)
-}
-
-fn decode_cache(v: &Value, path: String, diags: &mut Diagnostics) -> Option<CacheSpec> {
-    let mut o = Obj::open(v, path, diags)?;
-    let size = o.or("size", CacheSpec::default_size());
-    let ok = o.close();
-    let cache = CacheSpec { size: size? };
-    ok.then_some(cache)
-}
-
-fn decode_clones(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Clones> {
-    let mut o = Obj::open(v, path, diags)?;
-    let per_host = o.or("per_host", Clones::default_per_host());
-    let name = o.or("name", Clones::default_name());
-    let vcpus = o.or("vcpus", Clones::default_vcpus());
-    let memory = o.or("memory", Clones::default_memory());
-    let cow_size = o.or("cow_size", Clones::default_cow_size());
-    let boot = o.opt("boot");
-    let ready = o.opt("ready");
-    let network = o.opt("network");
-    let ok = o.close();
-    let clones = Clones {
-        per_host: per_host?,
-        name: name?,
-        vcpus: vcpus?,
-        memory: memory?,
-        cow_size: cow_size?,
-        boot: boot.ok()?,
-        ready: ready.ok()?,
-        network: network.ok()?,
-    };
-    ok.then_some(clones)
-}
-
-fn decode_estimate(v: &Value, path: String, diags: &mut Diagnostics) -> Option<Estimate> {
-    let mut o = Obj::open(v, path, diags)?;
-    let d = Estimate::default();
-    let link_rate = o.or("link_rate", d.link_rate);
-    let efficiency = o.or("efficiency", d.efficiency);
-    let latency_ms = o.or("latency_ms", d.latency_ms);
-    let working_set = o.opt("working_set");
-    let hop_window = o.or("hop_window", d.hop_window);
-    let create = o.or("create", d.create);
-    let delete = o.or("delete", d.delete);
-    let ok = o.close();
-    let estimate = Estimate {
-        link_rate: link_rate?,
-        efficiency: efficiency?,
-        latency_ms: latency_ms?,
-        working_set: working_set.ok()?,
-        hop_window: hop_window?,
-        create: create?,
-        delete: delete?,
-    };
-    ok.then_some(estimate)
-}
-
-fn kind_of(v: &Value) -> &'static str {
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -440,12 +268,13 @@ fn clean_serde_message(e: &serde_json::Error) -> String {
     }
 }
 
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// A value as it is quoted in a message: JSON, cut when long.
+pub(crate) fn short(v: &Value) -> String {
+    crate::text::cut_value(&v.to_string())
 }
 
 /// The known field closest to a misspelt one, if any is close.
-fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (edit_distance(key, k), *k))

@@ -6,6 +6,8 @@
 
 mod check;
 mod decode;
+mod json;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,8 +24,26 @@ pub use decode::{Diagnostic, Diagnostics};
 /// The only spec version this build reads.
 pub const SPEC_VERSION: u32 = 1;
 
+/// Clones one host runs of one image at the most: each is a QEMU process with at least 16 MiB
+/// of guest memory and its own disk, taps and console; a thousand is beyond what one machine
+/// runs.
+pub const MAX_CLONES_PER_HOST: u32 = 1024;
+/// Hosts in one cluster at the most. A plan of 100,000 hosts x 10 clones takes about 4 GiB and
+/// 16 s on a 2-core machine (README, plan benchmark); this keeps a plan of any shape well
+/// within a large control machine's memory.
+pub const MAX_HOSTS: usize = 250_000;
+/// Images in one cluster at the most: every host-image pair is a relay with its own port.
+pub const MAX_IMAGES: usize = 1024;
+/// Clones in one cluster at the most: 3 resources each, about 1.3 KiB of memory per resource
+/// while planning (README, plan benchmark), so some 16 GiB at the limit.
+pub const MAX_CLONES: u64 = 4_000_000;
+/// A file path the spec passes to a command on a host: no control characters (NUL ends a C
+/// string, a newline ends a shell line), and no leading `-`, which a command would take for an
+/// option.
+pub const PATH_PATTERN: &str = r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$";
+
 /// A vmthunder cluster: images, hosts, and how the image tree and the clones are laid out.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "vmthunder cluster spec")]
 pub struct Spec {
@@ -40,10 +60,10 @@ pub struct Spec {
     #[serde(default)]
     pub backend: Backend,
     /// Every machine of the cluster: image sources and compute nodes.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_HOSTS))]
     pub hosts: Vec<Host>,
     /// Base images to distribute, each from its source host down a tree of caches.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_IMAGES))]
     pub images: Vec<Image>,
     /// Shape of the distribution tree.
     #[serde(default)]
@@ -80,7 +100,7 @@ pub enum Transport {
     Ssh,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// `qemu` (default), `linux` or `sim`.
@@ -92,12 +112,14 @@ pub struct Backend {
     /// Directory under which each host keeps its files (relative paths are relative to the
     /// working directory of vmthunder; over SSH it must be absolute).
     #[serde(default = "Backend::default_root")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub root: String,
     /// With the local transport: run each host in its own network namespace (root only).
     #[serde(default)]
     pub netns: bool,
     /// linux stack: the LVM volume group that holds cache and copy-on-write volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$"))]
     pub volume_group: Option<String>,
     /// linux stack: the iSCSI target implementation: `tgt` (default, tgtadm) or `lio` (the
     /// kernel's, through targetcli).
@@ -132,7 +154,7 @@ pub struct Estimate {
     pub efficiency: f64,
     /// One-way latency of a hop between two hosts, in milliseconds.
     #[serde(default = "Estimate::default_latency_ms")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 60000.0))]
     pub latency_ms: f64,
     /// How much each clone reads at boot [default: 64MiB, at most the image's size].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,7 +263,7 @@ impl Default for Backend {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Host name used in resource addresses: lowercase letters, digits, `-` and `_`.
@@ -254,7 +276,7 @@ pub struct Host {
     pub ssh: Option<Ssh>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ssh {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,12 +285,14 @@ pub struct Ssh {
     pub port: Option<u16>,
     /// Private key file to authenticate with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub identity_file: Option<String>,
     /// A ProxyJump destination (`user@host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jump: Option<String>,
     /// Seconds to wait for a connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
     pub connect_timeout: Option<u32>,
     /// `strict` (default: the key must be in known_hosts) or `accept-new`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,9 +300,11 @@ pub struct Ssh {
     /// The known_hosts file to check host keys against (default: ssh's own,
     /// `~/.ssh/known_hosts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub known_hosts: Option<String>,
     /// An ssh_config file to use instead of `~/.ssh/config` (which is honoured by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub config_file: Option<String>,
     /// How many commands may run at once over the host's one connection (default 8; keep it
     /// below the server's `MaxSessions`, 10 by default).
@@ -327,7 +353,7 @@ pub enum ImageFormat {
     Raw,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Image name used in resource addresses: lowercase letters, digits, `-` and `_`.
@@ -336,6 +362,7 @@ pub struct Image {
     /// The host that holds the image file and roots its tree.
     pub source_host: String,
     /// Path of the image file on the source host.
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub path: String,
     /// `qcow2` (default) or `raw`.
     #[serde(default = "Image::default_format")]
@@ -348,6 +375,7 @@ pub struct Image {
     pub hosts: Option<Vec<String>>,
     /// Clones per host for this image; overrides `clones.per_host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_CLONES_PER_HOST))]
     pub clones_per_host: Option<u32>,
     /// The image's content version: lowercase letters, digits, `.` and `-`. The linux stack
     /// names its iSCSI targets after it (`iqn....:<cluster>.<image>.<version>`, default `1`),
@@ -364,7 +392,7 @@ impl Image {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tree {
     /// Children per node of the distribution tree (1 = chain; the source serves at most this
@@ -454,7 +482,7 @@ impl Default for Tree {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// Space for each host's read cache of an image.
@@ -476,17 +504,18 @@ impl Default for CacheSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Clones {
     /// Clones per host and image (an image's `clones_per_host` overrides it).
     #[serde(default = "Clones::default_per_host")]
+    #[schemars(range(max = MAX_CLONES_PER_HOST))]
     pub per_host: u32,
     /// Name template for each clone's VM: `{cluster}`, `{image}`, `{host}` and `{n}` (0-based).
     #[serde(default = "Clones::default_name")]
     pub name: String,
     #[serde(default = "Clones::default_vcpus")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1024))]
     pub vcpus: u32,
     #[serde(default = "Clones::default_memory")]
     pub memory: Size,
@@ -512,9 +541,11 @@ pub struct Clones {
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     /// Kernel image path on each host.
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub kernel: String,
     /// Initramfs path on each host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
     pub initrd: Option<String>,
     /// Kernel command line; `{name}` becomes the clone's name.
     #[serde(default = "Boot::default_append")]
@@ -533,8 +564,9 @@ impl Boot {
 pub struct Ready {
     /// Text a console line must contain, e.g. `VMTHUNDER-READY`.
     pub line: String,
-    /// How long to wait, in seconds.
+    /// How long to wait, in seconds (at most a day).
     #[serde(default = "Ready::default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
     pub timeout_secs: u64,
 }
 
@@ -603,7 +635,7 @@ impl Spec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
         let shown = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| SpecError::Read {
+        let text = crate::text::read_regular(path).map_err(|source| SpecError::Read {
             path: shown.clone(),
             source,
         })?;
@@ -622,26 +654,55 @@ impl Spec {
 
     /// Parses and validates a spec from JSON bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Spec, SpecError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|source| SpecError::Syntax {
-                path: "<input>".into(),
-                source,
-            })?;
-        Spec::from_value(&value)
+        let (value, duplicates) = json::parse(bytes).map_err(|source| SpecError::Syntax {
+            path: "<input>".into(),
+            source,
+        })?;
+        let mut diags = Diagnostics::default();
+        for path in duplicates {
+            diags.push(
+                path,
+                "this key is given twice in its object; give it once (JSON readers disagree on which one counts)",
+            );
+        }
+        Spec::from_value_with(&value, diags)
     }
 
     /// Validates a parsed JSON document.
     pub fn from_value(value: &serde_json::Value) -> Result<Spec, SpecError> {
-        let mut diags = Diagnostics::default();
+        Spec::from_value_with(value, Diagnostics::default())
+    }
+
+    fn from_value_with(
+        value: &serde_json::Value,
+        mut diags: Diagnostics,
+    ) -> Result<Spec, SpecError> {
         let draft = decode::decode(value, &mut diags);
         check::check(&draft, &mut diags);
         match draft.finish() {
+            Some(spec) if diags.is_empty() && spec.uses_model() => {
+                match crate::model::check(&spec) {
+                    None => Ok(spec),
+                    Some(d) => Err(SpecError::Invalid {
+                        path: "<input>".into(),
+                        diagnostics: Diagnostics(vec![d]),
+                    }),
+                }
+            }
             Some(spec) if diags.is_empty() => Ok(spec),
             _ => Err(SpecError::Invalid {
                 path: "<input>".into(),
                 diagnostics: diags,
             }),
         }
+    }
+
+    /// Whether the provisioning model times anything this spec does: the sim stack sleeps its
+    /// durations and `"auto"` picks a degree by them. (`plan --estimate` forecasts any spec.)
+    fn uses_model(&self) -> bool {
+        self.backend.stack == Stack::Sim
+            || self.tree.degree == Degree::AUTO
+            || !self.estimate.is_default()
     }
 
     /// SHA-256 of the canonical form, so formatting and key order do not change it.

@@ -66,15 +66,15 @@ fn every_error_is_reported_at_once_with_its_path() {
     });
     let got = diagnostics(bad);
     let want = [
-        "/backend/stack: unknown variant `xen`, expected one of `qemu`, `linux`, `sim`",
+        "/backend/stack: unknown value \"xen\", expected one of \"qemu\", \"linux\", \"sim\"",
         "/backend/transprot: unknown field \"transprot\" (did you mean \"transport\"?)",
-        "/hosts/1/address: invalid type: integer `5`, expected a string",
+        "/hosts/1/address: invalid type: number 5, expected a string",
         "/hosts/3/colour: unknown field \"colour\"",
-        "/images/1/size: invalid size \"1XB\"",
-        "/version: unsupported version 2",
-        "/cluster: invalid cluster name \"Lab!\"",
+        "/images/1/size: invalid value \"1XB\": expected a size: a number of bytes",
+        "/version: 2 is out of range: use at most 1",
+        "/cluster: invalid value \"Lab!\": it must match ^[a-z0-9][a-z0-9_-]{0,62}$ (cluster name",
         "/hosts/2/name: duplicate host name \"img0\" (first at /hosts/0)",
-        "/tree/degree: must be at least 1",
+        "/tree/degree: invalid value 0: expected a tree degree: a number, or \"auto\"",
         "/clones/name: unknown placeholder {hostname}",
     ];
     for w in want {
@@ -147,11 +147,11 @@ fn ssh_settings_and_addresses_cannot_carry_options_or_shell_syntax() {
     let got = diagnostics(doc);
     for w in [
         "/backend/ssh/jump: invalid jump host",
-        "/backend/ssh/max_sessions: use 1 to 64",
+        "/backend/ssh/max_sessions: 0 is out of range: use at least 1",
         "/hosts/0/address: invalid address \"-oProxyCommand=touch /tmp/pwned\"",
         "/hosts/1/address: invalid address \"10.0.0.11;reboot\"",
         "/hosts/2/ssh/user: invalid user name",
-        "/hosts/2/ssh/connect_timeout: use 1 to 3600 seconds",
+        "/hosts/2/ssh/connect_timeout: 0 is out of range: use at least 1",
     ] {
         assert!(
             got.iter().any(|g| g.starts_with(w)),
@@ -225,12 +225,13 @@ fn degree_auto_and_the_estimate_model_decode_and_report_bad_values_at_their_path
     let got = diagnostics(doc.clone());
     assert!(
         got.iter()
-            .any(|d| d.starts_with("/tree/degree: invalid degree \"fast\"")),
+            .any(|d| d.starts_with("/tree/degree: invalid value \"fast\": expected a tree degree")),
         "{got:?}"
     );
     assert!(
         got.iter()
-            .any(|d| d.starts_with("/estimate/link_rate: invalid rate \"quick\"")),
+            .any(|d| d
+                .starts_with("/estimate/link_rate: invalid value \"quick\": expected a link rate")),
         "{got:?}"
     );
     doc["tree"] = json!({"degree": "auto"});
@@ -239,9 +240,9 @@ fn degree_auto_and_the_estimate_model_decode_and_report_bad_values_at_their_path
     assert_eq!(
         diagnostics(doc),
         [
+            "/estimate/efficiency: 0 is out of range: use at least 0.01 (the share of the link rate left for data after packet and protocol headers)",
+            "/estimate/latency_ms: -1 is out of range: use at least 0.0 (one-way latency of a hop between two hosts, in milliseconds)",
             "/estimate/create/domain: -3 is not a duration in seconds between 0 and 86400",
-            "/estimate/efficiency: 0 is not a share between 0 (excluded) and 1",
-            "/estimate/latency_ms: -1 is not a latency in milliseconds between 0 and 60000",
             "/estimate/hop_window: must be greater than zero",
         ]
     );
@@ -259,7 +260,9 @@ fn image_versions_and_clone_networks_are_checked_at_their_path() {
     doc["backend"]["iscsi_target"] = json!("iet");
     let got = diagnostics(doc.clone());
     assert!(
-        got[0].starts_with("/backend/iscsi_target: unknown variant `iet`"),
+        got[0].starts_with(
+            "/backend/iscsi_target: unknown value \"iet\", expected one of \"tgt\", \"lio\""
+        ),
         "{got:?}"
     );
     doc["backend"] = json!({});
@@ -268,11 +271,275 @@ fn image_versions_and_clone_networks_are_checked_at_their_path() {
     let got = diagnostics(doc);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(
-        got[0].starts_with("/images/0/version: invalid version \"Seven_9\""),
+        got[1].starts_with("/images/0/version: invalid value \"Seven_9\": it must match"),
         "{got:?}"
     );
     assert!(
-        got[1].starts_with("/clones/network: invalid network \"br0\""),
+        got[0].starts_with(
+            "/clones/network: invalid value \"br0\": it must match ^(bridge|network):"
+        ),
         "{got:?}"
     );
+}
+
+/// `diagnostics` of a document given as text (duplicate keys survive only there).
+fn text_diagnostics(text: &str) -> Vec<String> {
+    match Spec::from_slice(text.as_bytes()) {
+        Ok(_) => Vec::new(),
+        Err(SpecError::Invalid { diagnostics, .. }) => {
+            diagnostics.iter().map(ToString::to_string).collect()
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+fn assert_has(got: &[String], want: &str) {
+    assert!(
+        got.iter().any(|g| g.starts_with(want)),
+        "missing {want:?} in:\n{}",
+        got.join("\n")
+    );
+}
+
+#[test]
+fn a_key_given_twice_is_an_error_at_its_path_not_the_last_one_winning() {
+    let mut text = serde_json::to_string(&good()).unwrap();
+    text.insert_str(1, r#""backend": {"stack": "sim", "stack": "qemu"}, "#);
+    let got = text_diagnostics(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_has(
+        &got,
+        "/backend/stack: this key is given twice in its object",
+    );
+    let text = text.replace(r#""cluster":"lab""#, r#""cluster":"lab","cluster":"lab2""#);
+    assert_has(
+        &text_diagnostics(&text),
+        "/cluster: this key is given twice",
+    );
+}
+
+/// Every field the schema does not make nullable refuses `null` instead of taking its
+/// default; a struct refuses an array (serde alone reads `["x", 1]` as a `Ready`).
+#[test]
+fn null_for_a_field_with_a_default_and_an_array_for_a_struct_are_refused() {
+    let mut doc = good();
+    doc["backend"] = json!({"stack": null, "transport": null, "netns": null, "base_port": null});
+    doc["tree"] = json!({"degree": null});
+    doc["cache"] = json!({"size": null});
+    doc["clones"]["per_host"] = json!(null);
+    doc["clones"]["ready"] = json!(["x", 1]);
+    doc["images"][0]["format"] = json!(null);
+    let got = diagnostics(doc);
+    for w in [
+        "/backend/stack: unknown value null, expected one of \"qemu\", \"linux\", \"sim\"",
+        "/backend/transport: unknown value null, expected one of \"local\", \"ssh\"",
+        "/backend/netns: invalid type: null, expected a boolean",
+        "/backend/base_port: invalid type: null, expected an integer",
+        "/tree/degree: invalid value null: expected a tree degree",
+        "/cache/size: invalid type: null, expected an integer or a string",
+        "/clones/per_host: invalid type: null, expected an integer",
+        "/clones/ready: invalid type: array [\"x\",1], expected an object or null",
+        "/images/0/format: invalid type: null, expected a string",
+    ] {
+        assert_has(&got, w);
+    }
+    assert_eq!(got.len(), 9, "{got:?}");
+    // Optional fields without a default still take null as "not given".
+    let mut doc = good();
+    doc["clones"]["boot"] = json!(null);
+    doc["images"][0]["hosts"] = json!(null);
+    assert!(diagnostics(doc).is_empty());
+}
+
+#[test]
+fn export_ports_stay_within_1_to_65535_after_they_are_assigned() {
+    let mut doc = good();
+    doc["backend"] = json!({"base_port": 0});
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/backend/base_port: 0 is out of range: use at least 1",
+    );
+    doc["backend"] = json!({"base_port": 65535});
+    assert!(
+        diagnostics(doc.clone()).is_empty(),
+        "one image per address fits"
+    );
+    doc["images"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "two", "source_host": "img0", "path": "two.qcow2"}));
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/backend/base_port: 1 host at address \"10.0.0.1\" with 2 images needs ports 65535 to 65536, past 65535",
+    );
+    // Hosts sharing an address take consecutive ranges.
+    doc["backend"] = json!({"base_port": 65531});
+    for h in doc["hosts"].as_array_mut().unwrap() {
+        h["address"] = json!("127.0.0.1");
+    }
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/backend/base_port: 3 hosts at address \"127.0.0.1\" with 2 images need ports 65531 to 65536, past 65535",
+    );
+    doc["backend"] = json!({"base_port": 65530});
+    assert!(diagnostics(doc.clone()).is_empty());
+    // The linux stack puts every export on the iSCSI port.
+    doc["backend"] = json!({"base_port": 65535, "stack": "linux", "volume_group": "vg"});
+    assert!(diagnostics(doc).is_empty());
+}
+
+#[test]
+fn rates_shares_and_sizes_are_bounded_by_what_links_and_disks_can_be() {
+    let mut doc = good();
+    doc["estimate"] = json!({"efficiency": 1e-300, "link_rate": 1e-300});
+    let got = diagnostics(doc.clone());
+    assert_has(
+        &got,
+        "/estimate/efficiency: 1e-300 is out of range: use at least 0.01",
+    );
+    assert_has(
+        &got,
+        "/estimate/link_rate: invalid value 1e-300: expected a link rate",
+    );
+    doc["estimate"] = json!({"link_rate": "0.0000001bit"});
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/estimate/link_rate: invalid rate \"0.0000001bit\": use 1kbit to 10tbit",
+    );
+    doc["estimate"] = json!({"link_rate": "99tbit"});
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/estimate/link_rate: invalid rate \"99tbit\"",
+    );
+    doc["estimate"] = json!({});
+    for (at, field) in [
+        ("/estimate/hop_window", "hop_window"),
+        ("/estimate/working_set", "working_set"),
+    ] {
+        doc["estimate"] = json!({field: u64::MAX});
+        assert_has(
+            &diagnostics(doc.clone()),
+            &format!("{at}: invalid value 18446744073709551615: expected a size"),
+        );
+        doc["estimate"] = json!({field: "8192PiB"});
+        assert!(!diagnostics(doc.clone()).is_empty());
+        doc["estimate"] = json!({field: "8388608TiB"});
+        assert_has(
+            &diagnostics(doc.clone()),
+            &format!("{at}: invalid size \"8388608TiB\": too large"),
+        );
+    }
+    doc["estimate"] = json!({});
+    doc["images"][0]["size"] = json!(u64::MAX);
+    assert_has(
+        &diagnostics(doc),
+        "/images/0/size: invalid value 18446744073709551615: expected a size",
+    );
+}
+
+/// A duration the model derives (the sim stack sleeps it) is finite and at most a week.
+#[test]
+fn every_duration_the_model_derives_is_bounded_with_an_error_at_the_field_that_makes_it_long() {
+    let mut doc = good();
+    doc["backend"] = json!({"stack": "sim"});
+    for (estimate, at) in [
+        (
+            json!({"hop_window": i64::MAX, "working_set": i64::MAX}),
+            "/estimate/working_set",
+        ),
+        (
+            json!({"link_rate": "1kbit", "efficiency": 0.01}),
+            "/estimate/link_rate",
+        ),
+        (json!({"latency_ms": 60000, "link_rate": "10tbit"}), ""),
+    ] {
+        doc["estimate"] = estimate;
+        let got = diagnostics(doc.clone());
+        if at.is_empty() {
+            assert!(
+                got.is_empty(),
+                "a minute per hop over 2 hops is fine: {got:?}"
+            );
+            continue;
+        }
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_has(
+            &got,
+            &format!("{at}: the model gives the slowest host of image \"base\""),
+        );
+        assert!(got[0].contains("longer than a week"), "{got:?}");
+    }
+    // The same spec on the qemu stack with a default estimate does not consult the model.
+    doc["backend"] = json!({});
+    doc["estimate"] = json!({});
+    assert!(diagnostics(doc).is_empty());
+}
+
+#[test]
+fn paths_given_to_commands_refuse_control_characters_and_a_leading_dash() {
+    for bad in ["-rf", "a\u{0}b", "a\nb", "\u{7f}x"] {
+        let mut doc = good();
+        doc["backend"] = json!({"stack": "linux", "volume_group": bad, "root": bad});
+        doc["images"][0]["path"] = json!(bad);
+        doc["clones"]["boot"] = json!({"kernel": bad, "initrd": bad});
+        let got = diagnostics(doc);
+        for at in [
+            "/backend/volume_group",
+            "/backend/root",
+            "/images/0/path",
+            "/clones/boot/kernel",
+            "/clones/boot/initrd",
+        ] {
+            assert_has(&got, &format!("{at}: invalid value"));
+        }
+    }
+}
+
+#[test]
+fn the_expansion_is_bounded_before_it_runs() {
+    let mut doc = good();
+    doc["images"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("clones_per_host");
+    doc["clones"]["per_host"] = json!(4294967295u64);
+    let started = std::time::Instant::now();
+    let got = diagnostics(doc.clone());
+    assert_has(
+        &got,
+        "/clones/per_host: 4294967295 is out of range: use at most 1024",
+    );
+    doc["clones"]["per_host"] = json!(4294967296u64);
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/clones/per_host: 4294967296 is out of range",
+    );
+    // Within the per-host limit but too many in all: refused before any name is rendered.
+    doc["clones"]["per_host"] = json!(1024);
+    let hosts: Vec<_> = (0..4000)
+        .map(|i| json!({"name": format!("n{i}"), "address": format!("10.1.{}.{}", i / 250, i % 250)}))
+        .collect();
+    doc["hosts"] = json!(hosts);
+    doc["images"][0]["source_host"] = json!("n0");
+    let got = diagnostics(doc);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_has(
+        &got,
+        "/clones/per_host: the spec asks for 3999 x 1024 = 4094976 clones in all",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn a_huge_value_is_quoted_cut_with_its_length() {
+    let mut doc = good();
+    let huge = format!("-{}", "x".repeat(100_000));
+    doc["images"][0]["path"] = json!(huge);
+    doc["hosts"][1]["address"] = json!(format!(";{}", "y".repeat(100_000)));
+    let got = diagnostics(doc);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for g in &got {
+        assert!(g.len() < 1500, "{} characters: {}", g.len(), &g[..200]);
+        assert!(g.contains("characters"), "{g}");
+    }
 }
