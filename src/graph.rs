@@ -42,7 +42,7 @@ struct Endpoints<'s> {
 }
 
 impl<'s> Endpoints<'s> {
-    fn new(spec: &'s Spec, prior: &State) -> Endpoints<'s> {
+    fn new(spec: &'s Spec, prior: &State) -> Result<Endpoints<'s>, GraphError> {
         let images = spec.images.len() as u32;
         let base = u32::from(spec.backend.base_port);
         let addresses: HashMap<&str, &str> = spec
@@ -70,18 +70,23 @@ impl<'s> Endpoints<'s> {
         }
         for (key, address, host_rank) in pending {
             let wanted = base + host_rank * images + key.1;
-            let mut port = u16::try_from(wanted).unwrap_or(u16::MAX);
-            while !used.insert((address, port)) && port < u16::MAX {
-                port += 1;
-            }
-            ports.insert(key, port);
+            let free = (wanted..=u32::from(u16::MAX))
+                .filter_map(|p| u16::try_from(p).ok())
+                .find(|p| used.insert((address, *p)))
+                .ok_or_else(|| GraphError::PortsExhausted {
+                    host: key.0.to_string(),
+                    image: spec.images[key.1 as usize].name.clone(),
+                    address: address.to_string(),
+                    from: wanted,
+                })?;
+            ports.insert(key, free);
         }
         let fixed = (spec.backend.stack == Stack::Linux).then_some(ISCSI_PORT);
-        Endpoints {
+        Ok(Endpoints {
             addresses,
             ports,
             fixed,
-        }
+        })
     }
 
     fn of(&self, host: &str, image_index: usize) -> (&'s str, u16) {
@@ -133,6 +138,13 @@ pub struct Graph {
 pub enum GraphError {
     #[error("internal error: clone UUID {uuid} of {a} collides with {b}")]
     UuidCollision { uuid: String, a: Addr, b: Addr },
+    #[error("/backend/base_port: no free port from {from} to 65535 on address {address:?} for the export of image {image:?} on host {host:?} (the state keeps the ports of existing exports): lower backend.base_port, or give hosts that share an address their own")]
+    PortsExhausted {
+        host: String,
+        image: String,
+        address: String,
+        from: u32,
+    },
     #[error("internal error: no free MAC address for {0} after 64 tries")]
     MacExhausted(Addr),
 }
@@ -155,7 +167,7 @@ impl Graph {
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
-        let endpoints = Endpoints::new(spec, prior);
+        let endpoints = Endpoints::new(spec, prior)?;
         let degree = model::degree(spec);
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();

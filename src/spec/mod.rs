@@ -34,9 +34,9 @@ pub const MAX_CLONES_PER_HOST: u32 = 1024;
 pub const MAX_HOSTS: usize = 250_000;
 /// Images in one cluster at the most: every host-image pair is a relay with its own port.
 pub const MAX_IMAGES: usize = 1024;
-/// Clones in one cluster at the most: 3 resources each, about 1.3 KiB of memory per resource
-/// while planning (README, plan benchmark), so some 16 GiB at the limit.
-pub const MAX_CLONES: u64 = 4_000_000;
+/// Clones in one cluster at the most: 3 resources each. A plan of 1M clones (100,000 hosts x
+/// 10) peaks at 4.3 GiB (README, plan benchmark), so about 9 GiB at the limit.
+pub const MAX_CLONES: u64 = 2_000_000;
 /// A file path the spec passes to a command on a host: no control characters (NUL ends a C
 /// string, a newline ends a shell line), and no leading `-`, which a command would take for an
 /// option.
