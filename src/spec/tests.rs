@@ -543,3 +543,61 @@ fn a_huge_value_is_quoted_cut_with_its_length() {
         assert!(g.contains("characters"), "{g}");
     }
 }
+
+/// Every field whose schema does not admit `null` refuses it, wherever it sits, instead of
+/// silently taking its default: found from the schema itself, so a new field is covered too.
+#[test]
+fn no_field_the_schema_makes_non_nullable_takes_null() {
+    let schema = Spec::json_schema();
+    let admits_null = |p: &serde_json::Value| {
+        let text = p.to_string();
+        text.contains("\"null\"")
+    };
+    let places = [
+        ("Backend", "/backend"),
+        ("Tree", "/tree"),
+        ("CacheSpec", "/cache"),
+        ("Clones", "/clones"),
+        ("Estimate", "/estimate"),
+        ("Host", "/hosts/1"),
+        ("Image", "/images/0"),
+        ("Ssh", "/hosts/1/ssh"),
+        ("Boot", "/clones/boot"),
+        ("Ready", "/clones/ready"),
+    ];
+    let mut base = good();
+    base["clones"]["boot"] = json!({"kernel": "/k"});
+    base["clones"]["ready"] = json!({"line": "READY"});
+    base["estimate"] = json!({});
+    base["backend"] = json!({});
+    let mut checked = 0;
+    for (def, at) in places {
+        let props = schema["$defs"][def]["properties"].as_object().unwrap();
+        for (name, p) in props {
+            if admits_null(p) {
+                continue;
+            }
+            let mut doc = base.clone();
+            doc.pointer_mut(at).unwrap()[name] = serde_json::Value::Null;
+            let got = diagnostics(doc);
+            let path = format!("{at}/{name}: ");
+            assert!(
+                got.iter().any(|g| g.starts_with(&path)),
+                "null at {at}/{name} was not refused: {got:?}"
+            );
+            checked += 1;
+        }
+    }
+    for top in [
+        "version", "cluster", "hosts", "images", "backend", "tree", "cache", "clones",
+    ] {
+        let mut doc = base.clone();
+        doc[top] = serde_json::Value::Null;
+        assert!(
+            !diagnostics(doc).is_empty(),
+            "null at /{top} was not refused"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} fields checked");
+}
