@@ -69,7 +69,8 @@ pub(crate) struct Draft {
     pub cache: Option<CacheSpec>,
     pub clones: Option<Clones>,
     pub estimate: Option<Estimate>,
-    /// False when a required top-level part is missing or broken.
+    /// False when the document departs from the schema anywhere (the parts then only serve
+    /// the semantic checks).
     pub complete: bool,
 }
 
@@ -141,16 +142,14 @@ impl Dirty {
                 .next()
                 .is_some_and(|p| p.starts_with(&below))
     }
-}
 
-impl Dirty {
     /// `v` (at `path`) without the object fields and array items the schema faulted.
     fn prune(&self, v: &Value, path: &str) -> Value {
         match v {
             Value::Object(map) => Value::Object(
                 map.iter()
                     .filter_map(|(k, item)| {
-                        let at = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+                        let at = format!("{path}/{}", super::json::token(k));
                         self.keep(item, &at).map(|item| (k.clone(), item))
                     })
                     .collect(),
@@ -188,7 +187,7 @@ fn leaf<T: DeserializeOwned>(v: &Value, path: &str, diags: &mut Diagnostics) -> 
                     Segment::Seq { index } => s.push_str(&format!("/{index}")),
                     Segment::Map { key } | Segment::Enum { variant: key } => {
                         s.push('/');
-                        s.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                        s.push_str(&super::json::token(key));
                     }
                     Segment::Unknown => {}
                 }

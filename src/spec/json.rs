@@ -23,11 +23,18 @@ impl fmt::Display for At<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             At::Root => Ok(()),
-            At::Key(parent, key) => {
-                write!(f, "{parent}/{}", key.replace('~', "~0").replace('/', "~1"))
-            }
+            At::Key(parent, key) => write!(f, "{parent}/{}", token(key)),
             At::Index(parent, i) => write!(f, "{parent}/{i}"),
         }
+    }
+}
+
+/// `key` as one reference token of a JSON Pointer (RFC 6901): `~` and `/` escaped.
+pub(crate) fn token(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        key.into()
     }
 }
 

@@ -68,7 +68,7 @@ fn report(e: &ValidationError<'_>, schema: &Value, diags: &mut Diagnostics) {
                     .collect::<Vec<_>>()
                     .join(", ");
                 diags.push(
-                    format!("{path}/{}", key.replace('~', "~0").replace('/', "~1")),
+                    format!("{path}/{}", super::json::token(key)),
                     format!(
                         "unknown field {}{hint}, expected one of {expected}",
                         short(&Value::String(key.clone()))
