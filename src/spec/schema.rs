@@ -153,18 +153,14 @@ fn report(e: &ValidationError<'_>, schema: &Value, diags: &mut Diagnostics) {
                 );
             }
         }
-        ValidationErrorKind::Pattern { pattern } => {
-            let what = describe(schema, e.schema_path().as_str())
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            diags.push(
-                path,
-                format!(
-                    "invalid value {}: it must match {pattern}{what}",
-                    short(instance)
-                ),
-            );
-        }
+        ValidationErrorKind::Pattern { pattern } => diags.push(
+            path,
+            format!(
+                "invalid value {}: it must match {pattern}{}",
+                short(instance),
+                aside(schema, e)
+            ),
+        ),
         ValidationErrorKind::Minimum { limit }
         | ValidationErrorKind::ExclusiveMinimum { limit }
         | ValidationErrorKind::Maximum { limit }
@@ -175,14 +171,12 @@ fn report(e: &ValidationError<'_>, schema: &Value, diags: &mut Diagnostics) {
                 ValidationErrorKind::Maximum { .. } => "at most",
                 _ => "less than",
             };
-            let what = describe(schema, e.schema_path().as_str())
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
             diags.push(
                 path,
                 format!(
-                    "{} is out of range: use {side} {limit}{what}",
-                    short(instance)
+                    "{} is out of range: use {side} {limit}{}",
+                    short(instance),
+                    aside(schema, e)
                 ),
             );
         }
@@ -283,6 +277,13 @@ fn known_properties<'s>(schema: &'s Value, keyword_path: &str) -> Vec<&'s str> {
                 .filter(|k| !k.starts_with('$'))
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+/// What the violated keyword constrains, as an aside to its message: ` (cluster name: ...)`.
+fn aside(schema: &Value, e: &ValidationError<'_>) -> String {
+    describe(schema, e.schema_path().as_str())
+        .map(|d| format!(" ({d})"))
         .unwrap_or_default()
 }
 
