@@ -52,7 +52,22 @@ impl Cluster {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_vmthunder"))
+        self.command(Command::new(env!("CARGO_BIN_EXE_vmthunder")), args)
+    }
+
+    /// `run`, interrupted after `limit` (SIGINT, as a Ctrl-C; SIGKILL 60 s later): a hung
+    /// run fails the test (`timeout` exits 124) instead of hanging it.
+    pub fn run_within(&self, limit: std::time::Duration, args: &[&str]) -> Output {
+        let mut timeout = Command::new("timeout");
+        timeout
+            .args(["--signal=INT", "--kill-after=60"])
+            .arg(format!("{}s", limit.as_secs()))
+            .arg(env!("CARGO_BIN_EXE_vmthunder"));
+        self.command(timeout, args)
+    }
+
+    fn command(&self, mut cmd: Command, args: &[&str]) -> Output {
+        let out = cmd
             .args(args)
             .current_dir(self.path())
             .env_remove("VMTHUNDER_SPEC")

@@ -48,6 +48,9 @@ pub struct QemuStack {
     ready: Option<Ready>,
     /// Every (host, image) pair the spec knows, for the final sweep.
     pairs: Vec<(String, String)>,
+    /// Pairs this run deleted something on: the final sweep prunes their directories too,
+    /// also when the spec no longer names the host or image.
+    deleted_on: Mutex<BTreeSet<(String, String)>>,
     /// Per host (one entry, "", when every host is this machine): the probe's verdict, or
     /// why it could not be made.
     resolved_accel: Mutex<HashMap<String, Arc<AccelVerdict>>>,
@@ -95,6 +98,7 @@ impl QemuStack {
             accel: spec.backend.accel,
             ready: spec.clones.ready.clone(),
             pairs,
+            deleted_on: Mutex::new(BTreeSet::new()),
             resolved_accel: Mutex::new(HashMap::new()),
             relay_locks: Mutex::new(HashMap::new()),
             times: crate::model::OpTimes::new(&spec.estimate),
@@ -137,7 +141,10 @@ impl QemuStack {
     }
 
     /// Removes the host-image directory, the host directory and the cluster directory when
-    /// they are empty.
+    /// they are empty. Only from `finish`, when no operation runs: creates make these
+    /// directories and then write into them in separate commands, so a prune beside them (a
+    /// delete's, on the same host) could remove a directory a create had just made, and the
+    /// create's write then failed (issue 15).
     fn prune_dirs(&self, host: &str, image: &str) {
         let dir = self.dir(host, image);
         let t = &self.transport;
@@ -324,7 +331,11 @@ impl Backend for QemuStack {
             Kind::Session | Kind::Cache | Kind::Target => relay::delete(self, t, observed),
         };
         if r.is_ok() {
-            self.prune_dirs(&t.addr.host, &t.addr.image);
+            // Its directories go in `finish`, not now: creates may be running beside it.
+            self.deleted_on
+                .lock()
+                .expect("lock")
+                .insert((t.addr.host.to_string(), t.addr.image.to_string()));
         }
         r
     }
@@ -337,7 +348,15 @@ impl Backend for QemuStack {
                 .or_default()
                 .push(&r.addr);
         }
-        let swept = in_parallel(&self.pairs, |(host, image)| {
+        // Every operation of the run has ended (a hard interrupt skips `finish`): nothing
+        // creates in these directories while they are swept and pruned.
+        let mut extra = std::mem::take(&mut *self.deleted_on.lock().expect("lock"));
+        for p in &self.pairs {
+            extra.remove(p);
+        }
+        let mut pairs = self.pairs.clone();
+        pairs.extend(extra);
+        let swept = in_parallel(&pairs, |(host, image)| {
             let addrs = recorded
                 .get(&(host.as_str(), image.as_str()))
                 .cloned()
@@ -375,5 +394,60 @@ impl Backend for QemuStack {
                 .remove_dir_if_empty("localhost", self.base.parent().expect("root"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::LvAttrs;
+    use crate::size::Size;
+
+    fn lv(host: &str, n: u32) -> (Addr, Desired) {
+        (
+            Addr::new(Kind::Lv, &host.into(), &"img".into(), Some(n)),
+            Desired::Lv(LvAttrs {
+                purpose: crate::resource::LvPurpose::Cow,
+                size: Size(1 << 20),
+            }),
+        )
+    }
+
+    /// Issue 15: a delete that pruned its host's directory beside a create that had made it
+    /// but not yet written into it failed the create. Deletes leave directories alone; the
+    /// end-of-run sweep removes them, also on hosts the spec no longer names.
+    #[test]
+    fn deletes_leave_directories_to_the_end_of_run_sweep() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = Spec::from_value(&serde_json::json!({
+            "version": 1, "cluster": "p",
+            "backend": {"stack": "qemu", "root": root.path()},
+            "hosts": [{"name": "src", "address": "127.0.0.1"},
+                      {"name": "n01", "address": "127.0.0.2"}],
+            "images": [{"name": "img", "source_host": "src", "path": "/i.raw", "format": "raw"}],
+        }))
+        .unwrap();
+        let stack = QemuStack::new(&spec).unwrap();
+        let base = root.path().join("p");
+        // n01 is in the spec; "old" was removed from it, and its lv is being destroyed.
+        for host in ["n01", "old"] {
+            let (addr, desired) = lv(host, 0);
+            let t = Target {
+                addr: &addr,
+                desired: &desired,
+            };
+            stack.create(t, &[]).unwrap();
+            assert!(base.join(host).join("img/lv-cow-0.img").exists());
+            stack.delete(t, &Observed::new()).unwrap();
+            // Empty, and kept: a create on this host may have just made it.
+            let dir = base.join(host).join("img");
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{host}");
+        }
+        stack.finish(&State::empty("p")).unwrap();
+        assert!(
+            !base.exists(),
+            "{:?}",
+            std::fs::read_dir(&base).map(|d| d.count())
+        );
     }
 }
