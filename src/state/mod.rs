@@ -148,35 +148,37 @@ impl State {
     /// journal) and before every write, so that no command writes a state its loader would
     /// refuse. O(resources + dependencies).
     pub fn check(&self) -> Result<(), String> {
-        for (i, r) in self.resources.iter().enumerate() {
-            match self.index.get(&r.addr) {
-                Some(&j) if j as usize == i => {}
-                Some(&j) if self.resources.get(j as usize).map(|o| &o.addr) == Some(&r.addr) => {
-                    return Err(format!("resource {} is recorded twice", r.addr));
-                }
-                _ => {
-                    return Err(format!(
-                        "internal error: the index of resource {} is out of date",
-                        r.addr
-                    ))
-                }
-            }
-            if r.desired.kind() != r.addr.kind {
-                return Err(format!(
-                    "resource {} has attributes of a {}",
-                    r.addr,
-                    r.desired.kind()
-                ));
-            }
+        // Agreement both ways, without hashing: n distinct addresses, each naming a record of
+        // that address, name n distinct records, so every record is recorded once.
+        let agrees = self.index.len() == self.resources.len()
+            && self
+                .index
+                .iter()
+                .all(|(a, &i)| self.resources.get(i as usize).is_some_and(|r| r.addr == *a));
+        if !agrees {
+            return Err(self.disagreement());
         }
-        if self.index.len() != self.resources.len() {
+        if let Some(r) = self
+            .resources
+            .iter()
+            .find(|r| r.desired.kind() != r.addr.kind)
+        {
             return Err(format!(
-                "internal error: the index names {} resources but {} are recorded",
-                self.index.len(),
-                self.resources.len()
+                "resource {} has attributes of a {}",
+                r.addr,
+                r.desired.kind()
             ));
         }
         self.check_deps()
+    }
+
+    /// What is wrong when the index and the records disagree (for the message only).
+    fn disagreement(&self) -> String {
+        let mut seen = rustc_hash::FxHashSet::default();
+        match self.resources.iter().find(|r| !seen.insert(&r.addr)) {
+            Some(r) => format!("resource {} is recorded twice", r.addr),
+            None => "internal error: the index of the records is out of date".to_string(),
+        }
     }
 
     /// Every recorded dependency is itself recorded, and none is circular. A depth-first walk
@@ -710,6 +712,13 @@ pub(crate) mod tests {
         );
         assert!(!err.contains("lv.a.img"), "{err}");
         assert!(err.contains("fix it by hand"), "{err}");
+
+        hand_written(
+            &path,
+            &[("lv.a.img", &[]), ("lv.b.img", &[]), ("lv.a.img", &[])],
+        );
+        let err = State::load(&path, "lab").unwrap_err().to_string();
+        assert!(err.contains("resource lv.a.img is recorded twice"), "{err}");
 
         hand_written(&path, &[("lv.a.img", &["lv.a.img"])]);
         let err = State::open(&path, None).unwrap_err().to_string();
