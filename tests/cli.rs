@@ -494,9 +494,34 @@ fn a_held_lock_fails_at_once_naming_its_holder() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not match the current lock"));
+    // Its holder (this test) still runs on this machine: removing its lock would let a second
+    // run work beside it.
     let o = run(
         dir.path(),
         &["force-unlock", &hung.info.id, "-f", "examples/lab.json"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for part in [
+        "refusing to remove the lock of state `state/lab.json`: apply".to_string(),
+        hung.info.id.clone(),
+        format!("pid {}", std::process::id()),
+        format!("since {}", hung.info.since()),
+        "still running on this machine".to_string(),
+        "pass --force".to_string(),
+    ] {
+        assert!(err.contains(&part), "{part}: {err}");
+    }
+    assert_eq!(Lock::holder(&state_path), Some(hung.info.clone()));
+    let o = run(
+        dir.path(),
+        &[
+            "force-unlock",
+            &hung.info.id,
+            "--force",
+            "-f",
+            "examples/lab.json",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(dir.path(), &["plan", "-f", "examples/lab.json"]);
@@ -768,6 +793,181 @@ fn plan_estimate_prints_the_forecast_and_auto_picks_the_models_best_degree() {
     );
     assert!(
         stderr(&o).contains("invalid degree \"0\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The records of `dir/state/<file>` as written, to edit by hand.
+fn state_doc(dir: &Path, file: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("state").join(file)).unwrap()).unwrap()
+}
+
+#[test]
+fn a_dependency_cycle_in_the_state_is_refused_by_every_reader() {
+    let dir = workdir();
+    write_applied_state(dir.path(), Path::new("examples/lab.json"));
+    let mut doc = state_doc(dir.path(), "lab.json");
+    // session.node03.base is built on target.node01.base: record the target as built on it too.
+    let resources = doc["resources"].as_array_mut().unwrap();
+    let target = resources
+        .iter_mut()
+        .find(|r| r["address"] == "target.node01.base")
+        .unwrap();
+    target["deps"]
+        .as_array_mut()
+        .unwrap()
+        .push("session.node03.base".into());
+    std::fs::write(dir.path().join("state/lab.json"), doc.to_string()).unwrap();
+    for args in [
+        &["state", "list"][..],
+        &["state", "show", "lv.node01.base"],
+        &["graph", "-f", "examples/lab.json"],
+        &["plan", "-f", "examples/lab.json", "--refresh=false"],
+        &["state", "rm", "domain.node03.base.0"],
+    ] {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("state `state/lab.json` is not a valid vmthunder state: "),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("2 resources depend on each other in a cycle: ")
+                && err.contains("target.node01.base")
+                && err.contains("session.node03.base"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("internal error"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn empty_and_torn_journals_are_told_and_then_folded() {
+    let dir = workdir();
+    applied_sim0(dir.path());
+    let journal = dir.path().join("state/sim.json.journal");
+    for (bytes, told) in [
+        (
+            &b""[..],
+            "Warning: journal `state/sim.json.journal` is empty",
+        ),
+        (
+            &b"\x00garbage"[..],
+            "Warning: journal `state/sim.json.journal` holds 8 bytes but no whole line",
+        ),
+    ] {
+        std::fs::write(&journal, bytes).unwrap();
+        let o = run(dir.path(), &["state", "list"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains(told), "{}", stderr(&o));
+        assert_eq!(stdout(&o).lines().count(), 310);
+        let o = run(
+            dir.path(),
+            &["plan", "-f", "sim0.json", "--detailed-exitcode"],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).contains(told), "{}", stderr(&o));
+        assert!(journal.exists(), "a reader removes nothing");
+        let o = run(dir.path(), &["apply", "-f", "sim0.json", "--auto-approve"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains(told), "{}", stderr(&o));
+        assert!(!journal.exists(), "the writer folds it in");
+    }
+}
+
+#[test]
+fn every_reader_sees_what_a_killed_first_apply_recorded() {
+    let dir = workdir();
+    let journal = dir.path().join("state/sim.json.journal");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmthunder"))
+        .args([
+            "apply",
+            "-f",
+            "examples/sim.json",
+            "--auto-approve",
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("VMTHUNDER_SPEC")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a few operations are durable, long before the apply ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read(&journal).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()) < 6 {
+        assert!(Instant::now() < deadline, "the apply journals nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !dir.path().join("state/sim.json").exists(),
+        "the apply ended first"
+    );
+    let replayed = State::load(&dir.path().join("state/sim.json"), "sim").unwrap();
+    assert!(
+        replayed.len() >= 5 && replayed.len() < 310,
+        "{}",
+        replayed.len()
+    );
+    let mut recorded: Vec<String> = replayed
+        .resources
+        .iter()
+        .map(|r| r.addr.to_string())
+        .collect();
+    recorded.sort();
+    let listed = recorded.join("\n") + "\n";
+
+    for args in [
+        &["state", "list"][..],
+        &["state", "list", "-f", "examples/sim.json"],
+    ] {
+        let o = run(dir.path(), args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), listed, "{args:?}");
+    }
+    let newest = replayed.resources.last().unwrap().addr.to_string();
+    let o = run(dir.path(), &["state", "show", &newest, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(dir.path(), &["graph", "-f", "examples/sim.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &[
+            "plan",
+            "-f",
+            "examples/sim.json",
+            "--refresh=false",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let noop = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["actions"] == serde_json::json!(["no-op"]))
+        .count();
+    let ready = replayed
+        .resources
+        .iter()
+        .filter(|r| r.status == vmthunder::state::Status::Ready)
+        .count();
+    assert_eq!(noop, ready, "the plan builds on the same records");
+    assert!(journal.exists(), "readers fold nothing");
+
+    // A writer folds the journal in first: the last record made is built on by nothing yet.
+    let o = run(dir.path(), &["state", "rm", &newest]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!journal.exists());
+    let o = run(dir.path(), &["state", "list"]);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        recorded.len() - 1,
         "{}",
         stderr(&o)
     );

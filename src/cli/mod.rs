@@ -106,10 +106,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Remove a lock left by a run that hangs or is gone, by its lock ID.
+    /// Remove a lock left by a run that hangs or is gone, by its lock ID. Refused while the
+    /// holder still runs on this machine, unless --force.
     ForceUnlock {
         /// The ID printed by the command that found the state locked.
         id: String,
+        /// Remove the lock even though its holder still runs on this machine (a run started
+        /// beside it would do its work a second time).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         spec: OptSpecArg,
         #[command(flatten)]
@@ -415,7 +420,7 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
         Command::Graph { spec, state } => {
             let spec = load_spec(&spec.file)?;
             let path = state_path(state.path, &spec.cluster);
-            let state = State::load(&path, &spec.cluster)?;
+            let state = load_state(&path, Some(&spec.cluster))?;
             let graph = Graph::build(&spec, &state)?;
             emit(graph.to_dot().as_bytes())?;
             Ok(0)
@@ -431,9 +436,14 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             let path = state_path(state.path, &spec.cluster);
             surgery::import(&spec, &path, &address, dry_run)
         }
-        Command::ForceUnlock { id, spec, state } => {
-            let path = find_state(spec.file.as_deref(), state.path)?;
-            let holder = state::force_unlock(&path, &id)?;
+        Command::ForceUnlock {
+            id,
+            force,
+            spec,
+            state,
+        } => {
+            let (path, _) = find_state(spec.file.as_deref(), state.path)?;
+            let holder = state::force_unlock(&path, &id, force)?;
             println!(
                 "Lock {} removed ({} by {}, pid {}). The state at `{}` is unlocked.",
                 holder.id,
@@ -536,23 +546,59 @@ pub(crate) fn state_path(given: Option<PathBuf>, cluster: &str) -> PathBuf {
     given.unwrap_or_else(|| PathBuf::from("state").join(format!("{cluster}.json")))
 }
 
-/// The state file from --state, from a spec's cluster, or the only one in state/.
-fn find_state(spec: Option<&Path>, given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+/// Reads the state at `path` as every command sees it ([`State::open`]: a journal left by a
+/// killed apply replayed), telling on stderr what of the journal it left out. `cluster`: the
+/// spec's, or `None` for whatever cluster the state is for. Takes no lock: readers that only
+/// show the state need none; writers take it first ([`locked_state`]).
+pub(crate) fn load_state(path: &Path, cluster: Option<&str>) -> Result<State, Failure> {
+    let loaded = State::open(path, cluster)?;
+    if let Some(ignored) = &loaded.ignored {
+        eprintln!("Warning: {ignored}");
+    }
+    Ok(loaded.state)
+}
+
+/// Takes the lock of the state at `path` for `operation`, then reads it ([`load_state`]).
+pub(crate) fn locked_state(
+    path: &Path,
+    cluster: Option<&str>,
+    operation: &str,
+    timeout: Duration,
+) -> Result<(Lock, State), Failure> {
+    let lock = Lock::acquire(path, operation, timeout)?;
+    let state = load_state(path, cluster)?;
+    Ok((lock, state))
+}
+
+/// The state file from --state, from a spec's cluster, or the only one in state/ (a state
+/// whose first apply was killed has only its journal there yet); with the cluster when a spec
+/// names it.
+fn find_state(
+    spec: Option<&Path>,
+    given: Option<PathBuf>,
+) -> Result<(PathBuf, Option<String>), Failure> {
     if let Some(p) = given {
-        return Ok(p);
+        return Ok((p, None));
     }
     if let Some(spec) = spec {
-        return Ok(state_path(None, &load_spec(spec)?.cluster));
+        let cluster = load_spec(spec)?.cluster;
+        return Ok((state_path(None, &cluster), Some(cluster)));
     }
-    let found: Vec<PathBuf> = std::fs::read_dir("state")
+    let found: std::collections::BTreeSet<PathBuf> = std::fs::read_dir("state")
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
+                .map(|p| match p.extension() {
+                    // `lab.json.journal`: the journal of `lab.json`.
+                    Some(x) if x == "journal" => p.with_extension(""),
+                    _ => p,
+                })
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .collect()
         })
         .unwrap_or_default();
+    let found: Vec<PathBuf> = found.into_iter().collect();
     match found.as_slice() {
-        [one] => Ok(one.clone()),
+        [one] => Ok((one.clone(), None)),
         [] => Err(fail(
             "no state found in state/: pass -f SPEC or --state PATH",
         )),
@@ -578,8 +624,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         .map(|a| a.parse::<Addr>().map_err(fail))
         .collect::<Result<Vec<_>, _>>()?;
     let path = state_path(args.state.path, &spec.cluster);
-    let _lock = Lock::acquire(&path, "plan", args.lock_timeout)?;
-    let mut state = State::load(&path, &spec.cluster)?;
+    let (_lock, mut state) = locked_state(&path, Some(&spec.cluster), "plan", args.lock_timeout)?;
     let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
         run::refresh_state(&spec, &mut state, Default::default())?
     } else {
@@ -672,26 +717,23 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
             dry_run,
             spec,
             state,
-        } => surgery::rm(
-            &find_state(spec.file.as_deref(), state.path)?,
-            &addresses,
-            dry_run,
-        ),
+        } => {
+            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
+            surgery::rm(&path, cluster.as_deref(), &addresses, dry_run)
+        }
         StateCommand::Mv {
             from,
             to,
             dry_run,
             spec,
             state,
-        } => surgery::mv(
-            &find_state(spec.file.as_deref(), state.path)?,
-            &from,
-            &to,
-            dry_run,
-        ),
+        } => {
+            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
+            surgery::mv(&path, cluster.as_deref(), &from, &to, dry_run)
+        }
         StateCommand::List { spec, state } => {
-            let path = find_state(spec.file.as_deref(), state.path)?;
-            let state = State::load_any(&path)?;
+            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
+            let state = load_state(&path, cluster.as_deref())?;
             let mut addrs: Vec<String> =
                 state.resources.iter().map(|r| r.addr.to_string()).collect();
             addrs.sort();
@@ -709,8 +751,8 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
             json,
         } => {
             let addr: Addr = address.parse().map_err(fail)?;
-            let path = find_state(spec.file.as_deref(), state.path)?;
-            let state = State::load_any(&path)?;
+            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
+            let state = load_state(&path, cluster.as_deref())?;
             let r = state.get(&addr).ok_or_else(|| {
                 fail(format!(
                     "no resource {addr} in state `{}`; `vmthunder state list` shows what is recorded",

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::events;
 use super::progress::{self, View};
 use super::{
-    emit, fail, load_spec, render_options, state_path, ApplyArgs, DestroyArgs, Failure, RunArgs,
+    emit, fail, load_spec, locked_state, render_options, state_path, ApplyArgs, DestroyArgs,
+    Failure, RunArgs,
 };
 use crate::apply::{self, Interrupt, Limits, Schedule, Stop};
 use crate::backend;
@@ -16,7 +17,7 @@ use crate::plan::{self, Mode, OpGraph, Plan};
 use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
 use crate::spec::Spec;
-use crate::state::{journal, Lock, State};
+use crate::state::{journal, State};
 
 pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
     json_needs_approval(&args.run, args.plan.is_some())?;
@@ -35,8 +36,8 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let saved = Plan::load(&file)?;
             let spec = saved_spec(&saved, &file)?;
             let path = state_path(args.state.path, &spec.cluster);
-            let _lock = Lock::acquire(&path, "apply", args.run.lock_timeout)?;
-            let mut state = State::load(&path, &spec.cluster)?;
+            let (_lock, mut state) =
+                locked_state(&path, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             saved.check_current(&state)?;
             journal::settle(&mut state, &path)?;
             execute(&spec, saved, &mut state, &path, &args.run, color, true)
@@ -49,8 +50,8 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             };
             let spec = load_spec(&spec_file)?;
             let path = state_path(args.state.path, &spec.cluster);
-            let _lock = Lock::acquire(&path, "apply", args.run.lock_timeout)?;
-            let mut state = State::load(&path, &spec.cluster)?;
+            let (_lock, mut state) =
+                locked_state(&path, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             journal::settle(&mut state, &path)?;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
                 refresh_state(&spec, &mut state, limits_of(&args.run))?
@@ -82,8 +83,8 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
     json_needs_approval(&args.run, false)?;
     let spec = load_spec(&args.spec.file)?;
     let path = state_path(args.state.path, &spec.cluster);
-    let _lock = Lock::acquire(&path, "destroy", args.run.lock_timeout)?;
-    let mut state = State::load(&path, &spec.cluster)?;
+    let (_lock, mut state) =
+        locked_state(&path, Some(&spec.cluster), "destroy", args.run.lock_timeout)?;
     journal::settle(&mut state, &path)?;
     let opts = plan::Options {
         mode: Some(Mode::Destroy),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{fail, Failure};
+use super::{fail, locked_state, Failure};
 use crate::backend::{self, Observed, Target};
 use crate::graph::Graph;
 use crate::resource::{Addr, Kind};
@@ -14,16 +14,25 @@ use crate::state::{journal, Lock, Recorded, State, Status};
 
 /// Loads the state at `path` under the lock (a leftover journal replayed), and unless this is
 /// a dry run folds the journal into the file.
-fn locked(path: &Path, operation: &str, dry_run: bool) -> Result<(Lock, State), Failure> {
-    let lock = Lock::acquire(path, operation, Duration::ZERO)?;
-    let mut state = State::load_any(path)?;
+fn locked(
+    path: &Path,
+    cluster: Option<&str>,
+    operation: &str,
+    dry_run: bool,
+) -> Result<(Lock, State), Failure> {
+    let (lock, mut state) = locked_state(path, cluster, operation, Duration::ZERO)?;
     if !dry_run {
         journal::settle(&mut state, path)?;
     }
     Ok((lock, state))
 }
 
-pub(super) fn rm(path: &Path, patterns: &[String], dry_run: bool) -> Result<i32, Failure> {
+pub(super) fn rm(
+    path: &Path,
+    cluster: Option<&str>,
+    patterns: &[String],
+    dry_run: bool,
+) -> Result<i32, Failure> {
     for p in patterns {
         if p.split('.').count() < 2 {
             return Err(fail(format!(
@@ -31,7 +40,7 @@ pub(super) fn rm(path: &Path, patterns: &[String], dry_run: bool) -> Result<i32,
             )));
         }
     }
-    let (_lock, mut state) = locked(path, "state rm", dry_run)?;
+    let (_lock, mut state) = locked(path, cluster, "state rm", dry_run)?;
     let chosen = state.select_for_removal(patterns).map_err(fail)?;
     let verb = if dry_run { "Would forget" } else { "Forgot" };
     for a in &chosen {
@@ -57,10 +66,16 @@ pub(super) fn rm(path: &Path, patterns: &[String], dry_run: bool) -> Result<i32,
     Ok(0)
 }
 
-pub(super) fn mv(path: &Path, from: &str, to: &str, dry_run: bool) -> Result<i32, Failure> {
+pub(super) fn mv(
+    path: &Path,
+    cluster: Option<&str>,
+    from: &str,
+    to: &str,
+    dry_run: bool,
+) -> Result<i32, Failure> {
     let from: Addr = from.parse().map_err(fail)?;
     let to: Addr = to.parse().map_err(fail)?;
-    let (_lock, mut state) = locked(path, "state mv", dry_run)?;
+    let (_lock, mut state) = locked(path, cluster, "state mv", dry_run)?;
     state.rename(&from, &to).map_err(fail)?;
     if dry_run {
         println!("Would move {from} to {to}; nothing was written.");
@@ -78,11 +93,7 @@ pub(super) fn import(
     dry_run: bool,
 ) -> Result<i32, Failure> {
     let addr: Addr = address.parse().map_err(fail)?;
-    let _lock = Lock::acquire(path, "import", Duration::ZERO)?;
-    let mut state = State::load(path, &spec.cluster)?;
-    if !dry_run {
-        journal::settle(&mut state, path)?;
-    }
+    let (_lock, mut state) = locked(path, Some(&spec.cluster), "import", dry_run)?;
     if state.get(&addr).is_some() {
         return Err(fail(format!(
             "{addr} is already recorded; `vmthunder state rm {addr}` first to import it again"

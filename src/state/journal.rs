@@ -64,16 +64,77 @@ pub enum Replayed {
     None,
     /// A journal older than the state file (the apply ended but died before removing it).
     Stale,
+    /// A journal without one whole line, so without its header: an apply killed as it began
+    /// it. Nothing to replay (what is left out is in [`Ignored`]).
+    Headless,
     /// A journal of an apply that did not end: this many operations were applied.
     Applied(usize),
 }
 
-/// Applies the journal next to `state_path`, if any, to `state` (just loaded from that path).
-pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, StateError> {
+/// Journal bytes that replay leaves out: the end of a journal that is not a whole line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ignored {
+    pub path: PathBuf,
+    /// How many bytes are left out.
+    pub bytes: usize,
+    /// Whole lines before them (0: not even the header is whole).
+    pub after_lines: usize,
+    /// The start of what is left out, cut short, for people to recognize.
+    pub head: String,
+}
+
+impl Ignored {
+    fn of(path: &Path, after_lines: usize, rest: &[u8]) -> Ignored {
+        const SHOWN: usize = 40;
+        let mut head = String::from_utf8_lossy(&rest[..rest.len().min(SHOWN)]).into_owned();
+        if rest.len() > SHOWN {
+            head.push_str("...");
+        }
+        Ignored {
+            path: path.to_path_buf(),
+            bytes: rest.len(),
+            after_lines,
+            head,
+        }
+    }
+}
+
+impl std::fmt::Display for Ignored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path.display();
+        match (self.bytes, self.after_lines) {
+            (0, _) => write!(
+                f,
+                "journal `{path}` is empty (an apply killed as it began): nothing to replay; the next command that writes state removes it"
+            ),
+            (n, 0) => write!(
+                f,
+                "journal `{path}` holds {n} byte{} but no whole line, so not even a header ({:?}): ignored as an apply killed as it began; the next command that writes state removes it (move it aside first if it is anything else)",
+                if n == 1 { "" } else { "s" },
+                self.head
+            ),
+            (n, lines) => write!(
+                f,
+                "journal `{path}`: ignoring {n} byte{} after line {lines} ({:?}), a record cut short (by a kill, or still being written) that was never reported done",
+                if n == 1 { "" } else { "s" },
+                self.head
+            ),
+        }
+    }
+}
+
+/// Applies the journal next to `state_path`, if any, to `state` (just loaded from that path;
+/// `None` when there is no file, and then the journal's header starts an empty state, for
+/// `cluster` if the caller names one). Says which journal bytes it left out.
+pub(super) fn replay(
+    state: &mut Option<State>,
+    cluster: Option<&str>,
+    state_path: &Path,
+) -> Result<(Replayed, Option<Ignored>), StateError> {
     let path = path_for(state_path);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replayed::None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Replayed::None, None)),
         Err(source) => {
             return Err(StateError::Read {
                 path: path.display().to_string(),
@@ -87,10 +148,10 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
         message,
     };
     // Only newline-terminated lines were written whole; the rest is a torn write.
-    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(end) => &bytes[..end],
-        None => return Ok(Replayed::Stale),
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
+        return Ok((Replayed::Headless, Some(Ignored::of(&path, 0, &bytes))));
     };
+    let complete = &bytes[..end];
     let mut lines = complete.split(|&b| b == b'\n');
     let header: Header<'_> = serde_json::from_slice(lines.next().unwrap_or_default())
         .map_err(|e| corrupt(format!("line 1: not a journal header: {e}")))?;
@@ -100,6 +161,7 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
             header.vmthunder_journal
         )));
     }
+    let state = state.get_or_insert_with(|| State::empty(cluster.unwrap_or(&header.cluster)));
     let same_lineage = state.lineage.as_deref().is_none_or(|l| l == header.lineage);
     if header.cluster != state.cluster || !same_lineage {
         return Err(corrupt(format!(
@@ -111,7 +173,7 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
         )));
     }
     if header.serial < state.serial {
-        return Ok(Replayed::Stale);
+        return Ok((Replayed::Stale, None));
     }
     if header.serial > state.serial {
         return Err(corrupt(format!(
@@ -141,13 +203,15 @@ pub(super) fn replay(state: &mut State, state_path: &Path) -> Result<Replayed, S
         }
         applied += 1;
     }
-    state.check_deps().map_err(corrupt)?;
+    state.check().map_err(corrupt)?;
     if applied > 0 {
         // Not the state the file's serial names any more: a plan saved against that serial
         // must be refused.
         state.serial = header.serial + 1;
     }
-    Ok(Replayed::Applied(applied))
+    let torn = &bytes[end + 1..];
+    let ignored = (!torn.is_empty()).then(|| Ignored::of(&path, lines.len() + 1, torn));
+    Ok((Replayed::Applied(applied), ignored))
 }
 
 /// Folds a leftover journal into the state file: after this, the state file alone is the
@@ -376,7 +440,18 @@ mod tests {
         j.file.write_all(b"{\"upsert\":{\"addr").unwrap();
         drop(j);
 
-        let mut loaded = State::load(&path, "lab").unwrap();
+        let opened = State::open(&path, Some("lab")).unwrap();
+        assert_eq!(opened.journal, Replayed::Applied(3));
+        let ignored = opened.ignored.expect("the torn write is told");
+        assert_eq!((ignored.bytes, ignored.after_lines), (16, 4));
+        let told = ignored.to_string();
+        assert!(
+            told.contains(
+                "lab.json.journal`: ignoring 16 bytes after line 4 (\"{\\\"upsert\\\":{\\\"addr\")"
+            ),
+            "{told}"
+        );
+        let mut loaded = opened.state;
         let addrs: Vec<String> = loaded
             .resources
             .iter()
@@ -405,6 +480,64 @@ mod tests {
         let loaded = State::load(&path, "lab").unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded.lineage, s.lineage);
+        // A reader that does not know the cluster sees the same state: the journal names it.
+        let any = State::open(&path, None).unwrap();
+        assert_eq!(any.state, loaded);
+        assert_eq!(any.journal, Replayed::Applied(1));
+        let err = State::open(&path, Some("other")).unwrap_err().to_string();
+        assert!(
+            err.contains("lab.json.journal") && err.contains("cluster \"lab\""),
+            "{err}"
+        );
+        // Neither a file nor a journal: empty for a known cluster, nothing to read otherwise.
+        let none = dir.path().join("none.json");
+        assert!(State::open(&none, Some("lab")).unwrap().state.is_empty());
+        let err = State::open(&none, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("no state at `{}`", none.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_and_headless_journals_are_told_before_they_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.json");
+        let mut s = State::empty("lab");
+        s.upsert(lv("lv.a.img", &[]));
+        s.persist(&path).unwrap();
+        let journal = path_for(&path);
+        for (bytes, told) in [
+            (&b""[..], "is empty (an apply killed as it began)".to_string()),
+            (
+                &b"{\"vmthunder_journal\":1,\"cluster\":\"lab\",\"lineage\":\"0123456789"[..],
+                "holds 60 bytes but no whole line, so not even a header (\"{\\\"vmthunder_journal\\\":1,\\\"cluster\\\":\\\"lab\\\",\\\"...\"): ignored".to_string(),
+            ),
+        ] {
+            fs::write(&journal, bytes).unwrap();
+            let opened = State::open(&path, Some("lab")).unwrap();
+            assert_eq!(opened.journal, Replayed::Headless);
+            assert_eq!(opened.state.len(), 1);
+            let ignored = opened.ignored.expect("what is dropped is told");
+            assert_eq!(ignored.bytes, bytes.len());
+            let message = ignored.to_string();
+            assert!(
+                message.starts_with(&format!("journal `{}` ", journal.display())),
+                "{message}"
+            );
+            assert!(message.contains(&told), "{message}");
+            // Folded by the next writer: the state file is unchanged but for its serial.
+            let mut state = opened.state;
+            assert!(settle(&mut state, &path).unwrap());
+            assert!(!journal.exists());
+            assert_eq!(State::load(&path, "lab").unwrap().resources, state.resources);
+        }
+        // Without a state file, a headless journal is no state at all.
+        fs::remove_file(&path).unwrap();
+        fs::write(&journal, b"{\"vmth").unwrap();
+        let opened = State::open(&path, Some("lab")).unwrap();
+        assert!(opened.state.is_empty() && opened.state.lineage.is_none());
+        assert_eq!(opened.ignored.map(|i| i.bytes), Some(6));
     }
 
     #[test]
@@ -421,9 +554,9 @@ mod tests {
         s.upsert(lv("lv.a.img", &[]));
         s.persist(&path).unwrap();
         drop(j);
-        let mut loaded = State::load(&path, "lab").unwrap();
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(replay(&mut loaded, &path).unwrap(), Replayed::Stale);
+        let loaded = State::open(&path, Some("lab")).unwrap();
+        assert_eq!(loaded.state.len(), 1);
+        assert_eq!(loaded.journal, Replayed::Stale);
 
         // A journal of another lineage is refused, naming the file.
         let other = dir.path().join("other.json");

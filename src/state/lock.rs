@@ -3,7 +3,9 @@
 //! An exclusive `flock` on `<state>.lock`, whose content says who holds it. The kernel drops
 //! the lock when its holder dies, so a killed run never leaves a lock that blocks the next one;
 //! `force-unlock ID` exists for holders that hang (or hold it from another machine through a
-//! shared directory): it removes the file, and new runs lock a fresh one.
+//! shared directory): it removes the file, and new runs lock a fresh one. It refuses while the
+//! holder is alive on this machine (unless forced): a new run beside a live one would do its
+//! work a second time.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -19,6 +21,10 @@ pub struct LockInfo {
     pub id: String,
     pub operation: String,
     pub who: String,
+    /// The machine `pid` runs on (empty in locks written before it was recorded: then the
+    /// host part of `who`).
+    #[serde(default)]
+    pub host: String,
     pub pid: u32,
     /// Seconds since the Unix epoch.
     pub created: u64,
@@ -39,6 +45,23 @@ impl std::fmt::Display for LockInfo {
     }
 }
 
+impl LockInfo {
+    /// The machine the holder runs on.
+    pub fn host(&self) -> &str {
+        if self.host.is_empty() {
+            self.who.rsplit_once('@').map_or("", |(_, h)| h)
+        } else {
+            &self.host
+        }
+    }
+
+    /// When the lock was taken, as an RFC 3339 time.
+    pub fn since(&self) -> String {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(self.created);
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("state is locked: {holder}\nwait for it to finish, retry with --lock-timeout, or if that process is gone run `vmthunder force-unlock {id}`", id = holder.id)]
@@ -52,6 +75,8 @@ pub enum LockError {
         given: String,
         holder: Box<LockInfo>,
     },
+    #[error("refusing to remove the lock of state `{path}`: {operation} (lock ID {id}) by {who}, pid {pid}, holds it since {since}, and that process is still running on this machine, so a run started beside it would do its work a second time: wait for it to finish or stop it (`kill {pid}`), or pass --force to remove the lock anyway", operation = holder.operation, id = holder.id, who = holder.who, pid = holder.pid, since = holder.since())]
+    HolderAlive { path: String, holder: Box<LockInfo> },
     #[error("failed to lock state at `{path}`")]
     Io {
         path: String,
@@ -104,6 +129,7 @@ impl Lock {
                 .map_err(io)?;
             match file.try_lock() {
                 Ok(()) => {
+                    let host = hostname();
                     // A force-unlock may have removed the file between open and lock.
                     let same = fs::metadata(&path)
                         .map(|m| m.ino() == file.metadata().map(|f| f.ino()).unwrap_or(0))
@@ -114,7 +140,8 @@ impl Lock {
                     let info = LockInfo {
                         id: uuid::Uuid::new_v4().to_string(),
                         operation: operation.to_string(),
-                        who: who(),
+                        who: format!("{}@{host}", user()),
+                        host,
                         pid: std::process::id(),
                         created: SystemTime::now()
                             .duration_since(SystemTime::UNIX_EPOCH)
@@ -173,8 +200,9 @@ impl Drop for Lock {
     }
 }
 
-/// Removes the lock of `state` if its ID is `id`.
-pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, LockError> {
+/// Removes the lock of `state` if its ID is `id`; refused while its holder is alive on this
+/// machine, unless `force`.
+pub fn force_unlock(state: &Path, id: &str, force: bool) -> Result<LockInfo, LockError> {
     let path = lock_path(state);
     let mut file = match File::open(&path) {
         Ok(f) => f,
@@ -201,6 +229,14 @@ pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, LockError> {
             holder: Box::new(holder),
         });
     }
+    // A free flock means the holder is gone, whatever process has its pid now.
+    let held = file.try_lock_shared().is_err();
+    if held && !force && holder.host() == hostname() && alive(holder.pid) {
+        return Err(LockError::HolderAlive {
+            path: state.display().to_string(),
+            holder: Box::new(holder),
+        });
+    }
     fs::remove_file(&path).map_err(|source| LockError::Io {
         path: path.display().to_string(),
         source,
@@ -208,14 +244,28 @@ pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, LockError> {
     Ok(holder)
 }
 
-fn who() -> String {
-    let user = std::env::var("USER")
+/// Whether process `pid` of this machine runs (a zombie has exited: its locks are gone).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|s| s != 'Z' && s != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn user() -> String {
+    std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{user}@{host}")
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 #[cfg(test)]
@@ -262,15 +312,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("lab.json");
         assert!(matches!(
-            force_unlock(&state, "x"),
+            force_unlock(&state, "x", false),
             Err(LockError::NotLocked { .. })
         ));
         let hung = Lock::acquire(&state, "apply", Duration::ZERO).unwrap();
         assert!(matches!(
-            force_unlock(&state, "wrong"),
+            force_unlock(&state, "wrong", true),
             Err(LockError::WrongId { .. })
         ));
-        let removed = force_unlock(&state, &hung.info.id).unwrap();
+        // Its holder (this process) is alive on this machine: refused unless forced.
+        let err = force_unlock(&state, &hung.info.id, false).unwrap_err();
+        assert!(matches!(err, LockError::HolderAlive { .. }), "{err:?}");
+        let shown = err.to_string();
+        for part in [
+            hung.info.id.as_str(),
+            &format!("pid {}", std::process::id()),
+            &hung.info.since(),
+            "--force",
+        ] {
+            assert!(shown.contains(part), "{part}: {shown}");
+        }
+        assert_eq!(Lock::holder(&state), Some(hung.info.clone()));
+        let removed = force_unlock(&state, &hung.info.id, true).unwrap();
         assert_eq!(removed.id, hung.info.id);
         // A new run gets a fresh lock although the hung holder still has its flock.
         let next = Lock::acquire(&state, "apply", Duration::ZERO).unwrap();
@@ -278,5 +341,68 @@ mod tests {
         // The hung holder finishing later must not remove the new lock.
         drop(hung);
         assert_eq!(Lock::holder(&state), Some(next.info.clone()));
+    }
+
+    /// Rewrites the holder's info in the lock file of `state`, as another run would have.
+    fn pretend(state: &Path, info: &LockInfo) {
+        fs::write(lock_path(state), serde_json::to_vec(info).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn force_unlock_goes_ahead_when_the_holder_is_gone_or_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lab.json");
+
+        // The flock is held, but the recorded pid has exited.
+        let held = Lock::acquire(&state, "apply", Duration::ZERO).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let info = LockInfo {
+            pid: gone,
+            ..held.info.clone()
+        };
+        pretend(&state, &info);
+        assert_eq!(force_unlock(&state, &info.id, false).unwrap().pid, gone);
+        drop(held);
+
+        // The holder runs on another machine (a shared directory): this one cannot tell.
+        let held = Lock::acquire(&state, "apply", Duration::ZERO).unwrap();
+        let info = LockInfo {
+            host: "elsewhere".into(),
+            who: "ops@elsewhere".into(),
+            ..held.info.clone()
+        };
+        pretend(&state, &info);
+        assert!(force_unlock(&state, &info.id, false).is_ok());
+        drop(held);
+
+        // A lock file left by a run that was killed: nobody holds its flock, so whatever
+        // process has its pid now (this one) is not the holder.
+        let info = LockInfo {
+            id: "left".into(),
+            ..info
+        };
+        pretend(
+            &state,
+            &LockInfo {
+                host: hostname(),
+                pid: std::process::id(),
+                ..info.clone()
+            },
+        );
+        assert_eq!(Lock::holder(&state), None);
+        assert!(force_unlock(&state, &info.id, false).is_ok());
+        assert!(!lock_path(&state).exists());
+    }
+
+    #[test]
+    fn locks_of_older_versions_name_their_host_in_who() {
+        let info: LockInfo = serde_json::from_str(
+            r#"{"id": "x", "operation": "apply", "who": "ops@node9", "pid": 1, "created": 0, "version": "0.1.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.host(), "node9");
+        assert_eq!(info.since(), "1970-01-01T00:00:00Z");
     }
 }

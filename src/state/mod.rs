@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::resource::{Addr, Desired, Kind};
 
+pub use journal::{Ignored, Replayed};
 pub use lock::{force_unlock, Lock, LockError, LockInfo};
 
 /// The state file format this build writes and reads.
@@ -64,6 +65,15 @@ pub struct State {
     index: HashMap<Addr, u32>,
 }
 
+/// A state as [`State::open`] read it, with what it found in the journal.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    pub journal: Replayed,
+    /// Journal bytes replay left out (a record cut short by a kill): to be told.
+    pub ignored: Option<Ignored>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("failed to read state `{path}`")]
@@ -84,6 +94,10 @@ pub enum StateError {
         found: String,
         expected: String,
     },
+    #[error("no state at `{path}`: nothing was ever applied with it (pass -f SPEC to read its cluster's state, or the right --state)")]
+    Missing { path: String },
+    #[error("refusing to write state `{path}`: {message}; the file was left as it was (the state in memory is broken: a bug, or a plan edited by hand)")]
+    Refused { path: String, message: String },
     #[error("failed to write state `{path}`")]
     Write {
         path: String,
@@ -114,16 +128,8 @@ impl State {
     ) -> Result<State, String> {
         let mut index = HashMap::with_capacity_and_hasher(resources.len(), Default::default());
         for (i, r) in resources.iter().enumerate() {
-            if index.insert(r.addr.clone(), i as u32).is_some() {
-                return Err(format!("resource {} is recorded twice", r.addr));
-            }
-            if r.desired.kind() != r.addr.kind {
-                return Err(format!(
-                    "resource {} has attributes of a {}",
-                    r.addr,
-                    r.desired.kind()
-                ));
-            }
+            // The first keeps the address: [`State::check`] names a second one.
+            index.entry(r.addr.clone()).or_insert(i as u32);
         }
         let state = State {
             serial,
@@ -133,18 +139,97 @@ impl State {
             resources,
             index,
         };
-        state.check_deps()?;
+        state.check()?;
         Ok(state)
     }
 
-    /// Every recorded dependency is itself recorded.
+    /// What makes records a state: every address recorded once, with attributes of its own
+    /// kind; every dependency recorded; no dependency cycle. Checked on every load (file and
+    /// journal) and before every write, so that no command writes a state its loader would
+    /// refuse. O(resources + dependencies).
+    pub fn check(&self) -> Result<(), String> {
+        // Agreement both ways, without hashing: n distinct addresses, each naming a record of
+        // that address, name n distinct records, so every record is recorded once.
+        let agrees = self.index.len() == self.resources.len()
+            && self
+                .index
+                .iter()
+                .all(|(a, &i)| self.resources.get(i as usize).is_some_and(|r| r.addr == *a));
+        if !agrees {
+            return Err(self.disagreement());
+        }
+        if let Some(r) = self
+            .resources
+            .iter()
+            .find(|r| r.desired.kind() != r.addr.kind)
+        {
+            return Err(format!(
+                "resource {} has attributes of a {}",
+                r.addr,
+                r.desired.kind()
+            ));
+        }
+        self.check_deps()
+    }
+
+    /// What is wrong when the index and the records disagree (for the message only).
+    fn disagreement(&self) -> String {
+        let mut seen = rustc_hash::FxHashSet::default();
+        match self.resources.iter().find(|r| !seen.insert(&r.addr)) {
+            Some(r) => format!("resource {} is recorded twice", r.addr),
+            None => "internal error: the index of the records is out of date".to_string(),
+        }
+    }
+
+    /// Every recorded dependency is itself recorded, and none is circular. A depth-first walk
+    /// over `deps` with its own stack (a chain is as deep as the image tree, and a state may
+    /// hold millions of records): each record and each dependency is visited once.
     fn check_deps(&self) -> Result<(), String> {
-        for r in &self.resources {
-            if let Some(d) = r.deps.iter().find(|d| !self.index.contains_key(*d)) {
-                return Err(format!(
-                    "resource {} depends on {d}, which is not recorded (a dangling dependency)",
-                    r.addr
-                ));
+        const NEW: u8 = 0;
+        const OPEN: u8 = 1;
+        const DONE: u8 = 2;
+        let mut mark = vec![NEW; self.resources.len()];
+        // (record, how many of its deps were looked at); the records on it are the OPEN ones.
+        let mut stack: Vec<(u32, u32)> = Vec::new();
+        for root in 0..self.resources.len() {
+            if mark[root] != NEW {
+                continue;
+            }
+            mark[root] = OPEN;
+            stack.push((root as u32, 0));
+            while let Some(top) = stack.last_mut() {
+                let (v, k) = *top;
+                let r = &self.resources[v as usize];
+                let Some(d) = r.deps.get(k as usize) else {
+                    mark[v as usize] = DONE;
+                    stack.pop();
+                    continue;
+                };
+                top.1 += 1;
+                let Some(&w) = self.index.get(d) else {
+                    return Err(format!(
+                        "resource {} depends on {d}, which is not recorded (a dangling dependency)",
+                        r.addr
+                    ));
+                };
+                match mark[w as usize] {
+                    NEW => {
+                        mark[w as usize] = OPEN;
+                        stack.push((w, 0));
+                    }
+                    OPEN => {
+                        let from = stack
+                            .iter()
+                            .rposition(|&(s, _)| s == w)
+                            .expect("an open record is on the stack");
+                        let on: Vec<&Addr> = stack[from..]
+                            .iter()
+                            .map(|&(s, _)| &self.resources[s as usize].addr)
+                            .collect();
+                        return Err(cycle_message(&on));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -197,16 +282,26 @@ impl State {
         }
     }
 
-    /// Reads `path`; a missing file is an empty state for `cluster`.
-    pub fn load(path: &Path, cluster: &str) -> Result<State, StateError> {
+    /// Reads the state at `path` as every command sees it: the file, then the journal a killed
+    /// apply left next to it replayed (read-only: folding it into the file is [`journal::settle`],
+    /// under the lock). A missing file is the empty state of `cluster`, or, when the caller does
+    /// not know the cluster (`None`), of the cluster the journal names; with neither a file nor
+    /// a journal nor a cluster there is nothing to read.
+    pub fn open(path: &Path, cluster: Option<&str>) -> Result<Loaded, StateError> {
         let shown = path.display().to_string();
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut state = State::empty(cluster);
-                journal::replay(&mut state, path)?;
-                return Ok(state);
+        let mut state = match fs::read(path) {
+            Ok(bytes) => {
+                let state = State::parse(path, &bytes)?;
+                if let Some(expected) = cluster.filter(|c| *c != state.cluster) {
+                    return Err(StateError::OtherCluster {
+                        path: shown,
+                        found: state.cluster,
+                        expected: expected.to_string(),
+                    });
+                }
+                Some(state)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(StateError::Read {
                     path: shown,
@@ -214,35 +309,49 @@ impl State {
                 })
             }
         };
-        let mut state = State::parse(path, &bytes)?;
-        if state.cluster != cluster {
-            return Err(StateError::OtherCluster {
-                path: shown,
-                found: state.cluster,
-                expected: cluster.to_string(),
-            });
-        }
-        journal::replay(&mut state, path)?;
-        Ok(state)
+        let (journal, ignored) = journal::replay(&mut state, cluster, path)?;
+        let state = match state {
+            Some(s) => s,
+            None => match cluster {
+                Some(c) => State::empty(c),
+                None => return Err(StateError::Missing { path: shown }),
+            },
+        };
+        Ok(Loaded {
+            state,
+            journal,
+            ignored,
+        })
     }
 
-    /// Reads a state file whatever cluster it is for.
-    pub fn load_any(path: &Path) -> Result<State, StateError> {
-        let shown = path.display().to_string();
-        let bytes = fs::read(path).map_err(|source| StateError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let mut state = State::parse(path, &bytes)?;
-        journal::replay(&mut state, path)?;
-        Ok(state)
+    /// [`State::open`] for a caller that knows the cluster, without the journal's details.
+    pub fn load(path: &Path, cluster: &str) -> Result<State, StateError> {
+        Ok(State::open(path, Some(cluster))?.state)
     }
 
     fn parse(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
-        let path = path.display().to_string();
         State::from_json(bytes).map_err(|e| match e {
-            FromJsonError::Version(found) => StateError::Version { path, found },
-            FromJsonError::Invalid(message) => StateError::Corrupt { path, message },
+            FromJsonError::Version(found) => StateError::Version {
+                path: path.display().to_string(),
+                found,
+            },
+            FromJsonError::Invalid(message) => {
+                let mut backup = path.as_os_str().to_owned();
+                backup.push(".backup");
+                let backup = PathBuf::from(backup);
+                let hint = if backup.exists() {
+                    format!(
+                        "; fix it by hand, or restore `{}` (the version before the last write)",
+                        backup.display()
+                    )
+                } else {
+                    "; fix it by hand".to_string()
+                };
+                StateError::Corrupt {
+                    path: path.display().to_string(),
+                    message: message + &hint,
+                }
+            }
         })
     }
 
@@ -305,7 +414,12 @@ impl State {
 
     /// Bumps the serial and writes the state atomically to `path`, keeping the previous file
     /// as `<path>.backup`.
+    /// Refused, writing nothing, if the state is one [`State::load`] would refuse.
     pub fn persist(&mut self, path: &Path) -> Result<(), StateError> {
+        self.check().map_err(|message| StateError::Refused {
+            path: path.display().to_string(),
+            message,
+        })?;
         self.serial += 1;
         let bytes = self.to_json();
         write_atomic(path, &bytes).map_err(|source| StateError::Write {
@@ -313,6 +427,24 @@ impl State {
             source,
         })
     }
+}
+
+/// The records on a dependency cycle, in dependency order, as a message: at most 20 named.
+fn cycle_message(on: &[&Addr]) -> String {
+    const NAMED: usize = 20;
+    if let [only] = on {
+        return format!("resource {only} depends on itself (a dependency cycle)");
+    }
+    let mut path: Vec<String> = on.iter().take(NAMED).map(|a| a.to_string()).collect();
+    if on.len() > NAMED {
+        path.push(format!("({} more)", on.len() - NAMED));
+    }
+    path.push(on[0].to_string());
+    format!(
+        "{} resources depend on each other in a cycle: {} (each is recorded as built on the next, so none can be deleted first)",
+        on.len(),
+        path.join(" -> ")
+    )
 }
 
 /// The state file's shape, for its JSON Schema (the file is written by [`State::to_json`]).
@@ -537,5 +669,163 @@ pub(crate) mod tests {
         fs::write(&bad, r#"{"format_version": 1, "serial": 1, "lineage": "x", "cluster": "lab", "resources": [{"address": "lv.a.b", "kind": "lv", "host": "a", "image": "b", "status": "ready", "desired": {"purpose": "cache", "size": 1}, "deps": ["cache.a.b"]}]}"#).unwrap();
         let err = State::load(&bad, "lab").unwrap_err().to_string();
         assert!(err.contains("dangling"), "{err}");
+    }
+
+    /// A state file of cluster lab holding `resources` (address, deps), written as by hand.
+    fn hand_written(path: &Path, resources: &[(&str, &[&str])]) {
+        let resources: Vec<serde_json::Value> = resources
+            .iter()
+            .map(|(a, deps)| {
+                let addr: Addr = a.parse().unwrap();
+                serde_json::json!({
+                    "address": a, "kind": addr.kind, "host": &*addr.host,
+                    "image": &*addr.image, "status": "ready",
+                    "desired": {"purpose": "cache", "size": 1}, "deps": deps,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "format_version": 1, "serial": 1, "lineage": "x", "cluster": "lab",
+            "resources": resources,
+        });
+        fs::write(path, doc.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_refused_naming_the_file_and_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.json");
+        hand_written(
+            &path,
+            &[
+                ("lv.a.img", &[]),
+                ("lv.b.img", &["lv.a.img", "lv.d.img"]),
+                ("lv.c.img", &["lv.b.img"]),
+                ("lv.d.img", &["lv.c.img"]),
+            ],
+        );
+        let err = State::load(&path, "lab").unwrap_err().to_string();
+        assert!(err.contains(&format!("`{}`", path.display())), "{err}");
+        assert!(
+            err.contains("3 resources depend on each other in a cycle: lv.b.img -> lv.d.img -> lv.c.img -> lv.b.img"),
+            "{err}"
+        );
+        assert!(!err.contains("lv.a.img"), "{err}");
+        assert!(err.contains("fix it by hand"), "{err}");
+
+        hand_written(
+            &path,
+            &[("lv.a.img", &[]), ("lv.b.img", &[]), ("lv.a.img", &[])],
+        );
+        let err = State::load(&path, "lab").unwrap_err().to_string();
+        assert!(err.contains("resource lv.a.img is recorded twice"), "{err}");
+
+        hand_written(&path, &[("lv.a.img", &["lv.a.img"])]);
+        let err = State::open(&path, None).unwrap_err().to_string();
+        assert!(err.contains("lv.a.img depends on itself"), "{err}");
+    }
+
+    #[test]
+    fn long_cycles_are_named_in_part() {
+        let n = 100;
+        let mut s = State::empty("lab");
+        for i in 0..n {
+            s.upsert(lv(
+                &format!("lv.h{i}.img"),
+                &[&format!("lv.h{}.img", (i + 1) % n)],
+            ));
+        }
+        let err = s.check().unwrap_err();
+        assert!(
+            err.starts_with("100 resources depend on each other"),
+            "{err}"
+        );
+        assert!(
+            err.contains("lv.h19.img -> (80 more) -> lv.h0.img"),
+            "{err}"
+        );
+        assert!(err.len() < 600, "{err}");
+    }
+
+    #[test]
+    fn deep_chains_are_checked_without_recursion() {
+        // Deeper than any call stack would take, one record after the other.
+        let n = 300_000;
+        let mut resources = Vec::with_capacity(n);
+        for i in 0..n {
+            let deps: Vec<String> = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("lv.h{}.img", i - 1)]
+            };
+            let deps: Vec<&str> = deps.iter().map(|d| d.as_str()).collect();
+            resources.push(lv(&format!("lv.h{i}.img"), &deps));
+        }
+        // Dependents first: each walk from a root goes down the whole chain.
+        resources.reverse();
+        let mut s = State::from_parts("lab", 0, None, Placement::new(), resources).unwrap();
+        s.upsert(lv("lv.h0.img", &[&format!("lv.h{}.img", n - 1)]));
+        let err = s.check().unwrap_err();
+        assert!(
+            err.starts_with(&format!("{n} resources depend on each other")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn persist_refuses_what_load_would_refuse_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.json");
+        let mut good = State::empty("lab");
+        good.upsert(lv("lv.a.img", &[]));
+        good.persist(&path).unwrap();
+        let written = fs::read(&path).unwrap();
+
+        let refused = |mut s: State| {
+            let serial = s.serial;
+            let err = s.persist(&path).unwrap_err();
+            assert!(matches!(err, StateError::Refused { .. }), "{err:?}");
+            assert_eq!(s.serial, serial, "nothing was bumped");
+            assert_eq!(fs::read(&path).unwrap(), written, "nothing was written");
+            err.to_string()
+        };
+        let mut s = good.clone();
+        s.upsert(lv("lv.x.img", &["lv.nowhere.img"]));
+        let err = refused(s);
+        assert!(err.starts_with(&format!("refusing to write state `{}`: resource lv.x.img depends on lv.nowhere.img, which is not recorded", path.display())), "{err}");
+
+        let mut s = good.clone();
+        s.upsert(lv("lv.b.img", &["lv.c.img"]));
+        s.upsert(lv("lv.c.img", &["lv.b.img"]));
+        assert!(refused(s).contains("lv.b.img -> lv.c.img -> lv.b.img"));
+
+        let mut s = good.clone();
+        s.resources.push(lv("lv.a.img", &[]));
+        assert!(refused(s).contains("resource lv.a.img is recorded twice"));
+
+        let mut s = good.clone();
+        s.upsert(Recorded {
+            desired: Desired::Lv(LvAttrs {
+                purpose: LvPurpose::Cache,
+                size: Size(1),
+            }),
+            ..lv("cache.a.img", &["lv.a.img"])
+        });
+        assert!(refused(s).contains("cache.a.img has attributes of a lv"));
+
+        // Journal compaction checks too: a journal that would make a broken state is refused
+        // when loaded, before anything is folded into the file.
+        let mut s = good.clone();
+        let mut j = journal::Journal::begin(&mut s, &path).unwrap();
+        let mut lines = Vec::new();
+        journal::upsert_line(&lv("lv.b.img", &["lv.gone.img"]), &mut lines);
+        j.append(&lines).unwrap();
+        drop(j);
+        let err = State::load(&path, "lab").unwrap_err().to_string();
+        assert!(
+            err.contains("lab.json.journal") && err.contains("lv.gone.img"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), written);
     }
 }
