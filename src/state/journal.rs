@@ -132,7 +132,7 @@ pub(super) fn replay(
     state_path: &Path,
 ) -> Result<(Replayed, Option<Ignored>), StateError> {
     let path = path_for(state_path);
-    let bytes = match fs::read(&path) {
+    let bytes = match crate::text::read_regular(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Replayed::None, None)),
         Err(source) => {

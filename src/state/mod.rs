@@ -289,7 +289,7 @@ impl State {
     /// a journal nor a cluster there is nothing to read.
     pub fn open(path: &Path, cluster: Option<&str>) -> Result<Loaded, StateError> {
         let shown = path.display().to_string();
-        let mut state = match fs::read(path) {
+        let mut state = match crate::text::read_regular(path) {
             Ok(bytes) => {
                 let state = State::parse(path, &bytes)?;
                 if let Some(expected) = cluster.filter(|c| *c != state.cluster) {
