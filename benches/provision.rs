@@ -282,7 +282,7 @@ fn hosts_of(h: usize) -> Vec<String> {
 
 fn append(c: &Config) -> String {
     format!(
-        "console=ttyS0 panic=-1 quiet vmthunder.name={{name}} vmthunder.read_mib={}",
+        "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={{name}} vmthunder.read_mib={}",
         c.read_mib
     )
 }

@@ -98,7 +98,7 @@ fn spec(iscsi_target: &str) -> serde_json::Value {
             "per_host": 1, "memory": "128MiB", "cow_size": "32MiB",
             "boot": {
                 "kernel": "/srv/boot/vmlinuz", "initrd": "/srv/boot/initrd.img",
-                "append": "console=ttyS0 panic=-1 quiet vmthunder.name={name}"
+                "append": "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={name}"
             }
         }
     })

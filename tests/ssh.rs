@@ -365,7 +365,7 @@ fn spec_values_with_shell_syntax_run_nothing_they_spell() {
     let evil_image =
         "/srv/images/it's $(touch /tmp/injected) `touch /tmp/injected` ; touch /tmp/injected #.raw";
     let evil_kernel = "/srv/boot/vm linuz;touch /tmp/injected";
-    let append = "console=ttyS0 panic=-1 quiet vmthunder.name={name} x=\"$(touch /tmp/injected)\" ';touch /tmp/injected'";
+    let append = "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={name} x=\"$(touch /tmp/injected)\" ';touch /tmp/injected'";
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest");
     tb.stage("src", evil_image, &guest.join("base.raw"));
     tb.stage("node01", evil_kernel, &guest.join("vmlinuz"));

@@ -180,7 +180,7 @@ pub fn spec(net: u8, hosts: usize, degree: u32, clones: u32, boot: bool) -> Valu
         clones_v["boot"] = json!({
             "kernel": guest("vmlinuz"),
             "initrd": guest("initrd.img"),
-            "append": "console=ttyS0 panic=-1 quiet vmthunder.name={name}"
+            "append": "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={name}"
         });
         clones_v["ready"] = json!({ "line": "VMTHUNDER-READY", "timeout_secs": 600 });
     }

@@ -208,7 +208,7 @@ impl Testbed {
             "clones": {
                 "per_host": clones, "vcpus": 1, "memory": "128MiB", "cow_size": "64MiB",
                 "boot": { "kernel": "/srv/boot/vmlinuz", "initrd": "/srv/boot/initrd.img",
-                          "append": "console=ttyS0 panic=-1 quiet vmthunder.name={name}" },
+                          "append": "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={name}" },
                 "ready": { "line": "VMTHUNDER-READY", "timeout_secs": 600 }
             }
         })
