@@ -376,9 +376,10 @@ fn plan_json_out_and_show_agree() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(doc["format_version"], "1.0");
+    assert_eq!(doc["format_version"], "2.0");
     assert_eq!(doc["prior_state"]["serial"], 0);
     assert!(doc["spec_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(doc["plan_digest"].as_str().unwrap().starts_with("sha256:"));
     let changes = doc["resource_changes"].as_array().unwrap();
     assert!(changes
         .iter()
@@ -971,4 +972,304 @@ fn every_reader_sees_what_a_killed_first_apply_recorded() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `mini.json`: a sim cluster (img0 -> node01, node02; node01 -> node03) of `clones` clones
+/// per node whose operations take no time: 20 resources with one clone.
+fn mini(dir: &Path, clones: u32) {
+    let zero: serde_json::Value = ["lv", "session", "cache", "target", "snapshot", "domain"]
+        .iter()
+        .map(|k| (k.to_string(), serde_json::json!(0)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let hosts: Vec<serde_json::Value> = ["img0", "node01", "node02", "node03"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| serde_json::json!({"name": h, "address": format!("10.0.0.{}", i + 1)}))
+        .collect();
+    let doc = serde_json::json!({
+        "version": 1,
+        "cluster": "mini",
+        "backend": {"stack": "sim"},
+        "estimate": {"working_set": 0, "create": zero, "delete": zero},
+        "hosts": hosts,
+        "images": [{"name": "base", "source_host": "img0", "path": "images/base.qcow2", "size": "10GiB"}],
+        "tree": {"degree": 2},
+        "cache": {"size": "4GiB"},
+        "clones": {"per_host": clones, "memory": "1GiB", "cow_size": "2GiB"}
+    });
+    std::fs::write(dir.join("mini.json"), doc.to_string()).unwrap();
+}
+
+/// `plan -f mini.json --out plans/p.json` (plus `extra`), read back.
+fn mini_plan(dir: &Path, extra: &[&str]) -> vmthunder::plan::Plan {
+    let mut args = vec!["plan", "-f", "mini.json", "--out", "plans/p.json"];
+    args.extend_from_slice(extra);
+    let o = run(dir, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    vmthunder::plan::Plan::load(&dir.join("plans/p.json")).unwrap()
+}
+
+/// `apply plans/edited.json` fails naming `expected`, says nothing was changed, and leaves
+/// the state file as it was.
+fn apply_refused(dir: &Path, expected: &str) {
+    let state = dir.join("state/mini.json");
+    let before = std::fs::read(&state).ok();
+    let o = run(dir, &["apply", "plans/edited.json"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{expected}: {err}");
+    assert!(err.contains(expected), "expected {expected:?} in\n{err}");
+    assert!(
+        err.contains("nothing was changed; make a new plan"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&state).ok(),
+        before,
+        "{expected}: state touched"
+    );
+}
+
+fn change_at<'a>(p: &'a mut vmthunder::plan::Plan, addr: &str) -> &'a mut vmthunder::plan::Change {
+    let a: vmthunder::resource::Addr = addr.parse().unwrap();
+    p.changes.iter_mut().find(|c| c.addr == a).unwrap()
+}
+
+/// The reproducers of issue 15, edited by hand: the digest refuses them all.
+#[test]
+fn hand_edited_saved_plans_are_refused_before_anything_is_touched() {
+    let dir = workdir();
+    mini(dir.path(), 1);
+    mini_plan(dir.path(), &[]);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("plans/p.json")).unwrap()).unwrap();
+    assert_eq!(doc["format_version"], "2.0");
+    let at = |d: &serde_json::Value, addr: &str| {
+        d["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["address"] == addr)
+            .unwrap()
+    };
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "a dangling dependency",
+            Box::new(move |d| {
+                let i = at(d, "session.node01.base");
+                d["resource_changes"][i]["depends_on"] = serde_json::json!(["lv.nowhere.base"]);
+            }),
+        ),
+        (
+            "a deleted create",
+            Box::new(move |d| {
+                let i = at(d, "lv.node01.base");
+                d["resource_changes"].as_array_mut().unwrap().remove(i);
+            }),
+        ),
+        (
+            "a create renamed to an existing address",
+            Box::new(move |d| {
+                let i = at(d, "lv.node02.base.0");
+                d["resource_changes"][i]["address"] = "lv.node01.base.0".into();
+            }),
+        ),
+        (
+            "a dependency cycle",
+            Box::new(move |d| {
+                let i = at(d, "target.img0.base");
+                d["resource_changes"][i]["depends_on"] =
+                    serde_json::json!(["domain.node03.base.0"]);
+            }),
+        ),
+        ("destroy mode", Box::new(|d| d["mode"] = "destroy".into())),
+        (
+            "a duplicated change",
+            Box::new(move |d| {
+                let c = d["resource_changes"][at(d, "domain.node02.base.0")].clone();
+                d["resource_changes"].as_array_mut().unwrap().push(c);
+            }),
+        ),
+        (
+            "a changed after.size",
+            Box::new(move |d| {
+                let i = at(d, "lv.node01.base");
+                d["resource_changes"][i]["after"]["size"] = "1GiB".into();
+            }),
+        ),
+        (
+            "a placement cycle",
+            Box::new(|d| d["placement"]["base"]["node01"] = "node03".into()),
+        ),
+    ];
+    for (what, edit) in &edits {
+        let mut d = doc.clone();
+        edit(&mut d);
+        std::fs::write(
+            dir.path().join("plans/edited.json"),
+            serde_json::to_vec_pretty(&d).unwrap(),
+        )
+        .unwrap();
+        let o = run(dir.path(), &["apply", "plans/edited.json"]);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("plan `plans/edited.json` was altered after it was saved (its content does not match its plan_digest); nothing was changed; make a new plan"),
+            "{what}: {err}"
+        );
+        let o = run(dir.path(), &["show", "plans/edited.json", "--json"]);
+        assert_eq!(o.status.code(), Some(1), "{what}: show launders no edit");
+    }
+    let mut d = doc.clone();
+    d.as_object_mut().unwrap().remove("plan_digest");
+    std::fs::write(
+        dir.path().join("plans/edited.json"),
+        serde_json::to_vec_pretty(&d).unwrap(),
+    )
+    .unwrap();
+    let o = run(dir.path(), &["apply", "plans/edited.json"]);
+    assert!(
+        stderr(&o).contains("has no plan_digest") && stderr(&o).contains("make a new plan"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !dir.path().join("state/mini.json").exists(),
+        "no state written"
+    );
+    // The plan as saved applies.
+    let o = run(dir.path(), &["apply", "plans/p.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("20 added"), "{}", stdout(&o));
+}
+
+/// The reproducers of issue 15 with the digest recomputed: the consistency checks refuse
+/// them, naming the address and the field, and the state stays readable.
+#[test]
+fn resealed_saved_plans_vmthunder_would_not_make_are_refused() {
+    use vmthunder::plan::{Action, Mode, Plan};
+    use vmthunder::resource::Desired;
+    let dir = workdir();
+    mini(dir.path(), 1);
+    let fresh = mini_plan(dir.path(), &[]);
+    type Edit = Box<dyn Fn(&mut Plan)>;
+    let addr = |a: &str| a.parse::<vmthunder::resource::Addr>().unwrap();
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |p| change_at(p, "session.node01.base").deps = vec![addr("lv.nowhere.base")]),
+            "session.node01.base: depends_on names lv.nowhere.base, which is neither in the plan nor in the state",
+        ),
+        (
+            Box::new(|p| p.changes.retain(|c| c.addr.to_string() != "lv.node01.base")),
+            "cache.node01.base: depends_on names lv.node01.base, which is neither in the plan nor in the state",
+        ),
+        (
+            Box::new(|p| p.changes.retain(|c| c.addr.to_string() != "domain.node03.base.0")),
+            "domain.node03.base.0: missing; the plan's spec and the state call for a create of it",
+        ),
+        (
+            Box::new(move |p| change_at(p, "lv.node02.base.0").addr = addr("lv.node01.base.0")),
+            "lv.node01.base.0: listed more than once",
+        ),
+        (
+            Box::new(move |p| change_at(p, "target.img0.base").deps = vec![addr("domain.node03.base.0")]),
+            "depends_on and prior_depends_on form a cycle through create target.img0.base",
+        ),
+        (
+            Box::new(|p| p.mode = Mode::Destroy),
+            "target.img0.base: a create in a destroy plan (a destroy plan only deletes)",
+        ),
+        (
+            Box::new(|p| {
+                let c = change_at(p, "domain.node02.base.0").clone();
+                p.changes.push(c);
+            }),
+            "domain.node02.base.0: listed more than once",
+        ),
+        (
+            Box::new(|p| {
+                if let Some(Desired::Lv(a)) = &mut change_at(p, "lv.node01.base").after {
+                    a.size = vmthunder::size::Size(1 << 30);
+                }
+            }),
+            "lv.node01.base: after.size is \"1GiB\", the plan's spec gives \"4GiB\"",
+        ),
+        (
+            Box::new(move |p| change_at(p, "domain.node03.base.0").addr = addr("domain.node09.base.0")),
+            "domain.node09.base.0: host \"node09\" is not a host of the plan's spec",
+        ),
+        (
+            Box::new(|p| {
+                p.placement.get_mut("base").unwrap().insert("node01".into(), "node03".into());
+            }),
+            "placement of image base is a cycle: node01 pulls from node03 pulls from node01",
+        ),
+    ];
+    for (edit, expected) in &cases {
+        let mut p = fresh.clone();
+        edit(&mut p);
+        p.save(&dir.path().join("plans/edited.json")).unwrap();
+        apply_refused(dir.path(), expected);
+    }
+    assert!(
+        !dir.path().join("state/mini.json").exists(),
+        "no state written"
+    );
+
+    let o = run(dir.path(), &["apply", "plans/p.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // More clones: a plan against a state with a lineage.
+    mini(dir.path(), 2);
+    let grown = mini_plan(dir.path(), &[]);
+    assert!(grown.prior.lineage.is_some());
+    let mut p = grown.clone();
+    p.prior.lineage = None;
+    p.save(&dir.path().join("plans/edited.json")).unwrap();
+    let before = std::fs::read(dir.path().join("state/mini.json")).unwrap();
+    let o = run(dir.path(), &["apply", "plans/edited.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("it was made against another state"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("state/mini.json")).unwrap(),
+        before
+    );
+    // Deleting what the spec still wants, with a "delete" shaped like vmthunder's.
+    let mut p = grown.clone();
+    let c = change_at(&mut p, "domain.node01.base.0");
+    assert_eq!(c.action, Action::NoOp);
+    c.action = Action::Delete;
+    c.before = c.after.take();
+    c.prior_deps = std::mem::take(&mut c.deps);
+    c.reason = Some(vmthunder::plan::Reason::NotInSpec);
+    p.save(&dir.path().join("plans/edited.json")).unwrap();
+    apply_refused(
+        dir.path(),
+        "domain.node01.base.0: actions are [\"delete\"], the plan's spec and the state give [\"no-op\"]",
+    );
+
+    // What vmthunder made applies, targeted or not, and the state reads back after each.
+    mini_plan(dir.path(), &["--target", "domain.node02"]);
+    let o = run(dir.path(), &["apply", "plans/p.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("3 added"), "{}", stdout(&o));
+    mini_plan(dir.path(), &[]);
+    let o = run(dir.path(), &["apply", "plans/p.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["plan", "-f", "mini.json", "--detailed-exitcode"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    mini_plan(dir.path(), &["--destroy"]);
+    let o = run(dir.path(), &["apply", "plans/p.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("29 destroyed"), "{}", stdout(&o));
+    let o = run(dir.path(), &["state", "list", "-f", "mini.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
 }

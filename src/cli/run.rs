@@ -38,7 +38,15 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             let path = state_path(args.state.path, &spec.cluster);
             let (_lock, mut state) =
                 locked_state(&path, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
+            // The whole plan is checked before anything is touched (settling a journal
+            // writes the state).
             saved.check_current(&state)?;
+            saved.verify_saved(&spec, &mut state).map_err(|r| {
+                fail(format!(
+                    "plan `{}` is not the plan vmthunder makes from its spec and the state: {r}",
+                    file.display()
+                ))
+            })?;
             journal::settle(&mut state, &path)?;
             execute(&spec, saved, &mut state, &path, &args.run, color, true)
         }
@@ -169,19 +177,19 @@ fn make_plan(spec: &Spec, state: &State, opts: &plan::Options) -> Result<Plan, F
 fn saved_spec(saved: &Plan, file: &Path) -> Result<Spec, Failure> {
     let value = saved.spec.as_ref().ok_or_else(|| {
         fail(format!(
-            "plan `{}` does not carry its spec (it was made by an older vmthunder); make a new plan",
+            "plan `{}` does not carry its spec (it was made by an older vmthunder); nothing was changed; make a new plan",
             file.display()
         ))
     })?;
     let spec = Spec::from_value(value).map_err(|e| {
         fail(format!(
-            "the spec inside plan `{}` is not valid: {e}; make a new plan",
+            "the spec inside plan `{}` is not valid: {e}; nothing was changed; make a new plan",
             file.display()
         ))
     })?;
     if saved.spec_digest.as_deref() != Some(spec.digest().as_str()) {
         return Err(fail(format!(
-            "plan `{}` was altered after it was saved (its spec does not match its digest); make a new plan",
+            "plan `{}` was altered after it was saved (its spec does not match its spec_digest); nothing was changed; make a new plan",
             file.display()
         )));
     }

@@ -2,7 +2,8 @@
 //!
 //! Pure data and a pure diff: it never calls a backend, so every rule here is testable from
 //! tables of cases. Rendering for people lives in `render`, the versioned JSON form in `wire`,
-//! the order apply runs the changes in in `ops`.
+//! the order apply runs the changes in in `ops`, the checks a saved plan passes before apply
+//! runs it in `verify`.
 //!
 //! | action    | before            | after              |
 //! |-----------|-------------------|--------------------|
@@ -13,6 +14,7 @@
 
 mod ops;
 mod render;
+mod verify;
 mod wire;
 
 use rustc_hash::FxHashSet as HashSet;
@@ -23,6 +25,7 @@ use crate::state::{Placement, State, Status};
 
 pub use ops::{Op, OpGraph, OpKind};
 pub use render::{render, RenderOptions};
+pub use verify::Rejected;
 pub use wire::{schema_bytes, PlanFileError, PLAN_FORMAT_VERSION};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,6 +116,8 @@ pub struct Prior {
 pub struct Plan {
     pub cluster: String,
     pub mode: Mode,
+    /// The `--target` patterns it was limited to (none: the whole spec and state).
+    pub targets: Vec<String>,
     pub prior: Prior,
     pub spec_digest: Option<String>,
     /// The spec the plan was made from, so a saved plan applies on its own.
@@ -185,6 +190,14 @@ impl Plan {
             return Err(StalePlan::Serial {
                 plan: self.prior.serial,
                 state: state.serial,
+            });
+        }
+        // No lineage: made before the state was first written, so only for a state that
+        // still has none.
+        if self.prior.lineage.is_none() && state.lineage.is_some() {
+            return Err(StalePlan::Lineage {
+                plan: None,
+                state: state.lineage.clone(),
             });
         }
         Ok(())
@@ -362,6 +375,7 @@ pub fn diff(
     let mut plan = Plan {
         cluster: state.cluster.clone(),
         mode,
+        targets: opts.targets.clone(),
         prior,
         spec_digest,
         spec: None,

@@ -572,3 +572,497 @@ fn the_linux_stack_exports_on_the_iscsi_port_and_versions_its_image() {
     }
     assert_eq!(sessions, 2);
 }
+
+/// A plan as `plan --out` saves it: carrying its spec and the spec's digest.
+fn saved(spec: &Spec, state: &State, opts: &Options) -> Plan {
+    let mut p = plan_of(spec, state, opts);
+    p.spec_digest = Some(spec.digest());
+    p.spec = Some(serde_json::to_value(spec).unwrap());
+    p
+}
+
+/// What `verify_saved` says of `p`; checks that it leaves the state as it was.
+fn verdict(p: &Plan, spec: &Spec, state: &State) -> Result<(), String> {
+    let mut st = state.clone();
+    let r = p.verify_saved(spec, &mut st).map_err(|e| e.to_string());
+    assert_eq!(&st, state, "verification restores the state");
+    r
+}
+
+fn change_mut<'a>(p: &'a mut Plan, addr: &str) -> &'a mut Change {
+    let a: Addr = addr.parse().unwrap();
+    p.changes.iter_mut().find(|c| c.addr == a).unwrap()
+}
+
+#[test]
+fn saved_plans_are_sealed_and_an_edit_anywhere_is_refused() {
+    let s = spec(&["a", "b", "c"], 2, 2);
+    let empty = State::empty("t");
+    let p = saved(&s, &empty, &Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    p.save(&file).unwrap();
+    assert_eq!(Plan::load(&file).unwrap(), p);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(doc["format_version"], "2.0");
+    assert!(doc["plan_digest"].as_str().unwrap().starts_with("sha256:"));
+
+    // Formatting and key order are not content: the canonical form is the same.
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert_eq!(Plan::load(&file).unwrap(), p);
+
+    let load_edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = doc.clone();
+        edit(&mut d);
+        std::fs::write(&file, serde_json::to_vec_pretty(&d).unwrap()).unwrap();
+        Plan::load(&file).unwrap_err().to_string()
+    };
+    let change = |d: &mut serde_json::Value, addr: &str| -> usize {
+        d["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["address"] == addr)
+            .unwrap()
+    };
+    type Edit<'a> = Box<dyn Fn(&mut serde_json::Value) + 'a>;
+    let edits: Vec<(&str, Edit, &str)> = vec![
+        (
+            "depends_on",
+            Box::new(|d| {
+                let i = change(d, "session.a.base");
+                d["resource_changes"][i]["depends_on"] = serde_json::json!(["lv.nowhere.base"]);
+            }),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "a deleted create",
+            Box::new(|d| {
+                let i = change(d, "lv.a.base");
+                d["resource_changes"].as_array_mut().unwrap().remove(i);
+            }),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "after.size",
+            Box::new(|d| {
+                let i = change(d, "lv.a.base");
+                d["resource_changes"][i]["after"]["size"] = "3GiB".into();
+            }),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "mode",
+            Box::new(|d| d["mode"] = "destroy".into()),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "lineage",
+            Box::new(|d| d["prior_state"]["lineage"] = "x".into()),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "the spec",
+            Box::new(|d| d["configuration"]["clones"]["per_host"] = 3.into()),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "placement",
+            Box::new(|d| d["placement"]["base"]["c"] = "b".into()),
+            "its content does not match its plan_digest",
+        ),
+        (
+            "a derived host",
+            Box::new(|d| {
+                let i = change(d, "lv.a.base");
+                d["resource_changes"][i]["host"] = "b".into();
+            }),
+            "lv.a.base: host \"b\" does not match its address",
+        ),
+        (
+            "the summary",
+            Box::new(|d| d["summary"]["add"] = 1.into()),
+            "its summary does not count its changes",
+        ),
+    ];
+    for (what, edit, expected) in &edits {
+        let err = load_edited(edit.as_ref());
+        assert!(
+            err.contains("was altered after it was saved") && err.contains(expected),
+            "{what}: {err}"
+        );
+        assert!(
+            err.ends_with("nothing was changed; make a new plan"),
+            "{what}: {err}"
+        );
+    }
+    let err = load_edited(&|d| {
+        d.as_object_mut().unwrap().remove("plan_digest");
+    });
+    assert!(
+        err.contains("has no plan_digest") && err.ends_with("make a new plan"),
+        "{err}"
+    );
+    let err = load_edited(&|d| d["format_version"] = "1.0".into());
+    assert!(
+        err.contains("format version 1.0") && err.ends_with("make a new plan"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plans_vmthunder_makes_pass_verification() {
+    let s = spec(&["a", "b", "c"], 2, 2);
+    let empty = State::empty("t");
+    let p = saved(&s, &empty, &Options::default());
+    assert_eq!(verdict(&p, &s, &empty), Ok(()));
+    let state = p.applied(&empty);
+    // No changes.
+    assert_eq!(
+        verdict(&saved(&s, &state, &Options::default()), &s, &state),
+        Ok(())
+    );
+
+    // A changed spec: a host dropped (its deletes are on a host the spec no longer has), one
+    // added, more clones.
+    let grown = spec(&["a", "b", "d"], 2, 3);
+    let p = saved(&grown, &state, &Options::default());
+    assert!(p
+        .changes
+        .iter()
+        .any(|c| c.action == Action::Delete && &*c.addr.host == "c"));
+    assert_eq!(verdict(&p, &grown, &state), Ok(()));
+
+    // Targeted, by request, destroy, targeted destroy.
+    let targeted = Options {
+        targets: vec!["domain.d".into()],
+        ..Options::default()
+    };
+    let p = saved(&grown, &state, &targeted);
+    assert!(p.changes.len() < saved(&grown, &state, &Options::default()).changes.len());
+    assert_eq!(verdict(&p, &grown, &state), Ok(()));
+    let by_request = Options {
+        replace: vec!["cache.a.base".parse().unwrap()],
+        ..Options::default()
+    };
+    assert_eq!(verdict(&saved(&s, &state, &by_request), &s, &state), Ok(()));
+    let destroy = Options {
+        mode: Some(Mode::Destroy),
+        ..Options::default()
+    };
+    assert_eq!(verdict(&saved(&s, &state, &destroy), &s, &state), Ok(()));
+    let targeted_destroy = Options {
+        mode: Some(Mode::Destroy),
+        targets: vec!["cache.a.base".into()],
+        replace: Vec::new(),
+    };
+    assert_eq!(
+        verdict(&saved(&s, &state, &targeted_destroy), &s, &state),
+        Ok(())
+    );
+
+    // Tainted in the state file.
+    let mut tainted = state.clone();
+    let i = tainted.position(&"cache.b.base".parse().unwrap()).unwrap();
+    tainted.resources[i as usize].status = Status::Tainted;
+    assert_eq!(
+        verdict(&saved(&s, &tainted, &Options::default()), &s, &tainted),
+        Ok(())
+    );
+
+    // A refresh at plan time found an object gone: the plan was made from the refreshed
+    // state, in memory; the state file still records it ready.
+    let mut refreshed = state.clone();
+    let i = refreshed
+        .position(&"session.a.base".parse().unwrap())
+        .unwrap();
+    refreshed.resources[i as usize].status = Status::Missing;
+    let p = saved(&s, &refreshed, &Options::default());
+    assert!(p.summary().replace > 1, "its dependents are rebuilt too");
+    assert_eq!(verdict(&p, &s, &state), Ok(()));
+    // ... also when the plan is targeted away from something else found gone.
+    let i = refreshed
+        .position(&"domain.b.base.0".parse().unwrap())
+        .unwrap();
+    refreshed.resources[i as usize].status = Status::Missing;
+    let only_a = Options {
+        targets: vec!["domain.c".into()],
+        ..Options::default()
+    };
+    let p = saved(&s, &refreshed, &only_a);
+    assert!(p.changes.iter().all(|c| &*c.addr.host != "b"));
+    assert_eq!(verdict(&p, &s, &state), Ok(()));
+}
+
+#[test]
+fn edited_plans_are_refused_naming_the_address_and_the_field() {
+    // The digest can be recomputed: these plans are edited as data, as if resealed.
+    let s = spec(&["a", "b", "c"], 2, 2);
+    let empty = State::empty("t");
+    let fresh = saved(&s, &empty, &Options::default());
+    let state = fresh.applied(&empty);
+    let grown = spec(&["a", "b", "c"], 2, 3);
+    let update = saved(&grown, &state, &Options::default());
+    let targeted = saved(
+        &s,
+        &empty,
+        &Options {
+            targets: vec!["domain.a".into()],
+            ..Options::default()
+        },
+    );
+    let mut tainted = state.clone();
+    let i = tainted.position(&"cache.b.base".parse().unwrap()).unwrap();
+    tainted.resources[i as usize].status = Status::Tainted;
+    let repair = saved(&s, &tainted, &Options::default());
+
+    type Edit = Box<dyn Fn(&mut Plan)>;
+    let cases: Vec<(&str, &Plan, &Spec, &State, Edit, &str)> = vec![
+        (
+            "a dangling dependency",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| change_mut(p, "session.a.base").deps = vec!["lv.nowhere.base".parse().unwrap()]),
+            "session.a.base: depends_on names lv.nowhere.base, which is neither in the plan nor in the state",
+        ),
+        (
+            "a create others depend on, deleted",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| p.changes.retain(|c| c.addr.to_string() != "lv.a.base")),
+            "cache.a.base: depends_on names lv.a.base, which is neither in the plan nor in the state",
+        ),
+        (
+            "a create nothing depends on, deleted",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| p.changes.retain(|c| c.addr.to_string() != "domain.c.base.1")),
+            "domain.c.base.1: missing; the plan's spec and the state call for a create of it",
+        ),
+        (
+            "a create renamed to an existing address",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| change_mut(p, "lv.b.base.1").addr = "lv.b.base.0".parse().unwrap()),
+            "lv.b.base.0: listed more than once",
+        ),
+        (
+            "a duplicated change",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                let c = change_mut(p, "domain.a.base.0").clone();
+                p.changes.push(c);
+            }),
+            "domain.a.base.0: listed more than once",
+        ),
+        (
+            "a dependency cycle",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| change_mut(p, "target.src.base").deps = vec!["domain.c.base.0".parse().unwrap()]),
+            "form a cycle through create target.src.base",
+        ),
+        (
+            "destroy mode on a create plan",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| p.mode = Mode::Destroy),
+            "target.src.base: a create in a destroy plan (a destroy plan only deletes)",
+        ),
+        (
+            "a changed after.size",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                if let Some(Desired::Lv(a)) = &mut change_mut(p, "lv.a.base").after {
+                    a.size = crate::size::Size(3 << 30);
+                }
+            }),
+            "lv.a.base: after.size is \"3GiB\", the plan's spec gives",
+        ),
+        (
+            "a resource on an unknown host",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| change_mut(p, "domain.c.base.1").addr = "domain.zz.base.1".parse().unwrap()),
+            "domain.zz.base.1: host \"zz\" is not a host of the plan's spec",
+        ),
+        (
+            "a placement cycle",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                let base = p.placement.get_mut("base").unwrap();
+                base.insert("a".into(), "c".into());
+            }),
+            "placement of image base is a cycle: a pulls from c pulls from a",
+        ),
+        (
+            "a placement that is not the spec's",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                p.placement.get_mut("base").unwrap().insert("c".into(), "b".into());
+            }),
+            "placement of image base: c pulls from b, the plan's spec and the state give a",
+        ),
+        (
+            "a placement on an unknown host",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                p.placement.get_mut("base").unwrap().insert("zz".into(), "a".into());
+            }),
+            "placement of image base: host \"zz\" is neither in the plan's spec nor in the state",
+        ),
+        (
+            "changes out of order",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| {
+                let n = p.changes.len();
+                p.changes.swap(n - 1, n - 2);
+            }),
+            "out of order",
+        ),
+        (
+            "a create of something recorded",
+            &update,
+            &grown,
+            &state,
+            Box::new(|p| {
+                let c = change_mut(p, "lv.a.base");
+                c.action = Action::Create;
+            }),
+            "lv.a.base: to be created, but it is already recorded in the state",
+        ),
+        (
+            "a delete of something the spec wants",
+            &update,
+            &grown,
+            &state,
+            Box::new(|p| {
+                let c = change_mut(p, "domain.a.base.0");
+                c.action = Action::Delete;
+                c.before = c.after.take();
+                c.prior_deps = std::mem::take(&mut c.deps);
+                c.reason = Some(Reason::NotInSpec);
+            }),
+            "domain.a.base.0: actions are [\"delete\"], the plan's spec and the state give [\"no-op\"]",
+        ),
+        (
+            "a no-op that is a create",
+            &update,
+            &grown,
+            &state,
+            Box::new(|p| change_mut(p, "domain.a.base.2").action = Action::NoOp),
+            "domain.a.base.2: a no-op of something not recorded in the state",
+        ),
+        (
+            "a target added",
+            &fresh,
+            &s,
+            &empty,
+            Box::new(|p| p.targets = vec!["domain.a".into()]),
+            "domain.b.base.0: a create that the plan's spec and the state do not call for (limited to domain.a)",
+        ),
+        (
+            "a target dropped",
+            &targeted,
+            &s,
+            &empty,
+            Box::new(|p| p.targets.clear()),
+            "domain.b.base.0: missing; the plan's spec and the state call for a create of it",
+        ),
+        (
+            "a changed reason",
+            &repair,
+            &s,
+            &tainted,
+            Box::new(|p| change_mut(p, "cache.b.base").reason = Some(Reason::AttributesChanged)),
+            "cache.b.base: reason is replace_because_cannot_update, the plan's spec and the state give replace_because_tainted",
+        ),
+        (
+            "a changed reason_address",
+            &repair,
+            &s,
+            &tainted,
+            Box::new(|p| {
+                change_mut(p, "snapshot.b.base.0").reason =
+                    Some(Reason::DependencyReplaced("lv.b.base.0".parse().unwrap()))
+            }),
+            "snapshot.b.base.0: reason is replace_because_dependency_replaced (lv.b.base.0), the plan's spec and the state give replace_because_dependency_replaced (cache.b.base)",
+        ),
+        (
+            "a changed prior_depends_on",
+            &repair,
+            &s,
+            &tainted,
+            Box::new(|p| {
+                change_mut(p, "snapshot.b.base.0").prior_deps.pop();
+            }),
+            "snapshot.b.base.0: prior_depends_on is [cache.b.base], the state records [cache.b.base, lv.b.base.0]",
+        ),
+        (
+            "an invented replace",
+            &update,
+            &grown,
+            &state,
+            Box::new(|p| {
+                let c = change_mut(p, "snapshot.a.base.0");
+                c.action = Action::Replace;
+                c.before = c.after.clone();
+                c.prior_deps = c.deps.clone();
+                c.reason = Some(Reason::Tainted);
+            }),
+            "snapshot.a.base.0: actions are [\"delete\", \"create\"], the plan's spec and the state give [\"no-op\"]",
+        ),
+    ];
+    for (what, base, spec, state, edit, expected) in cases {
+        assert_eq!(verdict(base, spec, state), Ok(()), "{what}: unedited");
+        let mut p = base.clone();
+        edit(&mut p);
+        let err = verdict(&p, spec, state).unwrap_err();
+        assert!(
+            err.contains(expected),
+            "{what}: expected {expected:?} in\n{err}"
+        );
+        assert!(
+            err.contains("nothing was changed; make a new plan"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_plan_without_lineage_fits_only_a_state_without_one() {
+    let s = spec(&["a"], 2, 1);
+    let empty = State::empty("t");
+    let mut state = plan(&s, &empty).applied(&empty);
+    state.lineage = Some("l".into());
+    state.serial = 3;
+    let mut p = plan(&s, &state);
+    assert_eq!(p.check_current(&state), Ok(()));
+    p.prior.lineage = None;
+    assert_eq!(
+        p.check_current(&state),
+        Err(StalePlan::Lineage {
+            plan: None,
+            state: Some("l".into())
+        })
+    );
+}

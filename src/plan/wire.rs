@@ -3,6 +3,16 @@
 //! Field names follow Terraform's JSON plan where the meaning is the same (`format_version`,
 //! `resource_changes`, `actions`, `before`, `after`, `replace_paths`), so existing tooling and
 //! habits carry over. Reading checks everything apply will rely on.
+//!
+//! A plan file is sealed: `plan_digest` is the SHA-256 of the plan's canonical form, the
+//! compact JSON of every other field as this module writes them (struct field order, maps
+//! sorted, fields derived from others included). Reading parses the document, checks that
+//! every derived field (`kind`, `host`, `image`, `n`, `summary`, a no-op's `before`) agrees
+//! with what it is derived from, and recomputes the digest from what it parsed, so no byte of
+//! meaning in the file escapes it, while formatting and key order do not matter. A plan
+//! whose digest does not match, or that has none, is refused. The digest proves the file is
+//! what vmthunder wrote; whether a plan is one vmthunder could have made for the current state
+//! is checked by `verify` (someone can recompute a digest).
 
 use std::path::Path;
 
@@ -14,8 +24,9 @@ use super::{Action, Change, Mode, Plan, Prior, Reason, Summary};
 use crate::resource::{Addr, Desired, Kind};
 use crate::state::Placement;
 
-/// Bumped whenever a field is added or changes meaning.
-pub const PLAN_FORMAT_VERSION: &str = "1.0";
+/// Bumped whenever a field is added or changes meaning. 2.0: `plan_digest` covers the whole
+/// plan (1.0 plans had only `spec_digest`, over the embedded spec) and `targets` is recorded.
+pub const PLAN_FORMAT_VERSION: &str = "2.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanFileError {
@@ -35,6 +46,10 @@ pub enum PlanFileError {
     Invalid { path: String, message: String },
     #[error("plan `{path}` has format version {found}; this vmthunder reads {PLAN_FORMAT_VERSION}: make a new plan")]
     Version { path: String, found: String },
+    #[error("plan `{path}` has no plan_digest, so it cannot be checked; nothing was changed; make a new plan")]
+    Unsealed { path: String },
+    #[error("plan `{path}` was altered after it was saved ({what}); nothing was changed; make a new plan")]
+    Altered { path: String, what: String },
 }
 
 /// A plan as `plan --json` prints it and `plan --out` saves it.
@@ -42,9 +57,18 @@ pub enum PlanFileError {
 #[schemars(title = "vmthunder plan")]
 struct PlanOut<'a> {
     format_version: &'static str,
-    vmthunder_version: &'static str,
+    vmthunder_version: &'a str,
+    /// SHA-256 of the plan's canonical form (every other field); apply refuses a plan whose
+    /// content does not match it. (Absent only from the canonical form itself.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", required)]
+    plan_digest: Option<&'a str>,
     cluster: &'a str,
     mode: &'static str,
+    /// The `--target` patterns the plan was limited to.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    targets: &'a [String],
     prior_state: PriorWire,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +87,7 @@ struct PriorWire {
     serial: u64,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema)]
+#[derive(Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 struct SummaryWire {
     add: usize,
     replace: usize,
@@ -103,16 +127,18 @@ struct ChangeOut<'a> {
 struct PlanIn {
     #[allow(dead_code)]
     format_version: String,
-    #[allow(dead_code)]
     vmthunder_version: String,
+    #[serde(default)]
+    plan_digest: Option<String>,
     cluster: String,
     mode: String,
+    #[serde(default)]
+    targets: Vec<String>,
     prior_state: PriorWire,
     #[serde(default)]
     spec_digest: Option<String>,
     #[serde(default)]
     configuration: Option<serde_json::Value>,
-    #[allow(dead_code)]
     summary: SummaryWire,
     placement: Placement,
     resource_changes: Vec<ChangeIn>,
@@ -122,14 +148,10 @@ struct PlanIn {
 #[serde(deny_unknown_fields)]
 struct ChangeIn {
     address: Addr,
-    #[allow(dead_code)]
     kind: Kind,
-    #[allow(dead_code)]
     host: String,
-    #[allow(dead_code)]
     image: String,
     #[serde(default)]
-    #[allow(dead_code)]
     n: Option<u32>,
     actions: Vec<String>,
     before: Option<Box<RawValue>>,
@@ -155,17 +177,20 @@ pub fn schema_bytes() -> Vec<u8> {
 }
 
 impl Plan {
-    /// The JSON document, pretty-printed with a trailing newline.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The wire form. `vmthunder_version` is this build's when writing, the file's when
+    /// checking a file's digest (so a plan saved by another build of the same format reads).
+    fn wire<'a>(&'a self, vmthunder_version: &'a str, plan_digest: Option<&'a str>) -> PlanOut<'a> {
         let s: Summary = self.summary();
-        let out = PlanOut {
+        PlanOut {
             format_version: PLAN_FORMAT_VERSION,
-            vmthunder_version: env!("CARGO_PKG_VERSION"),
+            vmthunder_version,
+            plan_digest,
             cluster: &self.cluster,
             mode: match self.mode {
                 Mode::Normal => "normal",
                 Mode::Destroy => "destroy",
             },
+            targets: &self.targets,
             prior_state: PriorWire {
                 lineage: self.prior.lineage.clone(),
                 serial: self.prior.serial,
@@ -204,8 +229,30 @@ impl Plan {
                     prior_depends_on: &c.prior_deps,
                 })
                 .collect(),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&out).expect("plan serializes");
+        }
+    }
+
+    /// SHA-256 of the canonical form: the compact wire form without `plan_digest`, streamed
+    /// into the hash (no copy of the document is built).
+    fn content_digest(&self, vmthunder_version: &str) -> String {
+        use sha2::{Digest, Sha256};
+        use std::io::Write as _;
+        let mut h = Sha256::new();
+        // serde_json writes in small pieces: hash them in blocks.
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut h);
+        serde_json::to_writer(&mut w, &self.wire(vmthunder_version, None))
+            .and_then(|()| w.flush().map_err(serde_json::Error::io))
+            .expect("plan serializes");
+        drop(w);
+        format!("sha256:{:x}", h.finalize())
+    }
+
+    /// The JSON document, pretty-printed with a trailing newline, sealed with its digest.
+    pub fn to_json(&self) -> Vec<u8> {
+        let version = env!("CARGO_PKG_VERSION");
+        let digest = self.content_digest(version);
+        let mut bytes =
+            serde_json::to_vec_pretty(&self.wire(version, Some(&digest))).expect("plan serializes");
         bytes.push(b'\n');
         bytes
     }
@@ -218,9 +265,11 @@ impl Plan {
         })
     }
 
+    /// Reads a plan file and checks its seal: refused unless it is exactly what vmthunder
+    /// wrote. Whether it fits the current state is [`Plan::verify_saved`]'s question.
     pub fn load(path: &Path) -> Result<Plan, PlanFileError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| PlanFileError::Read {
+        let bytes = crate::text::read_regular(path).map_err(|source| PlanFileError::Read {
             path: shown.clone(),
             source,
         })?;
@@ -230,6 +279,8 @@ impl Plan {
                 path: shown,
                 message,
             },
+            FromJson::Unsealed => PlanFileError::Unsealed { path: shown },
+            FromJson::Altered(what) => PlanFileError::Altered { path: shown, what },
         })
     }
 
@@ -250,15 +301,21 @@ impl Plan {
             "destroy" => Mode::Destroy,
             other => return Err(FromJson::Invalid(format!("unknown mode {other:?}"))),
         };
-        let changes = p
-            .resource_changes
-            .into_iter()
-            .map(change_from_wire)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(FromJson::Invalid)?;
-        Ok(Plan {
+        // The first derived field that disagrees with what it is derived from: the canonical
+        // form re-derives it, so the digest alone would not see the edit.
+        let mut inconsistent: Option<String> = None;
+        let mut changes = Vec::with_capacity(p.resource_changes.len());
+        for c in p.resource_changes {
+            let (change, odd) = change_from_wire(c).map_err(FromJson::Invalid)?;
+            if inconsistent.is_none() {
+                inconsistent = odd;
+            }
+            changes.push(change);
+        }
+        let plan = Plan {
             cluster: p.cluster,
             mode,
+            targets: p.targets,
             prior: Prior {
                 lineage: p.prior_state.lineage,
                 serial: p.prior_state.serial,
@@ -267,16 +324,42 @@ impl Plan {
             spec: p.configuration,
             placement: p.placement,
             changes,
-        })
+        };
+        let Some(digest) = p.plan_digest else {
+            return Err(FromJson::Unsealed);
+        };
+        if plan.content_digest(&p.vmthunder_version) != digest {
+            return Err(FromJson::Altered(
+                "its content does not match its plan_digest".into(),
+            ));
+        }
+        let s = plan.summary();
+        let counted = SummaryWire {
+            add: s.add,
+            replace: s.replace,
+            destroy: s.destroy,
+            no_op: s.no_op,
+        };
+        if p.summary != counted {
+            inconsistent.get_or_insert_with(|| "its summary does not count its changes".into());
+        }
+        if let Some(what) = inconsistent {
+            return Err(FromJson::Altered(what));
+        }
+        Ok(plan)
     }
 }
 
 enum FromJson {
     Version(String),
     Invalid(String),
+    Unsealed,
+    Altered(String),
 }
 
-fn change_from_wire(c: ChangeIn) -> Result<Change, String> {
+/// A change read from the wire, and the first of its derived fields that disagrees with what
+/// it is derived from (vmthunder never writes one: it was edited).
+fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
     let at = &c.address;
     let actions: Vec<&str> = c.actions.iter().map(String::as_str).collect();
     let action = match actions.as_slice() {
@@ -300,6 +383,16 @@ fn change_from_wire(c: ChangeIn) -> Result<Change, String> {
     if needs_after != after.is_some() {
         return Err(format!("{at}: \"after\" does not fit actions {actions:?}"));
     }
+    let before_fits = match action {
+        // A no-op writes its after as its before: compared below.
+        Action::NoOp => true,
+        Action::Create => before.is_none(),
+        Action::Replace | Action::Delete => before.is_some(),
+    };
+    if !before_fits {
+        return Err(format!("{at}: \"before\" does not fit actions {actions:?}"));
+    }
+    let dependency_reason = c.reason.as_deref() == Some("replace_because_dependency_replaced");
     let reason = match c.reason.as_deref() {
         None => None,
         Some("replace_because_tainted") => Some(Reason::Tainted),
@@ -308,13 +401,39 @@ fn change_from_wire(c: ChangeIn) -> Result<Change, String> {
         Some("replace_by_request") => Some(Reason::ByRequest),
         Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(
             c.reason_address
+                .clone()
                 .ok_or_else(|| format!("{at}: reason_address missing"))?,
         )),
         Some("delete_because_no_resource_config") => Some(Reason::NotInSpec),
         Some("delete_because_destroy") => Some(Reason::Destroy),
         Some(other) => return Err(format!("{at}: unknown reason {other:?}")),
     };
-    Ok(Change {
+    let odd = if c.kind != at.kind {
+        Some(format!("{at}: kind {} does not match its address", c.kind))
+    } else if c.host != *at.host {
+        Some(format!(
+            "{at}: host {:?} does not match its address",
+            c.host
+        ))
+    } else if c.image != *at.image {
+        Some(format!(
+            "{at}: image {:?} does not match its address",
+            c.image
+        ))
+    } else if c.n != at.n {
+        Some(format!("{at}: n does not match its address"))
+    } else if action == Action::NoOp && before != after {
+        Some(format!("{at}: a no-op's before differs from its after"))
+    } else if c.reason_address.is_some() && !dependency_reason {
+        Some(format!("{at}: reason_address without a dependency reason"))
+    } else if c.replace_paths.iter().any(|p| p.len() != 1) {
+        Some(format!(
+            "{at}: replace_paths is not a list of one-name paths"
+        ))
+    } else {
+        None
+    };
+    let change = Change {
         before: if action == Action::NoOp { None } else { before },
         after,
         action,
@@ -323,5 +442,6 @@ fn change_from_wire(c: ChangeIn) -> Result<Change, String> {
         reason,
         replace_paths: c.replace_paths.into_iter().flatten().collect(),
         addr: c.address,
-    })
+    };
+    Ok((change, odd))
 }
