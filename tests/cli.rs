@@ -347,6 +347,22 @@ fn bad_specs_fail_clearly_and_write_nothing() {
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
+    // Saved plans and state files likewise.
+    for (args, what) in [
+        (
+            &["show", "spec.fifo"][..],
+            "failed to read plan `spec.fifo`",
+        ),
+        (&["state", "list", "--state", "spec.fifo"], "spec.fifo"),
+    ] {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(what) && err.contains("it is a FIFO, not a regular file"),
+            "{args:?}: {err}"
+        );
+    }
 
     std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
     let o = run(dir.path(), &["plan", "-f", "broken.json"]);
