@@ -358,7 +358,8 @@ fn spec_values_with_shell_syntax_run_nothing_they_spell() {
     std::fs::write(c.path().join("bad.json"), bad.to_string()).unwrap();
     let out = c.run(&["apply", "-f", "bad.json", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/hosts/1/name: invalid host name"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/hosts/1/name: invalid value \"node01;touch /tmp/injected\": it must match"));
     assert!(!c.path().join("state").exists());
 
     // Paths and the kernel command line may hold anything: they arrive as they are.
