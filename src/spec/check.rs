@@ -5,17 +5,9 @@
 use std::collections::HashMap;
 
 use super::decode::{Diagnostics, Draft};
-use super::{render_template, Stack, Transport, MAX_CLONES, SPEC_VERSION, TEMPLATE_FIELDS};
+use super::{render_template, Stack, Transport, MAX_CLONES, TEMPLATE_FIELDS};
 
 pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
-    if let Some(v) = d.version {
-        if v != SPEC_VERSION {
-            diags.push(
-                "/version",
-                format!("unsupported version {v}: this vmthunder reads version {SPEC_VERSION}"),
-            );
-        }
-    }
     let backend = d.backend.as_ref();
     if let Some(b) = backend {
         if b.stack == Stack::Linux && b.volume_group.is_none() {
@@ -108,9 +100,6 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
             }
         }
     }
-    if d.hosts.is_empty() && d.complete {
-        diags.push("/hosts", "a cluster needs at least one host");
-    }
     let host_known = |name: &str| host_at.contains_key(name);
     let hosts_complete = d.hosts.iter().all(Option::is_some);
 
@@ -174,9 +163,6 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
             }
         }
     }
-    if d.images.is_empty() && d.complete {
-        diags.push("/images", "a cluster needs at least one image");
-    }
 
     if let Some(c) = &d.cache {
         if c.size.bytes() == 0 {
@@ -184,9 +170,6 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         }
     }
     if let Some(c) = &d.clones {
-        if c.vcpus == 0 {
-            diags.push("/clones/vcpus", "must be at least 1");
-        }
         if c.memory.bytes() < (16 << 20) {
             diags.push("/clones/memory", "must be at least 16MiB");
         }

@@ -69,16 +69,12 @@ pub(crate) struct Draft {
     pub cache: Option<CacheSpec>,
     pub clones: Option<Clones>,
     pub estimate: Option<Estimate>,
-    /// False when the document departs from the schema anywhere (the parts then only serve
-    /// the semantic checks).
-    pub complete: bool,
 }
 
 impl Draft {
+    /// The spec, when every part decoded. Only a document without diagnostics may be taken
+    /// for one: a part the schema faulted decodes without its faulty fields.
     pub fn finish(self) -> Option<Spec> {
-        if !self.complete {
-            return None;
-        }
         Some(Spec {
             schema: self.schema,
             version: self.version?,
@@ -98,10 +94,7 @@ impl Draft {
 pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
     super::schema::validate(value, diags);
     let dirty = Dirty::of(diags);
-    let mut draft = Draft {
-        complete: diags.is_empty(),
-        ..Draft::default()
-    };
+    let mut draft = Draft::default();
     let Value::Object(top) = value else {
         return draft;
     };

@@ -51,7 +51,7 @@ pub struct Spec {
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
     /// Spec format version; must be 1.
-    #[schemars(range(min = 1, max = 1))]
+    #[schemars(range(min = SPEC_VERSION, max = SPEC_VERSION))]
     pub version: u32,
     /// Cluster name: lowercase letters, digits, `-` and `_`. Names the state file.
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
