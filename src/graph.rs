@@ -1,7 +1,8 @@
 //! The desired resource DAG: what a spec asks for, given where the tree was placed before.
 //!
 //! Owns expanding a validated spec into resources with typed attributes and dependency edges,
-//! the clone identities (name, UUID, MAC), and the DOT rendering. Resources are emitted in a
+//! handing out the clone identities (name, UUID, MACs, addresses: derived in
+//! `crate::identity`), and the DOT rendering. Resources are emitted in a
 //! topological order by construction (a parent's target before its children's sessions), so no
 //! sort is needed; cost is linear in the number of resources.
 
@@ -11,19 +12,14 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
-
+use crate::identity::{self, clone_key, mac_candidate, Pool};
 use crate::model;
 use crate::resource::{
-    Addr, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, SessionAttrs, SnapshotAttrs,
-    TargetAttrs,
+    Addr, BridgeAttrs, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, Nic, SeedAttrs,
+    SessionAttrs, SnapshotAttrs, TargetAttrs, VxlanAttrs,
 };
-use crate::spec::{Spec, Stack};
+use crate::spec::{Cidr, Spec, Stack, Transport};
 use crate::state::{Placement, State};
-
-/// Namespace of clone UUIDs (UUIDv5 of `cluster/image/host/n`).
-const CLONE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_0b7e_2d4a_4c1e_9a53_8e0f_7b1d_c0de);
 
 /// The iSCSI port (RFC 3720) the linux stack's targets listen on.
 pub const ISCSI_PORT: u16 = 3260;
@@ -147,6 +143,30 @@ pub enum GraphError {
     },
     #[error("internal error: no free MAC address for {0} after 64 tries")]
     MacExhausted(Addr),
+    #[error("/networks: networks {a:?} and {b:?} derive the same VXLAN identifier {vni}; give one of them its own \"vni\"")]
+    VniCollision { a: String, b: String, vni: u32 },
+    #[error("/networks/{index}/cidr: no free address left in {cidr} for {addr} (the state keeps recorded addresses): use a larger prefix")]
+    AddressesExhausted {
+        index: usize,
+        cidr: String,
+        addr: Addr,
+    },
+}
+
+/// Whether all hosts are this machine's one kernel (the local transport without namespaces):
+/// then one bridge serves every host's clones, and no VXLAN is needed.
+pub fn shared_kernel(spec: &Spec) -> bool {
+    spec.backend.stack == Stack::Qemu
+        && spec.backend.transport == Transport::Local
+        && !spec.backend.netns
+}
+
+/// The network resources of one cluster network, as built.
+struct NetworkIndex {
+    /// Index into `spec.networks`.
+    spec_index: usize,
+    /// (host, bridge resource) in spec order.
+    bridges: Vec<(Arc<str>, u32)>,
 }
 
 impl Graph {
@@ -167,8 +187,10 @@ impl Graph {
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
+        let mut seeds: Vec<(u32, u32)> = Vec::new();
         let endpoints = Endpoints::new(spec, prior)?;
         let degree = model::degree(spec);
+        let networks = g.push_networks(spec)?;
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
             let (hosts, tree) = model::image_tree(spec, image, degree, Some(&prior.placement));
@@ -252,26 +274,241 @@ impl Graph {
                         vec![cache, cow],
                     );
                     let key = clone_key(&spec.cluster, &img, host, n);
+                    let mut deps = vec![snap];
+                    let seed = spec.clones.seeded().then(|| {
+                        g.push(
+                            Addr::new(Kind::Seed, host, &img, Some(n)),
+                            Desired::Seed(SeedAttrs {
+                                meta_data: String::new(),
+                                user_data: String::new(),
+                                network_config: None,
+                            }),
+                            vec![],
+                        )
+                    });
+                    deps.extend(seed);
+                    let mut nics = Vec::with_capacity(networks.len());
+                    for net in &networks {
+                        let (_, bridge) = net
+                            .bridges
+                            .iter()
+                            .find(|(h, _)| h == host)
+                            .unwrap_or(&net.bridges[0]);
+                        deps.push(*bridge);
+                        nics.push(Nic {
+                            network: spec.networks[net.spec_index].name.clone(),
+                            bridge: identity::bridge_device(
+                                &spec.cluster,
+                                &spec.networks[net.spec_index].name,
+                            ),
+                            mac: String::new(),
+                            address: String::new(),
+                        });
+                    }
                     let dom = g.push(
                         Addr::new(Kind::Domain, host, &img, Some(n)),
                         Desired::Domain(DomainAttrs {
                             name: spec.clone_name(&img, host, n),
-                            uuid: Uuid::new_v5(&CLONE_NAMESPACE, key.as_bytes()).to_string(),
+                            uuid: identity::clone_uuid(&key),
                             mac: String::new(),
                             vcpus: spec.clones.vcpus,
                             memory: spec.clones.memory,
                             boot: spec.clones.boot.clone(),
                             network: spec.clones.network.clone(),
+                            firmware: spec.clones.firmware,
+                            nics,
                         }),
-                        vec![snap],
+                        deps,
                     );
                     domains.push(dom);
+                    if let Some(seed) = seed {
+                        seeds.push((seed, dom));
+                    }
                 }
             }
             g.placement.insert(image.name.clone(), parents);
         }
         g.assign_identities(&spec.cluster, &domains, prior)?;
+        g.assign_addresses(spec, &networks, &domains, prior)?;
+        g.render_seeds(spec, &seeds);
         Ok(g)
+    }
+
+    /// Every host with clones gets a bridge per network its clones attach to (one bridge in
+    /// all when the hosts share this machine's kernel), and with more than one such host a
+    /// VXLAN device on it that floods to the others. Addresses are handed out later.
+    fn push_networks(&mut self, spec: &Spec) -> Result<Vec<NetworkIndex>, GraphError> {
+        if spec.clones.networks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut runs_clones: HashSet<&str> = HashSet::default();
+        for image in &spec.images {
+            if spec.clones_per_host(image) > 0 {
+                runs_clones.extend(spec.image_hosts(image));
+            }
+        }
+        let hosts: Vec<&crate::spec::Host> = spec
+            .hosts
+            .iter()
+            .filter(|h| runs_clones.contains(h.name.as_str()))
+            .collect();
+        let shared = shared_kernel(spec);
+        let homes = if shared {
+            &hosts[..hosts.len().min(1)]
+        } else {
+            &hosts[..]
+        };
+        let mut vnis: HashMap<u32, &str> = HashMap::default();
+        let mut out = Vec::new();
+        for name in &spec.clones.networks {
+            let spec_index = spec
+                .networks
+                .iter()
+                .position(|n| &n.name == name)
+                .expect("the spec checks clones.networks");
+            let net = &spec.networks[spec_index];
+            let vni = net
+                .vni
+                .unwrap_or_else(|| identity::derived_vni(&spec.cluster, name));
+            if let Some(other) = vnis.insert(vni, name) {
+                return Err(GraphError::VniCollision {
+                    a: other.to_string(),
+                    b: name.clone(),
+                    vni,
+                });
+            }
+            let n: Arc<str> = name.as_str().into();
+            let device = identity::bridge_device(&spec.cluster, name);
+            let mut bridges = Vec::with_capacity(homes.len());
+            for h in homes {
+                let host: Arc<str> = h.name.as_str().into();
+                let b = self.push(
+                    Addr::new(Kind::Bridge, &host, &n, None),
+                    Desired::Bridge(BridgeAttrs {
+                        device: device.clone(),
+                        address: String::new(),
+                    }),
+                    vec![],
+                );
+                bridges.push((host, b));
+            }
+            if homes.len() > 1 {
+                for (h, (host, bridge)) in homes.iter().zip(&bridges) {
+                    let remotes = homes
+                        .iter()
+                        .filter(|o| o.name != h.name)
+                        .map(|o| o.address.clone())
+                        .collect();
+                    self.push(
+                        Addr::new(Kind::Vxlan, host, &n, None),
+                        Desired::Vxlan(VxlanAttrs {
+                            device: identity::vxlan_device(&spec.cluster, name),
+                            bridge: device.clone(),
+                            vni,
+                            local: h.address.clone(),
+                            port: identity::VXLAN_PORT,
+                            remotes,
+                        }),
+                        vec![*bridge],
+                    );
+                }
+            }
+            out.push(NetworkIndex {
+                spec_index,
+                bridges,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every bridge and every clone's NIC gets an address of its network: the recorded one
+    /// while it is still valid and nobody else's, else the one its identity derives (or the
+    /// next free one). Recorded addresses are kept first, so no existing clone moves.
+    fn assign_addresses(
+        &mut self,
+        spec: &Spec,
+        networks: &[NetworkIndex],
+        domains: &[u32],
+        prior: &State,
+    ) -> Result<(), GraphError> {
+        for (k, net) in networks.iter().enumerate() {
+            let network = &spec.networks[net.spec_index];
+            let cidr = Cidr::parse(&network.cidr).expect("the spec checks CIDRs");
+            let mut pool = Pool::new(cidr);
+            let mut pending: Vec<(u32, String)> = Vec::new();
+            let owners = net
+                .bridges
+                .iter()
+                .map(|(_, b)| *b)
+                .chain(domains.iter().copied());
+            for i in owners {
+                let r = &self.resources[i as usize];
+                let recorded = match prior.get(&r.addr).map(|p| &p.desired) {
+                    Some(Desired::Bridge(b)) => Some(b.address.as_str()),
+                    Some(Desired::Domain(d)) => d
+                        .nics
+                        .iter()
+                        .find(|nic| nic.network == network.name)
+                        .map(|nic| nic.address.as_str()),
+                    _ => None,
+                };
+                match recorded.and_then(|a| pool.keep(a)) {
+                    Some(a) => self.set_address(i, k, a),
+                    None => {
+                        let key = match &r.desired {
+                            Desired::Bridge(_) => format!("{}/host/{}", spec.cluster, r.addr.host),
+                            _ => clone_key(
+                                &spec.cluster,
+                                &r.addr.image,
+                                &r.addr.host,
+                                r.addr.n.unwrap_or(0),
+                            ),
+                        };
+                        pending.push((i, format!("{key}/{}", network.name)));
+                    }
+                }
+            }
+            for (i, key) in pending {
+                let a = pool
+                    .take(&key)
+                    .ok_or_else(|| GraphError::AddressesExhausted {
+                        index: net.spec_index,
+                        cidr: network.cidr.clone(),
+                        addr: self.resources[i as usize].addr.clone(),
+                    })?;
+                self.set_address(i, k, a);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_address(&mut self, i: u32, nic: usize, address: String) {
+        match &mut self.resources[i as usize].desired {
+            Desired::Bridge(b) => b.address = address,
+            Desired::Domain(d) => d.nics[nic].address = address,
+            _ => unreachable!("only bridges and domains have addresses"),
+        }
+    }
+
+    /// Fills each seed from its clone's identity, once names, MACs and addresses are known.
+    fn render_seeds(&mut self, spec: &Spec, seeds: &[(u32, u32)]) {
+        let loaded = &spec.clones.loaded;
+        let user_data = crate::cloudinit::user_data(
+            loaded.user_data.as_deref(),
+            &spec.clones.ssh_user,
+            &loaded.keys,
+        );
+        for &(seed, dom) in seeds {
+            let Desired::Domain(d) = &self.resources[dom as usize].desired else {
+                unreachable!("a seed's clone is a domain")
+            };
+            let attrs = SeedAttrs {
+                meta_data: crate::cloudinit::meta_data(&d.uuid, &d.name),
+                user_data: user_data.clone(),
+                network_config: crate::cloudinit::network_config(&d.nics),
+            };
+            self.resources[seed as usize].desired = Desired::Seed(attrs);
+        }
     }
 
     fn push(&mut self, addr: Addr, desired: Desired, deps: Vec<u32>) -> u32 {
@@ -331,11 +568,58 @@ impl Graph {
             macs.insert(mac.clone());
             self.set_mac(d, mac);
         }
+        // The first NIC on a network is the clone's MAC; each further one takes its own
+        // candidates, keyed by the network.
+        for &d in domains {
+            let r = &self.resources[d as usize];
+            let Desired::Domain(attrs) = &r.desired else {
+                unreachable!("domains holds domain indices")
+            };
+            if attrs.nics.len() < 2 {
+                continue;
+            }
+            let key = clone_key(cluster, &r.addr.image, &r.addr.host, r.addr.n.unwrap_or(0));
+            let recorded: Vec<(String, String)> = match prior.get(&r.addr).map(|p| &p.desired) {
+                Some(Desired::Domain(p)) => p
+                    .nics
+                    .iter()
+                    .map(|n| (n.network.clone(), n.mac.clone()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let networks: Vec<String> = attrs.nics.iter().map(|n| n.network.clone()).collect();
+            for (k, network) in networks.iter().enumerate().skip(1) {
+                let nic_key = format!("{key}/{network}");
+                let kept = recorded
+                    .iter()
+                    .find(|(n, _)| n == network)
+                    .map(|(_, m)| m.clone())
+                    .filter(|m| {
+                        (0..4).any(|c| mac_candidate(&nic_key, c) == *m) && !macs.contains(m)
+                    });
+                let mac = match kept {
+                    Some(m) => m,
+                    None => (0..64)
+                        .map(|c| mac_candidate(&nic_key, c))
+                        .find(|m| !macs.contains(m))
+                        .ok_or_else(|| {
+                            GraphError::MacExhausted(self.resources[d as usize].addr.clone())
+                        })?,
+                };
+                macs.insert(mac.clone());
+                if let Desired::Domain(a) = &mut self.resources[d as usize].desired {
+                    a.nics[k].mac = mac;
+                }
+            }
+        }
         Ok(())
     }
 
     fn set_mac(&mut self, d: u32, mac: String) {
         if let Desired::Domain(attrs) = &mut self.resources[d as usize].desired {
+            if let Some(first) = attrs.nics.first_mut() {
+                first.mac = mac.clone();
+            }
             attrs.mac = mac;
         }
     }
@@ -371,25 +655,4 @@ impl Graph {
         out.push_str("}\n");
         out
     }
-}
-
-fn clone_key(cluster: &str, image: &str, host: &str, n: u32) -> String {
-    format!("{cluster}/{image}/{host}/{n}")
-}
-
-/// Candidate `k` of a clone's MAC: locally administered, unicast, 46 bits from SHA-256.
-fn mac_candidate(key: &str, k: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(key.as_bytes());
-    h.update(k.to_le_bytes());
-    let b = h.finalize();
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        (b[0] & 0xfc) | 0x02,
-        b[1],
-        b[2],
-        b[3],
-        b[4],
-        b[5]
-    )
 }

@@ -6,9 +6,11 @@
 pub mod apply;
 pub mod backend;
 pub mod cli;
+pub mod cloudinit;
 pub mod dag;
 pub mod forecast;
 pub mod graph;
+pub mod identity;
 pub mod model;
 pub mod paint;
 pub mod placement;

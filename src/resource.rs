@@ -3,6 +3,9 @@
 //! Plain data shared by the graph, the state and the plan. Desired attributes are typed per
 //! kind; every one of them forces replacement when it changes (there are no in-place updates of
 //! block devices or exports).
+//!
+//! Most addresses name an image (`cache.node07.base`); a network's resources name the network
+//! in that place instead (`bridge.node07.lab`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,19 +33,34 @@ pub enum Kind {
     Target,
     /// A copy-on-write disk per clone.
     Snapshot,
+    /// A clone's cloud-init NoCloud seed (identity, user data, address).
+    Seed,
+    /// A host's Linux bridge of a cluster network (the clones' taps join it).
+    Bridge,
+    /// A host's VXLAN device joining its bridge to the other hosts' (unicast, head-end
+    /// replication).
+    Vxlan,
     /// The VM of a clone.
     Domain,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Lv,
         Kind::Session,
         Kind::Cache,
         Kind::Target,
         Kind::Snapshot,
+        Kind::Seed,
+        Kind::Bridge,
+        Kind::Vxlan,
         Kind::Domain,
     ];
+
+    /// Whether the address's middle part names a network, not an image.
+    pub fn of_network(self) -> bool {
+        matches!(self, Kind::Bridge | Kind::Vxlan)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +69,9 @@ impl Kind {
             Kind::Cache => "cache",
             Kind::Target => "target",
             Kind::Snapshot => "snapshot",
+            Kind::Seed => "seed",
+            Kind::Bridge => "bridge",
+            Kind::Vxlan => "vxlan",
             Kind::Domain => "domain",
         }
     }
@@ -69,7 +90,7 @@ impl FromStr for Kind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot or domain)")
+                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot, seed, bridge, vxlan or domain)")
             })
     }
 }
@@ -160,7 +181,7 @@ impl JsonSchema for Addr {
         schemars::json_schema!({
             "type": "string",
             "description": "A resource address: <kind>.<host>.<image>[.<n>]",
-            "pattern": "^(lv|session|cache|target|snapshot|domain)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
+            "pattern": "^(lv|session|cache|target|snapshot|seed|bridge|vxlan|domain)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
         })
     }
 }
@@ -241,6 +262,86 @@ pub struct DomainAttrs {
     /// The NIC's `bridge:NAME` or `network:NAME` (linux stack), when the spec gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The firmware that boots the clone's own disk when there is no `boot`: BIOS unless
+    /// `uefi`.
+    #[serde(default, skip_serializing_if = "Firmware::is_bios")]
+    pub firmware: Firmware,
+    /// One NIC per cluster network (`clones.networks`), in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+}
+
+/// A clone's NIC on a cluster network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// The network's name (`networks[].name`).
+    pub network: String,
+    /// The host's bridge device the NIC's tap joins.
+    pub bridge: String,
+    pub mac: String,
+    /// The clone's address with the network's prefix length, e.g. `10.60.3.7/16`.
+    pub address: String,
+}
+
+/// How a clone without a kernel of its own boots its disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS, the image's own BIOS bootloader.
+    #[default]
+    Bios,
+    /// OVMF, the image's EFI bootloader; each clone keeps its own NVRAM variables.
+    Uefi,
+}
+
+impl Firmware {
+    pub fn is_bios(&self) -> bool {
+        *self == Firmware::Bios
+    }
+}
+
+/// A clone's cloud-init NoCloud seed: the three documents it holds, rendered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedAttrs {
+    /// `meta-data`: instance-id (the clone's UUID) and local-hostname (its name).
+    pub meta_data: String,
+    /// `user-data`: the spec's `clones.cloud_init.user_data` with the login user and
+    /// `clones.ssh_authorized_keys` merged in.
+    pub user_data: String,
+    /// `network-config` (version 2): the clone's static addresses, by MAC; absent without
+    /// networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
+}
+
+/// A host's bridge of a cluster network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeAttrs {
+    /// The device name (at most 15 characters), the same on every host.
+    pub device: String,
+    /// The host's own address on the bridge (so the host reaches its clones), with prefix.
+    pub address: String,
+}
+
+/// A host's VXLAN device of a cluster network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanAttrs {
+    pub device: String,
+    /// The bridge it is a port of.
+    pub bridge: String,
+    /// The VXLAN network identifier, from cluster and network.
+    pub vni: u32,
+    /// The host's underlay address (its spec address).
+    pub local: String,
+    /// UDP port (4789, IANA's).
+    pub port: u16,
+    /// The underlay addresses of the other hosts on the network: every broadcast and unknown
+    /// frame is sent to each (head-end replication; no multicast needed).
+    pub remotes: Vec<String>,
 }
 
 /// Desired attributes, one variant per kind. Serialized as the bare attribute object; the
@@ -252,6 +353,9 @@ pub enum Desired {
     Cache(CacheAttrs),
     Target(TargetAttrs),
     Snapshot(SnapshotAttrs),
+    Seed(SeedAttrs),
+    Bridge(BridgeAttrs),
+    Vxlan(VxlanAttrs),
     Domain(DomainAttrs),
 }
 
@@ -263,6 +367,9 @@ impl Desired {
             Desired::Cache(_) => Kind::Cache,
             Desired::Target(_) => Kind::Target,
             Desired::Snapshot(_) => Kind::Snapshot,
+            Desired::Seed(_) => Kind::Seed,
+            Desired::Bridge(_) => Kind::Bridge,
+            Desired::Vxlan(_) => Kind::Vxlan,
             Desired::Domain(_) => Kind::Domain,
         }
     }
@@ -275,6 +382,9 @@ impl Desired {
             Kind::Cache => Desired::Cache(serde_json::from_str(json)?),
             Kind::Target => Desired::Target(serde_json::from_str(json)?),
             Kind::Snapshot => Desired::Snapshot(serde_json::from_str(json)?),
+            Kind::Seed => Desired::Seed(serde_json::from_str(json)?),
+            Kind::Bridge => Desired::Bridge(serde_json::from_str(json)?),
+            Kind::Vxlan => Desired::Vxlan(serde_json::from_str(json)?),
             Kind::Domain => Desired::Domain(serde_json::from_str(json)?),
         })
     }
@@ -293,6 +403,9 @@ impl Serialize for Desired {
             Desired::Cache(a) => a.serialize(s),
             Desired::Target(a) => a.serialize(s),
             Desired::Snapshot(a) => a.serialize(s),
+            Desired::Seed(a) => a.serialize(s),
+            Desired::Bridge(a) => a.serialize(s),
+            Desired::Vxlan(a) => a.serialize(s),
             Desired::Domain(a) => a.serialize(s),
         }
     }
@@ -309,6 +422,9 @@ impl JsonSchema for Desired {
             g.subschema_for::<CacheAttrs>(),
             g.subschema_for::<TargetAttrs>(),
             g.subschema_for::<SnapshotAttrs>(),
+            g.subschema_for::<SeedAttrs>(),
+            g.subschema_for::<BridgeAttrs>(),
+            g.subschema_for::<VxlanAttrs>(),
             g.subschema_for::<DomainAttrs>(),
         ];
         schemars::json_schema!({

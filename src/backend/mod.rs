@@ -7,9 +7,11 @@
 //! export's endpoint, a file path, a pid). Stacks reach hosts through a [`Transport`].
 
 pub mod linux;
+pub mod net;
 pub mod netns;
 pub mod qemu;
 pub mod qmp;
+pub mod seed;
 pub mod sim;
 pub mod ssh;
 pub mod transport;

@@ -261,6 +261,7 @@ impl SshTransport {
         host: &str,
         argv: &[String],
         timeout: Duration,
+        input: Option<&[u8]>,
     ) -> Result<Output, CommandError> {
         let command = transport::display_command(argv);
         let fail = |status: String, stderr: String, unreachable: bool| CommandError {
@@ -289,7 +290,11 @@ impl SshTransport {
             let child = conn
                 .session
                 .raw_command(&line)
-                .stdin(Stdio::null())
+                .stdin(if input.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -322,6 +327,13 @@ impl SshTransport {
                     ));
                 }
             };
+            let mut child = child;
+            if let (Some(bytes), Some(mut stdin)) = (input, child.stdin().take()) {
+                use tokio::io::AsyncWriteExt;
+                // A command that exits early closes its end; its status tells what happened.
+                let _ = tokio::time::timeout(timeout, stdin.write_all(bytes)).await;
+                let _ = stdin.shutdown().await;
+            }
             let waited =
                 tokio::time::timeout(timeout + Duration::from_secs(10), child.wait_with_output())
                     .await;
@@ -475,7 +487,7 @@ fn transient(message: &str) -> bool {
 
 impl Transport for SshTransport {
     fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
-        self.rt.block_on(self.run_async(host, argv, timeout))
+        self.rt.block_on(self.run_async(host, argv, timeout, None))
     }
 
     fn same_machine(&self) -> bool {
@@ -530,6 +542,24 @@ impl Transport for SshTransport {
     fn remove_file(&self, host: &str, path: &Path) -> io::Result<()> {
         let p = path.to_string_lossy();
         self.file_command(host, &["rm", "-f", "--", &p])
+            .map(|_| ())
+            .map_err(io_error)
+    }
+
+    fn write_file(&self, host: &str, path: &Path, contents: &[u8]) -> io::Result<()> {
+        let p = path.to_string_lossy();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            r#"umask 077 && cat > "$1.tmp-write" && sync -- "$1.tmp-write" && mv -f -- "$1.tmp-write" "$1""#,
+            "sh",
+            &p,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        self.rt
+            .block_on(self.run_async(host, &argv, Duration::from_secs(60), Some(contents)))
             .map(|_| ())
             .map_err(io_error)
     }

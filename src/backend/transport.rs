@@ -51,6 +51,9 @@ pub trait Transport: Send + Sync {
     fn remove_dir_if_empty(&self, host: &str, path: &Path) -> std::io::Result<bool>;
     /// Removes a file; absent is success.
     fn remove_file(&self, host: &str, path: &Path) -> std::io::Result<()>;
+    /// Writes a whole file, readable by its owner only (mode 0600), through a temporary file
+    /// renamed into place: never half written. The contents never appear on a command line.
+    fn write_file(&self, host: &str, path: &Path, contents: &[u8]) -> std::io::Result<()>;
     /// Creates (if needed) a sparse file of exactly `len` bytes, discarding its contents when
     /// `reset`.
     fn set_len(&self, host: &str, path: &Path, len: u64, reset: bool) -> std::io::Result<()>;
@@ -226,6 +229,21 @@ impl Transport for Local {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             r => r,
         }
+    }
+
+    fn write_file(&self, _host: &str, path: &Path, contents: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp-write");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 
     fn set_len(&self, _host: &str, path: &Path, len: u64, reset: bool) -> std::io::Result<()> {

@@ -176,6 +176,36 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
         if c.cow_size.bytes() == 0 {
             diags.push("/clones/cow_size", "must be greater than zero");
         }
+        if c.boot.is_some() && c.firmware != crate::resource::Firmware::Bios {
+            diags.push(
+                "/clones/firmware",
+                "clones with `boot` start their kernel directly; `firmware` is for clones that boot their own disk: remove one of them",
+            );
+        }
+        if let Some(r) = &c.ready {
+            if r.line.is_none() && r.tcp.is_none() {
+                diags.push(
+                    "/clones/ready",
+                    "give \"line\" (text on the console), \"tcp\" (a port that answers), or both",
+                );
+            }
+            if r.tcp.is_some() && c.networks.is_empty() {
+                diags.push(
+                    "/clones/ready/tcp",
+                    "a TCP check needs an address: attach the clones to a network with clones.networks",
+                );
+            }
+        }
+        if over_ssh {
+            for (i, p) in c.ssh_authorized_keys.iter().enumerate() {
+                if p.trim().is_empty() {
+                    diags.push(
+                        format!("/clones/ssh_authorized_keys/{i}"),
+                        "must not be empty",
+                    );
+                }
+            }
+        }
         if check_totals(d, diags) {
             check_template(d, &c.name, diags);
         }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Backend, CacheSpec, Clones, Estimate, Host, Image, Spec, Tree};
+use super::{Backend, CacheSpec, Clones, Estimate, Host, Image, Network, Spec, Tree};
 
 /// One problem in a spec, at a JSON Pointer path (`/images/0/source_host`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,6 +68,7 @@ pub(crate) struct Draft {
     pub tree: Option<Tree>,
     pub cache: Option<CacheSpec>,
     pub clones: Option<Clones>,
+    pub networks: Vec<Option<Network>>,
     pub estimate: Option<Estimate>,
 }
 
@@ -85,6 +86,7 @@ impl Draft {
             tree: self.tree?,
             cache: self.cache?,
             clones: self.clones?,
+            networks: self.networks.into_iter().collect::<Option<_>>()?,
             estimate: self.estimate?,
         })
     }
@@ -114,6 +116,7 @@ pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
     draft.estimate = or_default::<Estimate>(top.get("estimate"), "/estimate", &dirty, diags);
     draft.hosts = list::<Host>(top.get("hosts"), "/hosts", &dirty, diags);
     draft.images = list::<Image>(top.get("images"), "/images", &dirty, diags);
+    draft.networks = list::<Network>(top.get("networks"), "/networks", &dirty, diags);
     draft
 }
 

@@ -6,7 +6,9 @@
 
 mod check;
 mod decode;
+mod inputs;
 mod json;
+mod networks;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -16,10 +18,12 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::resource::Kind;
+use crate::resource::{Firmware, Kind};
 use crate::size::{Rate, Size};
 
 pub use decode::{Diagnostic, Diagnostics};
+pub use inputs::Loaded;
+pub use networks::{Cidr, MAX_NETWORKS};
 
 /// The only spec version this build reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -74,6 +78,12 @@ pub struct Spec {
     /// The VM clones booted on every host.
     #[serde(default)]
     pub clones: Clones,
+    /// Cluster networks the clones attach to (`clones.networks`): a bridge on every host
+    /// with clones on it, joined across hosts by VXLAN, and an address per clone from the
+    /// CIDR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_NETWORKS))]
+    pub networks: Vec<Network>,
     /// The provisioning model behind `plan --estimate`, `tree.degree: "auto"` and the sim
     /// stack.
     #[serde(default, skip_serializing_if = "Estimate::is_default")]
@@ -392,6 +402,25 @@ impl Image {
     }
 }
 
+/// A cluster network: one layer-2 segment across the hosts, with addresses from its CIDR.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Network name used in resource addresses (`bridge.node01.lab`): lowercase letters,
+    /// digits, `-` and `_`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,31}$"))]
+    pub name: String,
+    /// The network's IPv4 prefix, e.g. "10.60.0.0/16" (8 to 30 bits). Its first address is
+    /// kept for a gateway; every host with clones on it takes one address for its bridge, and
+    /// every clone one, derived from its identity and kept in state.
+    #[schemars(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$"))]
+    pub cidr: String,
+    /// The VXLAN network identifier [default: derived from cluster and network name].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16777215))]
+    pub vni: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tree {
@@ -530,10 +559,50 @@ pub struct Clones {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<Ready>,
     /// linux stack: where each clone's NIC goes: `bridge:NAME` (a host bridge) or
-    /// `network:NAME` (a libvirt network). Default: QEMU's user-mode networking.
+    /// `network:NAME` (a libvirt network). Default: QEMU's user-mode networking. Cluster
+    /// networks (`networks`) are attached with `networks` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(bridge|network):[A-Za-z0-9_.-]+$"))]
     pub network: Option<String>,
+    /// Cluster networks (`networks[].name`) each clone gets a NIC on, in this order. Without
+    /// any, a clone has one NIC on QEMU's user-mode network, which reaches nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub networks: Vec<String>,
+    /// Without `boot`, what boots the clone's own disk: `bios` (default, SeaBIOS) or `uefi`
+    /// (OVMF, Debian's `ovmf` package; each clone keeps its own NVRAM variables file).
+    #[serde(default, skip_serializing_if = "Firmware::is_bios")]
+    pub firmware: Firmware,
+    /// A cloud-init NoCloud seed per clone (a `cidata` ISO attached read-only): meta-data
+    /// with the clone's UUID and name, the user data below, and a network-config with its
+    /// addresses. Given `{}`, or with `ssh_authorized_keys`, every clone gets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
+    /// Public key files (`id_ed25519.pub`) authorized for `ssh_user` in every clone,
+    /// through cloud-init. `vmthunder ssh` logs in with the first one's private key (the same
+    /// path without `.pub`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = PATH_PATTERN)))]
+    pub ssh_authorized_keys: Vec<String>,
+    /// The user cloud-init creates for logins (passwordless sudo, the keys above).
+    #[serde(default = "Clones::default_ssh_user")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_-]{0,31}$"))]
+    pub ssh_user: String,
+    /// The files above, read when the spec is loaded.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub loaded: Loaded,
+}
+
+/// What cloud-init gets besides identity and addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInit {
+    /// A user-data file (`#cloud-config` YAML, a script, or anything cloud-init takes) for
+    /// every clone; the login user and keys are merged in beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN))]
+    pub user_data: Option<String>,
 }
 
 /// A kernel, an initramfs and a command line for each clone.
@@ -558,12 +627,18 @@ impl Boot {
     }
 }
 
-/// What a booted guest prints when it is up.
+/// When a booted guest counts as up: a console line, a TCP port that answers, or both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ready {
     /// Text a console line must contain, e.g. `VMTHUNDER-READY`.
-    pub line: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    /// A TCP port on the clone's first network address that must accept a connection, e.g.
+    /// 22 (needs `clones.networks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tcp: Option<u16>,
     /// How long to wait, in seconds (at most a day).
     #[serde(default = "Ready::default_timeout")]
     #[schemars(range(min = 1, max = 86400))]
@@ -592,6 +667,14 @@ impl Clones {
     fn default_cow_size() -> Size {
         Size(1 << 30)
     }
+    fn default_ssh_user() -> String {
+        "vmthunder".into()
+    }
+
+    /// Whether every clone gets a cloud-init seed.
+    pub fn seeded(&self) -> bool {
+        self.cloud_init.is_some() || !self.ssh_authorized_keys.is_empty()
+    }
 }
 
 impl Default for Clones {
@@ -605,6 +688,12 @@ impl Default for Clones {
             boot: None,
             ready: None,
             network: None,
+            networks: Vec::new(),
+            firmware: Firmware::Bios,
+            cloud_init: None,
+            ssh_authorized_keys: Vec::new(),
+            ssh_user: Clones::default_ssh_user(),
+            loaded: Loaded::default(),
         }
     }
 }
@@ -679,7 +768,15 @@ impl Spec {
     ) -> Result<Spec, SpecError> {
         let draft = decode::decode(value, &mut diags);
         check::check(&draft, &mut diags);
-        match draft.finish() {
+        networks::check(&draft, &mut diags);
+        let draft = match draft.finish() {
+            Some(mut spec) if diags.is_empty() => {
+                inputs::load(&mut spec, &mut diags);
+                Some(spec)
+            }
+            other => other,
+        };
+        match draft {
             Some(spec) if diags.is_empty() && spec.uses_model() => {
                 match crate::model::check(&spec) {
                     None => Ok(spec),
@@ -734,6 +831,11 @@ impl Spec {
 
     pub fn clones_per_host(&self, image: &Image) -> u32 {
         image.clones_per_host.unwrap_or(self.clones.per_host)
+    }
+
+    /// The network named `name`.
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
     }
 
     /// The VM name of clone `n` of `image` on `host`.

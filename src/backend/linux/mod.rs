@@ -40,6 +40,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct LinuxStack {
     transport: Box<dyn Transport>,
     cluster: String,
+    /// `<root>/<cluster>`: where each host keeps its clones' cloud-init seeds.
+    base: std::path::PathBuf,
     vg: String,
     accel: Accel,
     iscsi_target: IscsiTarget,
@@ -71,6 +73,7 @@ impl LinuxStack {
         Ok(LinuxStack {
             transport,
             cluster: spec.cluster.clone(),
+            base: crate::backend::qemu::absolute(&spec.backend.root).join(&spec.cluster),
             vg: spec
                 .backend
                 .volume_group
@@ -187,6 +190,19 @@ fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
         (Kind::Target, IscsiTarget::Tgt) => &["tgtadm"],
         (Kind::Target, IscsiTarget::Lio) => &["targetcli", "dmsetup", "blockdev"],
         (Kind::Domain, _) => &["virsh"],
+        (Kind::Seed, _) => &["genisoimage"],
+        (Kind::Bridge, _) => &["ip"],
+        (Kind::Vxlan, _) => &["ip", "bridge"],
+    }
+}
+
+impl LinuxStack {
+    /// Where a clone's seed lives on its host (libvirt's QEMU reads it from there).
+    fn seed_path(&self, a: &Addr) -> std::path::PathBuf {
+        self.base
+            .join(&*a.host)
+            .join(&*a.image)
+            .join(format!("seed-{}.iso", a.n.unwrap_or(0)))
     }
 }
 
@@ -306,6 +322,12 @@ impl Backend for LinuxStack {
                 IscsiTarget::Lio => lio::read(self, t, observed),
             },
             Kind::Domain => virsh::read(self, t),
+            Kind::Seed => crate::backend::seed::read(
+                self.transport.as_ref(),
+                &t.addr.host,
+                &self.seed_path(t.addr),
+            ),
+            Kind::Bridge | Kind::Vxlan => crate::backend::net::read(self.transport.as_ref(), t),
         }
     }
 
@@ -320,6 +342,18 @@ impl Backend for LinuxStack {
                 IscsiTarget::Lio => lio::create(self, t, deps),
             },
             Kind::Domain => virsh::create(self, t, deps),
+            Kind::Seed => {
+                let Desired::Seed(s) = t.desired else {
+                    unreachable!("seed attributes")
+                };
+                crate::backend::seed::create(
+                    self.transport.as_ref(),
+                    &t.addr.host,
+                    &self.seed_path(t.addr),
+                    s,
+                )
+            }
+            Kind::Bridge | Kind::Vxlan => crate::backend::net::create(self.transport.as_ref(), t),
         }
     }
 
@@ -333,6 +367,12 @@ impl Backend for LinuxStack {
                 IscsiTarget::Lio => lio::delete(self, t, observed),
             },
             Kind::Domain => virsh::delete(self, t),
+            Kind::Seed => crate::backend::seed::delete(
+                self.transport.as_ref(),
+                &t.addr.host,
+                &self.seed_path(t.addr),
+            ),
+            Kind::Bridge | Kind::Vxlan => crate::backend::net::delete(self.transport.as_ref(), t),
         }
     }
 

@@ -63,19 +63,52 @@ fn esc(s: &str) -> String {
 }
 
 /// The domain's XML: `virt` is libvirt's domain type (`kvm`, or `qemu` for TCG).
-pub fn domain_xml(d: &DomainAttrs, disk: &str, virt: &str) -> String {
+pub fn domain_xml(d: &DomainAttrs, disk: &str, seed: Option<&str>, virt: &str) -> String {
     let mut os = String::from("    <type arch='x86_64'>hvm</type>\n");
     if let Some(b) = &d.boot {
         os.push_str(&format!("    <kernel>{}</kernel>\n", esc(&b.kernel)));
         if let Some(i) = &b.initrd {
             os.push_str(&format!("    <initrd>{}</initrd>\n", esc(i)));
         }
-        let cmdline = b.append.replace("{name}", &d.name);
+        let address = d.nics.first().map_or("", |n| n.address.as_str());
+        let cmdline = b
+            .append
+            .replace("{name}", &d.name)
+            .replace("{address}", address);
         os.push_str(&format!("    <cmdline>{}</cmdline>\n", esc(&cmdline)));
     } else {
         os.push_str("    <boot dev='hd'/>\n");
     }
+    let firmware = if d.boot.is_none() && d.firmware == crate::resource::Firmware::Uefi {
+        " firmware='efi'"
+    } else {
+        ""
+    };
+    let mut extra = String::new();
+    if let Some(seed) = seed {
+        extra.push_str(&format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='vdb' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
+            esc(seed)
+        ));
+    }
+    // Cluster networks: one NIC each on the host's bridge, at the VXLAN's MTU.
+    for nic in d.nics.iter().skip(1) {
+        extra.push_str(&format!(
+            "    <interface type='bridge'>\n      <source bridge='{}'/>\n      <mac address='{}'/>\n      <model type='virtio'/>\n      <mtu size='{}'/>\n    </interface>\n",
+            esc(&nic.bridge),
+            esc(&nic.mac),
+            crate::backend::net::MTU
+        ));
+    }
+    let first = d.nics.first().map(|n| {
+        format!(
+            "    <interface type='bridge'>\n      <source bridge='{}'/>\n      <mtu size='{}'/>\n",
+            esc(&n.bridge),
+            crate::backend::net::MTU
+        )
+    });
     let nic = match d.network.as_deref().and_then(|n| n.split_once(':')) {
+        _ if first.is_some() => first.unwrap_or_default(),
         Some(("bridge", b)) => format!(
             "    <interface type='bridge'>\n      <source bridge='{}'/>\n",
             esc(b)
@@ -93,7 +126,7 @@ pub fn domain_xml(d: &DomainAttrs, disk: &str, virt: &str) -> String {
   <metadata><vmthunder xmlns='https://vmthunder.dev/xmlns/domain/1'>managed</vmthunder></metadata>
   <memory unit='KiB'>{mem}</memory>
   <vcpu>{vcpus}</vcpu>
-  <os>
+  <os{firmware}>
 {os}  </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -104,7 +137,7 @@ pub fn domain_xml(d: &DomainAttrs, disk: &str, virt: &str) -> String {
       <source dev='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-{nic}      <mac address='{mac}'/>
+{extra}{nic}      <mac address='{mac}'/>
       <model type='virtio'/>
     </interface>
     <serial type='file'>
@@ -236,7 +269,8 @@ pub(super) fn create(
     let running = match read(stack, t)? {
         Some(o) => o.get("state").and_then(|v| v.as_str()) == Some("running"),
         None => {
-            let xml = domain_xml(d, &disk, stack.virt_type(host)?);
+            let seed = crate::backend::dep_value(deps, Kind::Seed, "path").and_then(|v| v.as_str());
+            let xml = domain_xml(d, &disk, seed, stack.virt_type(host)?);
             stack.run(host, &define_argv(&xml))?;
             false
         }
@@ -284,12 +318,48 @@ mod tests {
             memory: Size(256 << 20),
             boot: None,
             network: Some("bridge:br0".into()),
+            firmware: Default::default(),
+            nics: Vec::new(),
         }
+    }
+
+    /// A UEFI clone on two cluster networks with a seed: the first NIC carries the clone's
+    /// MAC, the seed is a read-only second disk, the firmware libvirt's EFI autoselection.
+    #[test]
+    fn builds_the_domain_xml_of_a_networked_uefi_clone() {
+        let mut d = attrs();
+        d.network = None;
+        d.firmware = crate::resource::Firmware::Uefi;
+        d.nics = ["lab", "data"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| crate::resource::Nic {
+                network: n.to_string(),
+                bridge: format!("vb{i}"),
+                mac: if i == 0 {
+                    d.mac.clone()
+                } else {
+                    "02:00:00:00:00:09".into()
+                },
+                address: format!("10.6{i}.0.5/16"),
+            })
+            .collect();
+        let xml = domain_xml(
+            &d,
+            "/dev/mapper/s",
+            Some("/var/lib/vmthunder/c/n/base/seed-0.iso"),
+            "qemu",
+        );
+        insta::assert_snapshot!(xml);
+        let back = parse_dumpxml(&xml);
+        assert_eq!(back.macs, ["02:00:00:00:00:09", "52:54:00:aa:bb:cc"]);
+        assert!(xml.contains("<os firmware='efi'>"), "{xml}");
+        assert!(xml.contains("<source bridge='vb0'/>") && xml.contains("<source bridge='vb1'/>"));
     }
 
     #[test]
     fn builds_the_domain_xml() {
-        let xml = domain_xml(&attrs(), "/dev/mapper/vmt.c.base.snap0", "qemu");
+        let xml = domain_xml(&attrs(), "/dev/mapper/vmt.c.base.snap0", None, "qemu");
         insta::assert_snapshot!(xml);
         let back = parse_dumpxml(&xml);
         assert_eq!(back.name, "base-node01-0");
@@ -298,7 +368,7 @@ mod tests {
         assert_eq!(back.disks, ["/dev/mapper/vmt.c.base.snap0"]);
         let mut user = attrs();
         user.network = None;
-        assert!(domain_xml(&user, "/d", "kvm").contains("<interface type='user'>"));
+        assert!(domain_xml(&user, "/d", None, "kvm").contains("<interface type='user'>"));
         assert!(define_argv("<domain/>").contains(&"<domain/>".to_string()));
         for (argv, verb) in [
             (start_argv("d"), "start"),

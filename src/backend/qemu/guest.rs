@@ -8,9 +8,14 @@ use serde_json::json;
 use super::relay::wait_gone;
 use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT, READ_TIMEOUT};
 use crate::backend::qmp::Qmp;
-use crate::backend::{dep_attr, BackendError, Observed, Target};
-use crate::resource::{Addr, Desired, DomainAttrs, Kind};
+use crate::backend::{dep_attr, dep_value, net, BackendError, Observed, Target};
+use crate::resource::{Addr, Desired, DomainAttrs, Firmware, Kind};
 use crate::spec::{Accel, Boot};
+
+/// Debian's OVMF (package `ovmf`): the firmware, and the template of each clone's own NVRAM
+/// variables (4 MiB flash layout, no Secure Boot keys enrolled).
+pub(super) const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub(super) const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// Where the accelerator probe's verdict is kept, under `<root>/<cluster>`.
 pub(super) const ACCEL_CACHE: &str = "accel";
@@ -21,6 +26,8 @@ struct Files {
     pidfile: PathBuf,
     monitor: PathBuf,
     console: PathBuf,
+    /// The clone's UEFI variables (only with `firmware: uefi`).
+    vars: PathBuf,
 }
 
 fn files(stack: &QemuStack, addr: &Addr) -> Files {
@@ -30,7 +37,40 @@ fn files(stack: &QemuStack, addr: &Addr) -> Files {
         pidfile: dir.join(format!("vm-{n}.pid")),
         monitor: dir.join(format!("vm-{n}.qmp")),
         console: dir.join(format!("vm-{n}.log")),
+        vars: dir.join(format!("vm-{n}.vars.fd")),
     }
+}
+
+/// The console log of a clone (for `vmthunder console`).
+pub fn console_path(stack: &QemuStack, addr: &Addr) -> PathBuf {
+    files(stack, addr).console
+}
+
+/// The tap of each of a clone's NICs, by network.
+fn taps(stack: &QemuStack, addr: &Addr, networks: &[String]) -> Vec<String> {
+    let key =
+        crate::identity::clone_key(&stack.cluster, &addr.image, &addr.host, addr.n.unwrap_or(0));
+    networks
+        .iter()
+        .map(|n| crate::identity::tap_device(&key, n))
+        .collect()
+}
+
+/// Removes what a clone has besides its process: taps and UEFI variables.
+fn remove_extras(
+    stack: &QemuStack,
+    addr: &Addr,
+    networks: &[String],
+    f: &Files,
+) -> Result<(), BackendError> {
+    let host = &*addr.host;
+    for tap in taps(stack, addr, networks) {
+        net::delete_link(stack.transport.as_ref(), host, &tap)?;
+    }
+    stack
+        .transport
+        .remove_file(host, &f.vars)
+        .map_err(|e| stack.io_error("cannot remove", host, &f.vars, e))
 }
 
 fn attrs<'a>(t: Target<'a>) -> &'a DomainAttrs {
@@ -100,7 +140,7 @@ pub(super) fn create(
     let f = files(stack, t.addr);
     if let Some(found) = read(stack, t)? {
         // Ours, already running: adopt it (and still wait for it to be ready).
-        wait_ready(stack, host, &f)?;
+        wait_ready(stack, host, &f, d)?;
         return Ok(found);
     }
     if let Some(pid) = pid(stack, host, &f)? {
@@ -108,18 +148,34 @@ pub(super) fn create(
         stack.transport.kill(host, pid).ok();
         wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());
     }
-    let Some(boot) = &d.boot else {
-        return Err(BackendError::new(format!(
-            "{}: no kernel to boot; set clones.boot in the spec",
-            t.addr
-        )));
-    };
     let disk = dep_attr(deps, Kind::Snapshot, "path")?.to_string();
+    let seed = dep_value(deps, Kind::Seed, "path").and_then(|v| v.as_str());
     for p in [&f.pidfile, &f.monitor, &f.console] {
         let _ = stack.transport.remove_file(host, p);
     }
-    let accel = resolve_accel(stack, host, boot)?;
-    let argv = command(d, boot, &disk, &f, accel);
+    let networks: Vec<String> = d.nics.iter().map(|n| n.network.clone()).collect();
+    let taps = taps(stack, t.addr, &networks);
+    for (tap, nic) in taps.iter().zip(&d.nics) {
+        net::ensure_tap(stack.transport.as_ref(), host, tap, &nic.bridge)?;
+    }
+    if d.boot.is_none() && d.firmware == Firmware::Uefi {
+        // The clone's own variables, from the template once: a restarted clone keeps its
+        // boot entries.
+        stack.transport.run(
+            host,
+            &args(&[
+                "sh",
+                "-c",
+                r#"[ -e "$2" ] || cp -- "$1" "$2""#,
+                "sh",
+                OVMF_VARS,
+                &f.vars.to_string_lossy(),
+            ]),
+            COMMAND_TIMEOUT,
+        )?;
+    }
+    let accel = resolve_accel(stack, host, d.boot.as_ref())?;
+    let argv = command(d, &disk, seed, &taps, &f, accel);
     stack.transport.run(host, &argv, COMMAND_TIMEOUT)?;
     let Some(pid) = pid(stack, host, &f)? else {
         return Err(BackendError::new(format!(
@@ -127,11 +183,23 @@ pub(super) fn create(
             f.console.display()
         )));
     };
-    wait_ready(stack, host, &f)?;
+    wait_ready(stack, host, &f, d)?;
     Ok(observed(&f, pid, "running", Some(accel)))
 }
 
-fn command(d: &DomainAttrs, boot: &Boot, disk: &str, f: &Files, accel: &str) -> Vec<String> {
+/// QEMU's option syntax doubles a comma inside a value.
+fn opt(path: &str) -> String {
+    path.replace(',', ",,")
+}
+
+fn command(
+    d: &DomainAttrs,
+    disk: &str,
+    seed: Option<&str>,
+    taps: &[String],
+    f: &Files,
+    accel: &str,
+) -> Vec<String> {
     let mut v = args(&[
         "qemu-system-x86_64",
         "-name",
@@ -156,37 +224,141 @@ fn command(d: &DomainAttrs, boot: &Boot, disk: &str, f: &Files, accel: &str) -> 
         &format!("unix:{},server=on,wait=off", f.monitor.display()),
         "-serial",
         &format!("file:{}", f.console.display()),
-        "-kernel",
-        &super::absolute(&boot.kernel).to_string_lossy(),
     ]);
-    if let Some(initrd) = &boot.initrd {
-        v.push("-initrd".into());
-        v.push(super::absolute(initrd).to_string_lossy().into_owned());
+    match (&d.boot, d.firmware) {
+        (Some(boot), _) => {
+            v.push("-kernel".into());
+            v.push(super::absolute(&boot.kernel).to_string_lossy().into_owned());
+            if let Some(initrd) = &boot.initrd {
+                v.push("-initrd".into());
+                v.push(super::absolute(initrd).to_string_lossy().into_owned());
+            }
+            v.push("-append".into());
+            v.push(boot_append(&boot.append, d));
+        }
+        // SeaBIOS, QEMU's default, boots the first disk.
+        (None, Firmware::Bios) => {}
+        (None, Firmware::Uefi) => v.extend(args(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                opt(OVMF_CODE)
+            ),
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                opt(&f.vars.to_string_lossy())
+            ),
+        ])),
     }
-    v.push("-append".into());
-    v.push(boot.append.replace("{name}", &d.name));
     v.extend(args(&[
         "-drive",
-        &format!(
-            "if=none,id=disk0,format=qcow2,file={}",
-            disk.replace(',', ",,")
-        ),
+        &format!("if=none,id=disk0,format=qcow2,file={}", opt(disk)),
         "-device",
-        "virtio-blk-pci,drive=disk0",
-        "-netdev",
-        "user,id=net0,restrict=on",
-        "-device",
-        &format!("virtio-net-pci,netdev=net0,mac={}", d.mac),
+        "virtio-blk-pci,drive=disk0,bootindex=0",
     ]));
+    if let Some(seed) = seed {
+        v.extend(args(&[
+            "-drive",
+            &format!("if=none,id=seed0,format=raw,readonly=on,file={}", opt(seed)),
+            "-device",
+            "virtio-blk-pci,drive=seed0",
+        ]));
+    }
+    if d.nics.is_empty() {
+        v.extend(args(&[
+            "-netdev",
+            "user,id=net0,restrict=on",
+            "-device",
+            &format!("virtio-net-pci,netdev=net0,mac={}", d.mac),
+        ]));
+    }
+    for (k, (nic, tap)) in d.nics.iter().zip(taps).enumerate() {
+        v.extend(args(&[
+            "-netdev",
+            &format!("tap,id=net{k},ifname={tap},script=no,downscript=no"),
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=net{k},mac={},host_mtu={}",
+                nic.mac,
+                net::MTU
+            ),
+        ]));
+    }
     v
 }
 
-/// Waits for the spec's ready line on the guest's console, if the spec asks for one.
-fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendError> {
+/// The kernel command line: `{name}`, and `{address}` (the first NIC's, with prefix) for
+/// guests that take their address from it.
+fn boot_append(append: &str, d: &DomainAttrs) -> String {
+    let address = d.nics.first().map_or("", |n| n.address.as_str());
+    append
+        .replace("{name}", &d.name)
+        .replace("{address}", address)
+}
+
+/// Waits for what the spec's `clones.ready` asks: a line on the guest's console, then a TCP
+/// port on its first address that accepts a connection (tried from its host, which has an
+/// address on the bridge).
+fn wait_ready(
+    stack: &QemuStack,
+    host: &str,
+    f: &Files,
+    d: &DomainAttrs,
+) -> Result<(), BackendError> {
     let Some(ready) = &stack.ready else {
         return Ok(());
     };
     let start = Instant::now();
+    if let Some(line) = &ready.line {
+        wait_line(stack, host, f, line, ready.timeout_secs, start)?;
+    }
+    if let Some(port) = ready.tcp {
+        let Some(nic) = d.nics.first() else {
+            return Err(BackendError::new("clones.ready.tcp needs clones.networks: a clone without an address cannot be connected to"));
+        };
+        let ip = nic.address.split('/').next().unwrap_or("");
+        let probe = args(&[
+            "bash",
+            "-c",
+            r#"exec 3<>"/dev/tcp/$1/$2""#,
+            "bash",
+            ip,
+            &port.to_string(),
+        ]);
+        loop {
+            match stack.transport.run(host, &probe, Duration::from_secs(5)) {
+                Ok(_) => break,
+                Err(e) if e.unreachable => return Err(e.into()),
+                Err(_) => {}
+            }
+            if pid(stack, host, f)?.is_none() {
+                return Err(BackendError::new(format!(
+                    "on host {host}: the guest exited before {ip}:{port} answered; console `{}`",
+                    f.console.display()
+                )));
+            }
+            if start.elapsed() > Duration::from_secs(ready.timeout_secs) {
+                return Err(BackendError::new(format!(
+                    "on host {host}: {ip}:{port} did not accept a connection within {} s (clones.ready.timeout_secs); console `{}`",
+                    ready.timeout_secs,
+                    f.console.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    Ok(())
+}
+
+fn wait_line(
+    stack: &QemuStack,
+    host: &str,
+    f: &Files,
+    line: &str,
+    timeout_secs: u64,
+    start: Instant,
+) -> Result<(), BackendError> {
     loop {
         let console = stack
             .transport
@@ -195,7 +367,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
             .flatten()
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&console);
-        if text.lines().any(|l| l.contains(&ready.line)) {
+        if text.lines().any(|l| l.contains(line)) {
             return Ok(());
         }
         let tail: Vec<&str> = text.lines().rev().take(5).collect();
@@ -204,7 +376,7 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
             return Err(BackendError {
                 message: format!(
                     "on host {host}: the guest exited before printing {:?}; console `{}`",
-                    ready.line,
+                    line,
                     f.console.display()
                 ),
                 command: None,
@@ -212,12 +384,12 @@ fn wait_ready(stack: &QemuStack, host: &str, f: &Files) -> Result<(), BackendErr
                 unreachable_host: None,
             });
         }
-        if start.elapsed() > Duration::from_secs(ready.timeout_secs) {
+        if start.elapsed() > Duration::from_secs(timeout_secs) {
             return Err(BackendError {
                 message: format!(
                     "on host {host}: no {:?} on the console within {} s (clones.ready.timeout_secs); console `{}`",
-                    ready.line,
-                    ready.timeout_secs,
+                    line,
+                    timeout_secs,
                     f.console.display()
                 ),
                 command: None,
@@ -238,6 +410,8 @@ pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendErro
         }
         wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());
     }
+    let networks: Vec<String> = attrs(t).nics.iter().map(|n| n.network.clone()).collect();
+    remove_extras(stack, t.addr, &networks, &f)?;
     for p in [&f.pidfile, &f.monitor, &f.console] {
         stack
             .transport
@@ -283,6 +457,7 @@ pub(super) fn sweep(
             stack.transport.kill(host, pid).ok();
             wait_gone(stack, host, pid, &f.pidfile.to_string_lossy());
         }
+        let _ = remove_extras(stack, &addr, &stack.networks, &f);
         for p in [&f.pidfile, &f.monitor, &f.console] {
             let _ = stack.transport.remove_file(host, p);
         }
@@ -295,12 +470,25 @@ pub(super) fn sweep(
 /// still not run stock guests, e.g. under a PVM nested hypervisor). Probed once per host and
 /// run; on this machine's own hosts also remembered under the cluster's directory until its
 /// last domain is gone.
-fn resolve_accel(stack: &QemuStack, host: &str, boot: &Boot) -> Result<&'static str, BackendError> {
+fn resolve_accel(
+    stack: &QemuStack,
+    host: &str,
+    boot: Option<&Boot>,
+) -> Result<&'static str, BackendError> {
     match stack.accel {
         Accel::Kvm => return Ok("kvm"),
         Accel::Tcg => return Ok("tcg"),
         Accel::Auto => {}
     }
+    let Some(boot) = boot else {
+        // No kernel of the spec's to probe with: KVM when the host offers it.
+        let t = &stack.transport;
+        return match t.run(host, &args(&["test", "-w", "/dev/kvm"]), COMMAND_TIMEOUT) {
+            Ok(_) => Ok("kvm"),
+            Err(e) if e.unreachable => Err(e.into()),
+            Err(_) => Ok("tcg"),
+        };
+    };
     let local = stack.transport.same_machine();
     let key = if local { "" } else { host };
     let cell = stack

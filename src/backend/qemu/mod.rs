@@ -15,6 +15,9 @@
 mod disk;
 mod guest;
 mod relay;
+mod seed;
+
+pub use guest::console_path;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,9 @@ type AccelVerdict = OnceLock<Result<&'static str, BackendError>>;
 
 pub struct QemuStack {
     transport: Box<dyn Transport>,
+    cluster: String,
+    /// `clones.networks`, for the taps of clones the sweep stops.
+    networks: Vec<String>,
     /// `<root>/<cluster>`, absolute.
     base: PathBuf,
     accel: Accel,
@@ -93,6 +99,8 @@ impl QemuStack {
         };
         Ok(QemuStack {
             transport,
+            cluster: spec.cluster.clone(),
+            networks: spec.clones.networks.clone(),
             netns,
             base: absolute(&spec.backend.root).join(&spec.cluster),
             accel: spec.backend.accel,
@@ -265,11 +273,32 @@ impl Backend for QemuStack {
                                 n.file("initrd", &c.addr, i);
                             }
                         }
-                        None => problems.push(format!(
-                            "{}: the qemu stack boots clones from a kernel: set clones.boot.kernel in the spec (scripts/build-guest.sh builds one)",
-                            c.addr
-                        )),
+                        None if d.firmware == crate::resource::Firmware::Uefi => {
+                            n.file("UEFI firmware (Debian: ovmf)", &c.addr, guest::OVMF_CODE);
+                            n.file(
+                                "UEFI variables template (Debian: ovmf)",
+                                &c.addr,
+                                guest::OVMF_VARS,
+                            );
+                        }
+                        None => {}
                     }
+                    if !d.nics.is_empty() {
+                        n.tools.insert("ip");
+                    }
+                    if self.ready.as_ref().is_some_and(|r| r.tcp.is_some()) {
+                        n.tools.insert("bash");
+                    }
+                }
+                Some(Desired::Seed(_)) => {
+                    n.tools.insert("genisoimage");
+                }
+                Some(Desired::Bridge(_)) => {
+                    n.tools.insert("ip");
+                }
+                Some(Desired::Vxlan(_)) => {
+                    n.tools.insert("ip");
+                    n.tools.insert("bridge");
                 }
                 Some(_) => {
                     n.tools.insert("qemu-storage-daemon");
@@ -308,6 +337,8 @@ impl Backend for QemuStack {
             Kind::Snapshot => disk::read_snapshot(self, t, observed),
             Kind::Domain => guest::read(self, t),
             Kind::Session | Kind::Cache | Kind::Target => relay::read(self, t),
+            Kind::Seed => seed::read(self, t),
+            Kind::Bridge | Kind::Vxlan => super::net::read(self.transport.as_ref(), t),
         }
     }
 
@@ -320,6 +351,8 @@ impl Backend for QemuStack {
             Kind::Snapshot => disk::create_snapshot(self, t, deps),
             Kind::Domain => guest::create(self, t, deps),
             Kind::Session | Kind::Cache | Kind::Target => relay::create(self, t, deps),
+            Kind::Seed => seed::create(self, t),
+            Kind::Bridge | Kind::Vxlan => super::net::create(self.transport.as_ref(), t),
         }
     }
 
@@ -329,6 +362,11 @@ impl Backend for QemuStack {
             Kind::Snapshot => disk::delete_snapshot(self, t, observed),
             Kind::Domain => guest::delete(self, t),
             Kind::Session | Kind::Cache | Kind::Target => relay::delete(self, t, observed),
+            Kind::Seed => seed::delete(self, t),
+            Kind::Bridge | Kind::Vxlan => {
+                // Devices, not files: nothing to prune afterwards.
+                return super::net::delete(self.transport.as_ref(), t);
+            }
         };
         if r.is_ok() {
             // Its directories go in `finish`, not now: creates may be running beside it.
@@ -366,6 +404,7 @@ impl Backend for QemuStack {
                 let dir = self.dir(host, image);
                 let names = self.transport.list_dir(host, &dir).unwrap_or_default();
                 guest::sweep(self, host, image, &addrs, &names)?;
+                seed::sweep(self, host, image, &addrs, &names)?;
                 disk::sweep(self, host, image, &addrs, &names)
             });
             match swept {
