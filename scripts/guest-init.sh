@@ -11,7 +11,9 @@
 # or, on any failure: VMTHUNDER-FAILED name=<name> reason=<word>
 # and then idles forever, so the VM keeps running until the caller stops it.
 # Kernel command line parameters read: vmthunder.name=NAME (default "unnamed"),
-# vmthunder.verbose=1 (keep kernel messages on the console).
+# vmthunder.verbose=1 (keep kernel messages on the console), vmthunder.ip=A.B.C.D/P (the NIC's
+# address on a cluster network, vmthunder's `{address}`; the READY line then says ip=A.B.C.D/P,
+# and the guest answers ping there).
 #
 # Benchmark mode (vmthunder.read_mib=N, used by benches/provision.rs): instead of the above, the
 # guest prints VMTHUNDER-WAITING name=<name>, waits until its NIC's link goes down (the host
@@ -31,6 +33,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 name=unnamed
 verbose=0
 read_mib=
+ip=
 go=link-down
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -38,6 +41,7 @@ for arg in $(cat /proc/cmdline); do
         vmthunder.verbose=1) verbose=1 ;;
         vmthunder.read_mib=*) read_mib=${arg#vmthunder.read_mib=} ;;
         vmthunder.go=now) go=now ;;
+        vmthunder.ip=*) ip=${arg#vmthunder.ip=} ;;
     esac
 done
 # Keep the kernel's own messages off the console so our lines stay whole
@@ -82,6 +86,12 @@ mac=none
 [ -n "$nic" ] && [ -r "/sys/class/net/$nic/address" ] && mac=$(cat "/sys/class/net/$nic/address")
 uuid=none
 [ -r /sys/class/dmi/id/product_uuid ] && uuid=$(cat /sys/class/dmi/id/product_uuid)
+if [ -n "$ip" ]; then
+    [ -n "$nic" ] || fail no-nic
+    ip link set lo up 2>/dev/null
+    ip link set "$nic" up 2>/dev/null || fail nic-up
+    ip addr add "$ip" dev "$nic" 2>/dev/null || fail ip-address
+fi
 
 if [ -n "$read_mib" ]; then
     if [ "$go" != now ]; then
@@ -119,7 +129,7 @@ sum=${sum%% *}
 # The firmware leaves the cursor mid-line (and "quiet" prints no kernel line after it): start a
 # fresh line so the result lines always begin at a line start.
 echo
-echo "VMTHUNDER-READY name=$name uuid=$uuid mac=$mac disk_sha256=$sum disk_bytes=$bytes"
+echo "VMTHUNDER-READY name=$name uuid=$uuid mac=$mac disk_sha256=$sum disk_bytes=$bytes${ip:+ ip=$ip}"
 
 # The marker: "written by NAME\n" padded with zero bytes to 4 KiB, into the last 4 KiB
 # (8 sectors of 512 bytes, so a size that is not a multiple of 4 KiB works too).

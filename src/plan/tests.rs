@@ -1066,3 +1066,181 @@ fn a_plan_without_lineage_fits_only_a_state_without_one() {
         })
     );
 }
+
+fn networked(hosts: &[&str], transport: &str, extra_clones: serde_json::Value) -> Spec {
+    let mut doc = serde_json::json!({
+        "version": 1,
+        "cluster": "t",
+        "backend": {"transport": transport, "root": "/var/lib/vmthunder"},
+        "hosts": std::iter::once("src").chain(hosts.iter().copied()).enumerate()
+            .map(|(i, h)| serde_json::json!({"name": h, "address": format!("10.1.0.{}", 10 + i)}))
+            .collect::<Vec<_>>(),
+        "images": [{"name": "base", "source_host": "src", "path": "/base.qcow2"}],
+        "networks": [{"name": "lab", "cidr": "10.60.0.0/24"}],
+        "tree": {"degree": 2},
+        "clones": {"per_host": 2, "networks": ["lab"]},
+    });
+    if let Some(e) = extra_clones.as_object() {
+        for (k, v) in e {
+            doc["clones"][k] = v.clone();
+        }
+    }
+    Spec::from_value(&doc).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// Addresses of every bridge and clone NIC, by resource address.
+fn addresses(state: &State) -> BTreeMap<String, String> {
+    state
+        .resources
+        .iter()
+        .filter_map(|r| match &r.desired {
+            Desired::Bridge(b) => Some((r.addr.to_string(), b.address.clone())),
+            Desired::Domain(d) => Some((r.addr.to_string(), d.nics[0].address.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn networks_are_a_bridge_and_a_vxlan_per_host_with_stable_unique_addresses() {
+    let s = networked(&["a", "b", "c"], "ssh", serde_json::json!({}));
+    let g = Graph::build(&s, &State::empty("t")).unwrap();
+    let of = |kind: Kind| g.resources.iter().filter(|r| r.addr.kind == kind).count();
+    // The source runs no clones: no bridge there.
+    assert_eq!(
+        (of(Kind::Bridge), of(Kind::Vxlan), of(Kind::Seed)),
+        (3, 3, 0)
+    );
+    let r = &g.resources[g.get(&"vxlan.b.lab".parse().unwrap()).unwrap() as usize];
+    let Desired::Vxlan(x) = &r.desired else {
+        panic!()
+    };
+    assert_eq!(
+        (x.local.as_str(), x.remotes.clone()),
+        (
+            "10.1.0.12",
+            vec!["10.1.0.11".to_string(), "10.1.0.13".into()]
+        )
+    );
+    assert_eq!(x.port, 4789);
+    // A domain needs its own host's bridge.
+    let dom = &g.resources[g.get(&"domain.b.base.1".parse().unwrap()).unwrap() as usize];
+    let needs: Vec<String> = dom
+        .deps
+        .iter()
+        .map(|&i| g.resources[i as usize].addr.to_string())
+        .collect();
+    assert!(needs.contains(&"bridge.b.lab".to_string()), "{needs:?}");
+
+    let state = applied(&s);
+    let before = addresses(&state);
+    assert_eq!(before.len(), 3 + 6);
+    let mut unique: Vec<&String> = before.values().collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 9, "{before:?}");
+    for a in before.values() {
+        let ip: std::net::Ipv4Addr = a.strip_suffix("/24").unwrap().parse().unwrap();
+        assert!(
+            ip.octets()[..3] == [10, 60, 0] && ip.octets()[3] > 1 && ip.octets()[3] < 255,
+            "{a}"
+        );
+    }
+    assert!(actions(&plan(&s, &state)).is_empty());
+
+    // A new host: its own resources, and the others' VXLANs take it into their flood lists;
+    // no clone moves or restarts.
+    let grown = networked(&["a", "b", "c", "d"], "ssh", serde_json::json!({}));
+    let p = plan(&grown, &state);
+    let changed = actions(&p);
+    assert!(
+        changed.iter().all(|(a, act)| a.contains(".d.")
+            || (a.starts_with("vxlan.") && *act == Action::Replace)
+            || a.starts_with("target.")),
+        "{changed:?}"
+    );
+    assert!(
+        changed.contains(&("vxlan.a.lab".into(), Action::Replace)),
+        "{changed:?}"
+    );
+    let after = addresses(&p.applied(&state));
+    for (k, v) in &before {
+        assert_eq!(after.get(k), Some(v), "{k} moved");
+    }
+}
+
+#[test]
+fn hosts_sharing_this_machines_kernel_share_one_bridge_and_need_no_vxlan() {
+    let s = networked(&["a", "b"], "local", serde_json::json!({}));
+    let g = Graph::build(&s, &State::empty("t")).unwrap();
+    let bridges: Vec<String> = g
+        .resources
+        .iter()
+        .filter(|r| r.addr.kind == Kind::Bridge)
+        .map(|r| r.addr.to_string())
+        .collect();
+    assert_eq!(bridges, ["bridge.a.lab"]);
+    assert!(g.resources.iter().all(|r| r.addr.kind != Kind::Vxlan));
+    let dom = &g.resources[g.get(&"domain.b.base.0".parse().unwrap()).unwrap() as usize];
+    assert!(dom
+        .deps
+        .iter()
+        .any(|&i| g.resources[i as usize].addr.to_string() == "bridge.a.lab"));
+}
+
+#[test]
+fn a_seed_change_restarts_the_clone_and_keeps_its_disk() {
+    let s = networked(&["a"], "ssh", serde_json::json!({"cloud_init": {}}));
+    let g = Graph::build(&s, &State::empty("t")).unwrap();
+    let seed = &g.resources[g.get(&"seed.a.base.0".parse().unwrap()).unwrap() as usize];
+    let Desired::Seed(sd) = &seed.desired else {
+        panic!()
+    };
+    let dom = &g.resources[g.get(&"domain.a.base.0".parse().unwrap()).unwrap() as usize];
+    let Desired::Domain(d) = &dom.desired else {
+        panic!()
+    };
+    assert!(
+        sd.meta_data.contains(&d.uuid) && sd.meta_data.contains(&d.name),
+        "{}",
+        sd.meta_data
+    );
+    let net = sd.network_config.as_deref().unwrap();
+    assert!(
+        net.contains(&d.mac) && net.contains(&d.nics[0].address),
+        "{net}"
+    );
+    assert!(
+        sd.user_data.contains("name: \"vmthunder\""),
+        "{}",
+        sd.user_data
+    );
+
+    let state = applied(&s);
+    let other_user = networked(
+        &["a"],
+        "ssh",
+        serde_json::json!({"cloud_init": {}, "ssh_user": "ops"}),
+    );
+    let p = plan(&other_user, &state);
+    let changed = actions(&p);
+    assert_eq!(
+        changed,
+        [
+            ("domain.a.base.0".to_string(), Action::Replace),
+            ("domain.a.base.1".into(), Action::Replace),
+            ("seed.a.base.0".into(), Action::Replace),
+            ("seed.a.base.1".into(), Action::Replace),
+        ]
+    );
+    let c = p
+        .changes
+        .iter()
+        .find(|c| c.addr.to_string() == "seed.a.base.0")
+        .unwrap();
+    assert_eq!(
+        c.replace_paths,
+        ["user_data"],
+        "the plan names what forces it"
+    );
+}

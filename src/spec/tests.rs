@@ -601,3 +601,120 @@ fn no_field_the_schema_makes_non_nullable_takes_null() {
     }
     assert!(checked >= 30, "only {checked} fields checked");
 }
+
+/// Issue 22's bad input: each an error at its JSON path, and no spec.
+#[test]
+fn networks_cloud_init_and_firmware_are_checked_at_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA me@here\n").unwrap();
+    let private = dir.path().join("id");
+    std::fs::write(
+        &private,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n",
+    )
+    .unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut doc = good();
+        doc["networks"] = json!([{"name": "lab", "cidr": "10.60.0.0/16"}]);
+        doc["clones"]["networks"] = json!(["lab"]);
+        edit(&mut doc);
+        diagnostics(doc)
+    };
+    // The good one, with keys and user data.
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#cloud-config\npackages: [htop]\n").unwrap();
+    let mut doc = good();
+    doc["networks"] = json!([{"name": "lab", "cidr": "10.60.0.0/16"}]);
+    doc["clones"]["networks"] = json!(["lab"]);
+    doc["clones"]["ssh_authorized_keys"] = json!([key]);
+    doc["clones"]["cloud_init"] = json!({"user_data": user_data});
+    doc["clones"]["ready"] = json!({"tcp": 22});
+    let spec = Spec::from_value(&doc).unwrap();
+    assert_eq!(spec.clones.loaded.keys.len(), 1);
+    assert!(spec
+        .clones
+        .loaded
+        .user_data
+        .as_deref()
+        .unwrap()
+        .contains("htop"));
+    assert!(spec.clones.seeded());
+
+    // A CIDR too small: 2 hosts x 3 clones + 2 bridges = 8 addresses, a /29 holds 5.
+    let d = with(&|d| d["networks"][0]["cidr"] = json!("10.60.0.0/29"));
+    assert_has(&d, "/networks/0/cidr: 10.60.0.0/29 has room for 5 addresses, but its 6 clones and 2 host bridges need 8: use a /28 or larger");
+    // Host bits set; not a prefix at all.
+    assert_has(
+        &with(&|d| d["networks"][0]["cidr"] = json!("10.60.1.0/16")),
+        "/networks/0/cidr: \"10.60.1.0/16\" has host bits set: the network is \"10.60.0.0/16\"",
+    );
+    assert_has(
+        &with(&|d| d["networks"][0]["cidr"] = json!("10.60.0.0/33")),
+        "/networks/0/cidr: invalid CIDR",
+    );
+    // Overlapping networks.
+    let d = with(&|d| {
+        d["networks"] =
+            json!([{"name": "lab", "cidr": "10.60.0.0/16"}, {"name": "db", "cidr": "10.60.8.0/24"}])
+    });
+    assert_has(
+        &d,
+        "/networks/1/cidr: 10.60.8.0/24 overlaps 10.60.0.0/16 of /networks/0",
+    );
+    // A network that holds a host's address.
+    let d = with(&|d| d["networks"][0]["cidr"] = json!("10.0.0.0/24"));
+    assert_has(&d, "/networks/0/cidr: 10.0.0.0/24 contains 10.0.0.1, the address of host \"img0\" (/hosts/0/address)");
+    // An unknown network, and one listed twice.
+    let d = with(&|d| d["clones"]["networks"] = json!(["lab", "lba", "lab"]));
+    assert_has(
+        &d,
+        "/clones/networks/1: unknown network \"lba\" (networks: lab)",
+    );
+    assert_has(&d, "/clones/networks/2: network \"lab\" is listed twice");
+    // Unreadable user data and key files; a private key; not a key.
+    let d = with(&|d| d["clones"]["cloud_init"] = json!({"user_data": "/nonexistent/user-data"}));
+    assert_has(
+        &d,
+        "/clones/cloud_init/user_data: cannot read `/nonexistent/user-data`",
+    );
+    let d = with(&|d| d["clones"]["ssh_authorized_keys"] = json!([key, "/nonexistent/id.pub"]));
+    assert_has(
+        &d,
+        "/clones/ssh_authorized_keys/1: cannot read `/nonexistent/id.pub`",
+    );
+    let d = with(&|d| d["clones"]["ssh_authorized_keys"] = json!([private]));
+    assert_has(&d, "/clones/ssh_authorized_keys/0: ");
+    assert!(
+        d.iter()
+            .any(|m| m.contains("private key; give its public half")),
+        "{d:?}"
+    );
+    // Firmware with a kernel; a ready check with nothing to check; TCP without a network.
+    let d = with(&|d| {
+        d["clones"]["boot"] = json!({"kernel": "/k"});
+        d["clones"]["firmware"] = json!("uefi");
+    });
+    assert_has(
+        &d,
+        "/clones/firmware: clones with `boot` start their kernel directly",
+    );
+    assert_has(
+        &with(&|d| d["clones"]["firmware"] = json!("coreboot")),
+        "/clones/firmware: unknown value \"coreboot\"",
+    );
+    assert_has(
+        &with(&|d| d["clones"]["ready"] = json!({"timeout_secs": 5})),
+        "/clones/ready: give \"line\"",
+    );
+    let d = with(&|d| {
+        d["clones"]["networks"] = json!([]);
+        d["clones"]["ready"] = json!({"tcp": 22});
+    });
+    assert_has(&d, "/clones/ready/tcp: a TCP check needs an address");
+    // Two networks with one VNI.
+    let d = with(
+        &|d| d["networks"] = json!([{"name": "lab", "cidr": "10.60.0.0/16", "vni": 7}, {"name": "db", "cidr": "10.61.0.0/16", "vni": 7}]),
+    );
+    assert_has(&d, "/networks/1/vni: VNI 7 is also used by /networks/0");
+}

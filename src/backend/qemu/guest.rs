@@ -255,7 +255,13 @@ fn command(
         "-drive",
         &format!("if=none,id=disk0,format=qcow2,file={}", opt(disk)),
         "-device",
-        "virtio-blk-pci,drive=disk0,bootindex=0",
+        // The firmware boots this disk first (never the seed); a kernel boots from its option
+        // ROM, which takes the first boot index itself.
+        if d.boot.is_some() {
+            "virtio-blk-pci,drive=disk0"
+        } else {
+            "virtio-blk-pci,drive=disk0,bootindex=1"
+        },
     ]));
     if let Some(seed) = seed {
         v.extend(args(&[
