@@ -1,9 +1,12 @@
 //! The command line: flags (clap structs whose doc comments are the `--help`), then a call
 //! into the library, then a view that renders for people or as JSON. No logic of its own.
 
+mod console;
 pub mod events;
+pub mod output;
 mod progress;
 mod run;
+mod ssh;
 mod surgery;
 
 use std::io::{IsTerminal, Write};
@@ -90,6 +93,37 @@ pub enum Command {
         #[command(flatten)]
         state: StateArg,
     },
+    /// List the clones state records: name, host, image, addresses, status
+    ///
+    /// Like `terraform output`: reads the state only (no lock, no host). As a table for
+    /// people, as versioned JSON for programs (`--json`: name, host, image, n, UUID, MAC,
+    /// addresses per network, recorded and observed status, console log path; schema
+    /// `vmthunder schema output`), or as an Ansible inventory:
+    ///   vmthunder output -f SPEC --format ansible-inventory > inventory.json
+    ///   ansible -i inventory.json image_base -m ping
+    /// Nothing applied yet: no output (an empty document in the JSON forms), exit 0.
+    #[command(verbatim_doc_comment)]
+    Output(output::OutputArgs),
+    /// Log in to a clone with ssh, or run a command on it
+    ///
+    /// Runs the system `ssh` in place of vmthunder, to the clone's first network address as
+    /// `clones.ssh_user`, with the private half of the first `clones.ssh_authorized_keys`.
+    /// Over the ssh transport it goes through the clone's host (a ProxyCommand with the
+    /// spec's ssh settings for that host); with `backend.netns`, from inside the host's
+    /// network namespace (root); otherwise directly. Clones' host keys are accepted the first
+    /// time and kept in `state/<cluster>.known_hosts`, not in yours (a clone replaced since
+    /// has a new key: `ssh-keygen -R ADDRESS -f state/<cluster>.known_hosts`).
+    ///   vmthunder ssh -f SPEC base-node01-0
+    ///   vmthunder ssh -f SPEC domain.node01.base.0 -- uname -a
+    ///   vmthunder ssh -f SPEC base-node01-0 --print
+    #[command(verbatim_doc_comment)]
+    Ssh(ssh::SshArgs),
+    /// Show a clone's serial console log (what the guest printed while booting)
+    ///
+    /// Reads the log on the clone's host through the spec's transport. The whole log, or its
+    /// last lines with --lines; --follow keeps printing what is appended until Ctrl-C. The sim
+    /// stack runs no guest, so its clones have no console.
+    Console(console::ConsoleArgs),
     /// Read the recorded state.
     #[command(subcommand)]
     State(StateCommand),
@@ -122,7 +156,7 @@ pub enum Command {
     },
     /// Print a JSON Schema (checked in under schemas/): of cluster specs, of the events
     /// `apply --json` and `destroy --json` print, of plans (`plan --json`, `--out`), of state
-    /// files.
+    /// files, of `output --json`.
     Schema {
         #[arg(value_enum, default_value_t = SchemaKind::Cluster)]
         of: SchemaKind,
@@ -135,6 +169,7 @@ pub enum SchemaKind {
     Events,
     Plan,
     State,
+    Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +460,9 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             emit(graph.to_dot().as_bytes())?;
             Ok(0)
         }
+        Command::Output(args) => output::run(args, color),
+        Command::Ssh(args) => ssh::run(args),
+        Command::Console(args) => console::run(args),
         Command::State(cmd) => state_command(cmd),
         Command::Import {
             address,
@@ -460,6 +498,7 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
                 SchemaKind::Events => events::schema_bytes(),
                 SchemaKind::Plan => plan::schema_bytes(),
                 SchemaKind::State => state::schema_bytes(),
+                SchemaKind::Output => output::schema_bytes(),
             })?;
             Ok(0)
         }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::resource::{Firmware, Kind};
 use crate::size::{Rate, Size};
 
+pub(crate) use decode::suggest;
 pub use decode::{Diagnostic, Diagnostics};
 pub use inputs::Loaded;
 pub use networks::{Cidr, MAX_NETWORKS};

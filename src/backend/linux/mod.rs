@@ -19,6 +19,8 @@ pub mod names;
 mod tgt;
 mod virsh;
 
+pub use virsh::console_log;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
