@@ -13,9 +13,17 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A scratch directory holding a copy of examples/ and schemas/, as a user's checkout would.
+/// A scratch directory holding a copy of examples/ and schemas/, as a user's checkout would,
+/// and the public key `scripts/build-cloud-image.sh` makes for examples/cloud.json.
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("target/cloud-image");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("id_ed25519.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlaceholderKeyForTheExampleOnly vmthunder-example\n",
+    )
+    .unwrap();
     for sub in ["examples", "schemas"] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for e in std::fs::read_dir(repo().join(sub)).unwrap() {
