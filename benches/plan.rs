@@ -5,6 +5,10 @@
 //! - plan from empty state: parse + validate the spec, build the DAG, diff, check the op order;
 //! - plan against a state that already matches: the same plus loading the state file.
 //!
+//! `VMTHUNDER_BENCH_NETWORK=1` attaches every clone to a cluster network and gives it a
+//! cloud-init seed: a bridge and a VXLAN per host and a seed per clone more, and an address
+//! per clone and bridge.
+//!
 //! Run: `cargo bench --bench plan` (release build).
 
 mod common;
@@ -20,6 +24,10 @@ use vmthunder::state::State;
 const CLONES: u32 = 10;
 const DEGREE: u32 = 4;
 
+fn networked() -> bool {
+    std::env::var("VMTHUNDER_BENCH_NETWORK").is_ok_and(|v| v == "1")
+}
+
 fn spec_json(hosts: usize) -> Vec<u8> {
     let mut list = vec![serde_json::json!({"name": "img0", "address": "10.0.0.1"})];
     for i in 0..hosts {
@@ -28,7 +36,7 @@ fn spec_json(hosts: usize) -> Vec<u8> {
             "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
         }));
     }
-    serde_json::to_vec(&serde_json::json!({
+    let mut doc = serde_json::json!({
         "version": 1,
         "cluster": "bench",
         "backend": {"stack": "sim"},
@@ -37,8 +45,14 @@ fn spec_json(hosts: usize) -> Vec<u8> {
         "tree": {"degree": DEGREE},
         "cache": {"size": "4GiB"},
         "clones": {"per_host": CLONES, "cow_size": "2GiB", "memory": "1GiB"}
-    }))
-    .unwrap()
+    });
+    if networked() {
+        // 100.64.0.0/10 holds 4M addresses, apart from the hosts' 10.0.0.0/8.
+        doc["networks"] = serde_json::json!([{"name": "lab", "cidr": "100.64.0.0/10"}]);
+        doc["clones"]["networks"] = serde_json::json!(["lab"]);
+        doc["clones"]["cloud_init"] = serde_json::json!({});
+    }
+    serde_json::to_vec(&doc).unwrap()
 }
 
 fn plan_once(spec_bytes: &[u8], state: &State) -> (plan::Plan, usize) {
@@ -100,7 +114,10 @@ fn main() {
         return;
     }
     let sizes = common::sizes("100", "1000,10000,100000");
-    println!("plan benchmark: N hosts x {CLONES} clones, degree {DEGREE}; times in seconds, memory in MiB (peak RSS of the phase)");
+    println!(
+        "plan benchmark: N hosts x {CLONES} clones, degree {DEGREE}{}; times in seconds, memory in MiB (peak RSS of the phase)",
+        if networked() { ", a network and a seed per clone" } else { "" }
+    );
     println!("| hosts   | resources | empty: s | peak MiB | match: s | load: s | peak MiB | state MiB | persist: s |");
     println!("|--------:|----------:|---------:|--------:|---------:|--------:|--------:|-------:|-------:|");
     for size in &sizes {

@@ -15,6 +15,11 @@ use super::decode::{Diagnostics, Draft};
 
 /// Networks in one cluster at the most: each is a bridge and a VXLAN device per host.
 pub const MAX_NETWORKS: usize = 64;
+/// Hosts one network spans at the most. Head-end replication sends every broadcast frame
+/// (ARP, DHCP) once to each other host, and each host's flood list names all the others, so
+/// the cost grows with the square of the hosts; beyond a thousand, split the clones over
+/// several networks or clusters.
+pub const MAX_NETWORK_HOSTS: usize = 1024;
 
 /// A network's prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +185,33 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                         .flatten()
                         .map(|h| h.name.as_str())
                         .filter(|h| *h != img.source_host),
+                );
+            }
+        }
+    }
+    let b = d.backend.as_ref();
+    let shared = b.is_some_and(|b| {
+        b.stack == super::Stack::Qemu && b.transport == super::Transport::Local && !b.netns
+    });
+    if !clones.networks.is_empty() && !shared && bridge_hosts.len() > MAX_NETWORK_HOSTS {
+        diags.push(
+            "/clones/networks",
+            format!(
+                "the clones' networks would span {} hosts; a network spans at most {MAX_NETWORK_HOSTS} (every broadcast is sent to each other host, and each host lists all others): split the hosts over several clusters",
+                bridge_hosts.len()
+            ),
+        );
+        return;
+    }
+    if !clones.networks.is_empty() && !shared {
+        for (i, h) in d.hosts.iter().enumerate() {
+            let Some(h) = h else { continue };
+            if bridge_hosts.contains(h.name.as_str())
+                && h.address.parse::<std::net::IpAddr>().is_err()
+            {
+                diags.push(
+                    format!("/hosts/{i}/address"),
+                    format!("{:?} is a name: cluster networks join hosts by VXLAN, which needs each host's IP address", h.address),
                 );
             }
         }

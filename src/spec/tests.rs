@@ -718,3 +718,34 @@ fn networks_cloud_init_and_firmware_are_checked_at_their_path() {
     );
     assert_has(&d, "/networks/1/vni: VNI 7 is also used by /networks/0");
 }
+
+#[test]
+fn a_network_spans_at_most_a_thousand_and_twenty_four_hosts() {
+    let hosts: Vec<serde_json::Value> = (0..1100)
+        .map(|i| json!({"name": format!("n{i}"), "address": format!("10.0.{}.{}", i / 200, i % 200 + 1)}))
+        .collect();
+    let doc = json!({
+        "version": 1, "cluster": "big", "backend": {"stack": "sim", "transport": "ssh", "root": "/v"},
+        "hosts": hosts,
+        "images": [{"name": "base", "source_host": "n0", "path": "/b.qcow2"}],
+        "networks": [{"name": "lab", "cidr": "10.64.0.0/16"}],
+        "clones": {"networks": ["lab"]}
+    });
+    assert_has(&diagnostics(doc), "/clones/networks: the clones' networks would span 1099 hosts; a network spans at most 1024");
+}
+
+#[test]
+fn hosts_joined_by_vxlan_need_ip_addresses() {
+    let mut doc = good();
+    doc["backend"] = json!({"transport": "ssh", "root": "/var/lib/vmthunder"});
+    doc["hosts"][1]["address"] = json!("node01.example");
+    doc["networks"] = json!([{"name": "lab", "cidr": "10.60.0.0/16"}]);
+    doc["clones"]["networks"] = json!(["lab"]);
+    assert_has(
+        &diagnostics(doc.clone()),
+        "/hosts/1/address: \"node01.example\" is a name",
+    );
+    // One kernel for all: no VXLAN, names are fine.
+    doc["backend"] = json!({});
+    assert!(diagnostics(doc).is_empty());
+}
