@@ -14,14 +14,21 @@
 #   vmthunder's, a seed ISO attached as a CD-ROM is invisible), its modules for sound, GPUs,
 #   media, wireless, Bluetooth, InfiniBand and the like deleted; a small initramfs with the
 #   virtio, SCSI, AHCI/PIIX (CD-ROM), NVMe, Xen and Hyper-V disk drivers.
-#   systemd, cloud-init (datasource NoCloud only, then None; networkd renderer), systemd-networkd
+#   systemd, cloud-init (datasource NoCloud, then None; networkd renderer), systemd-networkd
 #   + systemd-resolved, openssh-server, sudo, iproute2, iputils-ping, cloud-guest-utils.
-#   No password for any user (root is locked), no SSH keys; sshd host keys and
-#   /etc/machine-id are made at first boot (cloud-init's ssh module, and ssh-keygen -A before
-#   sshd starts should cloud-init not run), so every clone gets its own.
+#   No password for any user (root is locked), no SSH keys. sshd's host keys (ed25519 and
+#   ecdsa) and /etc/machine-id are made at first boot, so every clone gets its own: by
+#   cloud-init's ssh module for each new instance-id, and before sshd starts if there are none
+#   (a boot without cloud-init).
 #   No recommends, no docs/man pages/translations (dpkg path-excludes, kept in the image for
 #   later installs), no apt lists or caches; timers and units a short-lived clone does not
 #   need are masked, cloud-init's module lists are cut down to what works in this image.
+#   cloud-init: a NoCloud seed (volume label cidata: an ISO as a CD-ROM or a virtio disk)
+#   with meta-data, user-data and network-config (v1 or v2; v2 `match: {macaddress}` and
+#   `set-name` work). Without `users:` in user-data cloud-init makes the user `debian`
+#   (locked, sudo without password) for ssh_authorized_keys. A static-only interface should
+#   say `accept-ra: false` (honoured here, see the networkd renderer fix below): otherwise the
+#   boot waits 10 s for an IPv6 router advertisement.
 #
 # Cache (built once per machine, outside the git clone):
 #   ${VMTHUNDER_CACHE:-/var/cache/vmthunder}/cloud-image/KEY/debian-12.qcow2
@@ -31,7 +38,8 @@
 #   temporary name and renamed when complete, and concurrent runs wait on a lock.
 #   The host's own tool versions (GRUB, mmdebstrap, e2fsprogs) are not in the key: delete the
 #   KEY directory to rebuild with new ones.
-#   target/cloud-image/debian-12.qcow2 (repo-relative, git-ignored) is made a symlink to it.
+#   target/cloud-image/debian-12.qcow2 (repo-relative, git-ignored) is made a symlink to it,
+#   and target/cloud-image/id_ed25519{,.pub} a login key for examples/cloud.json if missing.
 #   The absolute cached path is the last line on stdout; progress goes to stderr.
 #
 # How the disk is put together without mounting anything (this machine's kernel has no
@@ -48,7 +56,7 @@
 #
 # Needs root (mmdebstrap's root mode); installs what it lacks with apt-get (mmdebstrap,
 # gdisk, dosfstools, mtools, grub-pc-bin, grub-efi-amd64-bin, e2fsprogs, qemu-utils).
-# Usage: scripts/build-cloud-image.sh        (about 5 minutes cold, ~1.5 GB in /var/tmp)
+# Usage: scripts/build-cloud-image.sh        (2-4 minutes cold, ~2.5 GB in /var/tmp meanwhile)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -68,16 +76,20 @@ pkgs=(systemd-sysv udev dbus kmod procps netbase
       cloud-init cloud-guest-utils
       systemd-resolved iproute2 iputils-ping openssh-server sudo)
 
-# Kernel module directories (under /lib/modules/VERSION/kernel) no cloud VM needs.
+# Kernel module directories (under /lib/modules/VERSION/kernel) no cloud VM needs; a module
+# there that a kept module depends on (modules.dep) stays.
 prune_modules=(sound drivers/media drivers/gpu/drm/amd drivers/gpu/drm/radeon
     drivers/gpu/drm/nouveau drivers/gpu/drm/i915 drivers/gpu/drm/gma500
     drivers/net/wireless net/wireless net/mac80211 net/bluetooth drivers/bluetooth
     drivers/infiniband net/rds drivers/iio drivers/staging drivers/comedi drivers/isdn
     drivers/mtd drivers/mmc drivers/memstick drivers/nfc net/nfc drivers/net/can net/can
-    drivers/net/ieee802154 net/ieee802154 drivers/thunderbolt drivers/w1 drivers/leds)
-# The initramfs gets these (and what they need): enough to find the root disk on virtio,
-# SCSI, SATA/IDE, NVMe, Xen and Hyper-V, and the seed CD-ROM before cloud-init looks for it.
-initrd_modules=(virtio_pci virtio_blk virtio_scsi sd_mod sr_mod ahci ata_piix nvme
+    drivers/net/ieee802154 net/ieee802154 drivers/thunderbolt drivers/w1 drivers/leds
+    net/batman-adv)
+# The initramfs gets these (and what they need): ext4 (a module in this kernel) and the
+# drivers of a root disk on virtio, SCSI, SATA/IDE, NVMe, Xen or Hyper-V, and of the seed
+# CD-ROM (so it is there before cloud-init looks for it).
+initrd_modules=(ext4 crc32c_generic crc32c_intel
+    virtio_pci virtio_blk virtio_scsi sd_mod sr_mod ahci ata_piix nvme
     xen_blkfront hv_storvsc vmw_pvscsi)
 
 # The apt sources this machine uses (never written into the repository): mmdebstrap pastes
@@ -93,16 +105,25 @@ key=$({
     printf 'suite %s\narch %s\n' "$suite" "$arch"
     printf 'pkg %s\n' "${pkgs[@]}"
     printf 'sources %s\n' "$sources"
-    grep -v '^[[:space:]]*#' "$sources"
+    grep -v '^[[:space:]]*#' "$sources" || true
 } | sha256sum | cut -c1-16)
-cache_root=${VMTHUNDER_CACHE:-/var/cache/vmthunder}
+cache_root=$(realpath -m "${VMTHUNDER_CACHE:-/var/cache/vmthunder}")
 cache=$cache_root/cloud-image/$key
 img=$cache/debian-12.qcow2
 
-# link: target/cloud-image/debian-12.qcow2 -> the cached image; then its path on stdout.
+# link: target/cloud-image/debian-12.qcow2 -> the cached image, and the example login key
+# (target/cloud-image/id_ed25519, made once per checkout, never in the image: clones get its
+# public half only through cloud-init, as examples/cloud.json does); then the path on stdout.
 link() {
-    mkdir -p "$repo/target/cloud-image"
-    ln -sfn "$img" "$repo/target/cloud-image/debian-12.qcow2"
+    local t=$repo/target/cloud-image
+    if [ "$(readlink "$t/debian-12.qcow2" 2>/dev/null)" != "$img" ] \
+        && ! { mkdir -p "$t" && ln -sfn "$img" "$t/debian-12.qcow2"; } 2>/dev/null; then
+        log "warning: cannot make $t/debian-12.qcow2 (read-only checkout?)"
+    elif [ ! -s "$t/id_ed25519.pub" ] && command -v ssh-keygen >/dev/null; then
+        rm -f "$t/id_ed25519"
+        ssh-keygen -q -t ed25519 -N '' -C vmthunder-example -f "$t/id_ed25519" </dev/null \
+            || log "warning: cannot make the example key $t/id_ed25519"
+    fi
     log "image: $img"
     echo "$img"
 }
@@ -143,6 +164,7 @@ fi
 
 start=$(date +%s)
 work=$(mktemp -d /var/tmp/vmthunder-cloud-image.XXXXXX)
+chmod 0755 "$work"   # apt's _apt user downloads into it
 # --one-file-system: never follow a mount mmdebstrap might have left behind after a failure.
 trap 'rm -rf --one-file-system "$work"; rm -f "$img.tmp.$$"' EXIT
 root=$work/root
@@ -161,6 +183,7 @@ set -eu
 r=$1 root_uuid=$2 esp_uuid=$3 prune=$4 initrd_modules=$5
 
 echo debian >"$r/etc/hostname"
+chmod 0644 "$r/etc/hostname"
 cat >"$r/etc/hosts" <<EOS
 127.0.0.1	localhost
 ::1		localhost ip6-localhost ip6-loopback
@@ -217,8 +240,10 @@ system_info:
     activators: [ networkd ]
 # /etc/hosts maps the hostname from meta-data (sudo then resolves it).
 manage_etc_hosts: true
-# Host keys: made on every new instance (ssh_deletekeys is on by default); no DSA.
-ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
+# Host keys: made on every new instance (ssh_deletekeys is on by default). No RSA (nor DSA):
+# a 3072-bit RSA key takes 3-6 s under TCG; user-data can ask for it with
+# ssh_genkeytypes: [rsa, ecdsa, ed25519] (sshd's default HostKey list has all three).
+ssh_genkeytypes: [ ed25519, ecdsa ]
 # Modules that can work in this image (no snap, byobu, puppet, chef, landscape, lxd, ...).
 cloud_init_modules:
   - migrator
@@ -259,6 +284,20 @@ cloud_final_modules:
   - power-state-change
 EOS
 
+# cloud-init 22.4's networkd renderer writes IPv6AcceptRA= (from v2 accept-ra / v1
+# accept-ra) only for DHCPv6 interfaces. Without it, networkd keeps a static-only interface
+# "configuring" until its 10 s wait for a router advertisement ends, and cloud-init.service
+# (after networkd-wait-online) and everything after it wait too. Written whenever given, as
+# netplan does, a static config with accept-ra: false is ready at once. (A cloud-init update
+# restores the original file; then accept-ra: false only costs those 10 s again.)
+f=$r/usr/lib/python3/dist-packages/cloudinit/net/networkd.py
+if grep -q 'if dhcp in \["ipv6", "yes"\] and isinstance($' "$f"; then
+    sed -i 's/if dhcp in \["ipv6", "yes"\] and isinstance($/if isinstance(/' "$f"
+    chroot "$r" python3 -m py_compile /usr/lib/python3/dist-packages/cloudinit/net/networkd.py
+else
+    echo "customize: cloud-init's networkd renderer changed; accept-ra left as it is" >&2
+fi
+
 chroot "$r" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
 # cloud-init.service waits for networkd-wait-online: one link up is enough, and a NIC
 # without carrier holds the boot for 30 s at most (not the default 2 minutes).
@@ -269,12 +308,13 @@ ExecStart=
 ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
 EOS
 # Debian's sshd does not make missing host keys. cloud-init's ssh module does (it runs
-# before ssh.service); this covers a boot without cloud-init. A no-op when the keys exist.
+# before ssh.service); this covers a boot without cloud-init: the same two types, made only
+# when there is no host key at all.
 mkdir -p "$r/etc/systemd/system/ssh.service.d"
 cat >"$r/etc/systemd/system/ssh.service.d/cloud-image.conf" <<'EOS'
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || for t in ed25519 ecdsa; do ssh-keygen -q -t $$t -N "" -f /etc/ssh/ssh_host_$${t}_key || exit; done'
 ExecStartPre=/usr/sbin/sshd -t
 EOS
 # Not needed by a short-lived clone, and slow under TCG. systemd-firstboot would prompt on
@@ -284,14 +324,30 @@ for u in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_al
     systemd-firstboot.service; do
     if [ -e "$r/lib/systemd/system/$u" ]; then chroot "$r" systemctl mask "$u" >/dev/null 2>&1; fi
 done
+# Early loads of modules nothing here needs at boot (each is a modprobe under TCG); their
+# /dev nodes (kmod-static-nodes) still load them on first use.
+chroot "$r" systemctl mask modprobe@drm.service modprobe@dm_mod.service \
+    modprobe@loop.service modprobe@fuse.service >/dev/null 2>&1
 
 # Kernel modules: drop what no VM uses, then a small initramfs (MODULES=most would put every
 # storage driver in it, ~36 MB, slow to load under TCG). RESUME=none: no waiting for a swap.
 for k in "$r"/lib/modules/*; do
-    for d in $prune; do rm -rf "${k:?}/kernel/$d"; done
+    awk -v prune="$prune" '
+        BEGIN { n = split(prune, p, " ") }
+        function pruned(m, i) {
+            for (i = 1; i <= n; i++) if (index(m, "kernel/" p[i] "/") == 1) return 1
+            return 0
+        }
+        { sub(/:$/, "", $1)
+          if (pruned($1)) drop[$1] = 1
+          else for (i = 1; i <= NF; i++) keep[$i] = 1 }
+        END { for (m in drop) if (!(m in keep)) print m }
+    ' "$k/modules.dep" | (cd "$k" && xargs rm -f)
+    find "$k/kernel" -depth -type d -empty -delete
     chroot "$r" depmod -a "$(basename "$k")"
 done
-printf 'MODULES=list\nCOMPRESS=gzip\n' >"$r/etc/initramfs-tools/conf.d/cloud-image.conf"
+# FSTYPE: the fsck hook cannot tell the root's type from fstab's UUID= in a chroot.
+printf 'MODULES=list\nCOMPRESS=gzip\nFSTYPE=ext4\n' >"$r/etc/initramfs-tools/conf.d/cloud-image.conf"
 echo RESUME=none >"$r/etc/initramfs-tools/conf.d/resume"
 for m in $initrd_modules; do echo "$m"; done >>"$r/etc/initramfs-tools/modules"
 chroot "$r" update-initramfs -u -k all >/dev/null
@@ -350,7 +406,7 @@ truncate -s $(((262144 - 8192) * 512)) "$work/esp.vfat"
 mkfs.vfat -F 32 -n EFI -i "$esp_id" "$work/esp.vfat" >/dev/null
 
 # GRUB: the same embedded config for both: find the root by UUID, read /boot/grub/grub.cfg
-# there. Every module it needs is embedded (nothing of GRUB lives on the root file system).
+# there. Every module it needs is embedded: of GRUB only grub.cfg is on the root file system.
 cat >"$work/early.cfg" <<EOF
 search --no-floppy --fs-uuid --set=root $root_uuid
 set prefix=(\$root)/boot/grub
@@ -384,14 +440,15 @@ head -c 440 /usr/lib/grub/i386-pc/boot.img >"$work/mbr.img"
 put_le "$work/mbr.img" $((0x5c)) 8 2048            # boot.img loads core.img's first sector
 printf '\x90\x90' | dd of="$work/mbr.img" bs=1 seek=$((0x66)) conv=notrunc status=none
 dd if="$work/mbr.img" of="$disk" bs=440 count=1 conv=notrunc status=none
-sgdisk -v "$disk" | grep -q '^No problems found' || die "sgdisk -v: $(sgdisk -v "$disk")"
+verify=$(sgdisk -v "$disk")
+case $verify in *"No problems found"*) ;; *) die "sgdisk -v: $verify" ;; esac
 
 log "writing the compressed qcow2"
 qemu-img convert -c -O qcow2 "$disk" "$img.tmp.$$"
 cp "$work/packages.txt" "$cache/packages.txt"
 mv "$img.tmp.$$" "$img"
 
-virtual=$(qemu-img info --output=json "$img" | sed -n 's/.*"virtual-size": *\([0-9]*\).*/\1/p')
+virtual=$(qemu-img info "$img" | sed -n 's/^virtual size: .*(\([0-9]*\) bytes).*/\1/p')
 log "built in $(($(date +%s) - start)) s: virtual size $virtual bytes," \
     "qcow2 file $(stat -c %s "$img") bytes, root file system $(du -sx --block-size=1M "$root" | cut -f1) MiB used"
 link

@@ -11,6 +11,8 @@
 #   busybox-static, libnbd-bin (nbdinfo), iproute2, cpio, zstd, xz-utils from the main suite;
 #   openssh-client and openssh-server for the ssh transport and its test bed
 #   (scripts/testbed.sh starts its own sshds; the system's is not started).
+#   ovmf (UEFI firmware for clones with firmware: uefi) and genisoimage (the cloud-init
+#   NoCloud seed ISOs) for clones of a user-supplied disk image.
 #
 # Usage: scripts/setup.sh [GUEST_OUTDIR]   (passed on to build-guest.sh)
 # Environment: VMTHUNDER_SKIP_GUEST=1 skips the guest build.
@@ -21,9 +23,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 log() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
-# command -> package providing it
-main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils openssh-client openssh-server)
-main_cmds=(busybox nbdinfo ip cpio zstd xz ssh /usr/sbin/sshd)
+# command (or, given as an absolute path, a file) -> package providing it
+main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils openssh-client openssh-server
+    ovmf genisoimage)
+main_cmds=(busybox nbdinfo ip cpio zstd xz ssh /usr/sbin/sshd
+    /usr/share/OVMF/OVMF_CODE_4M.fd genisoimage)
 qemu_pkgs=(qemu-system-x86 qemu-block-extra)
 qemu_cmds=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd)
 
@@ -40,9 +44,17 @@ dpkg_ok() {
     done
 }
 
+# have CMD: CMD is a command; an absolute path may also name a plain file (firmware).
+have() {
+    case $1 in
+        /*) [ -x "$1" ] || [ -f "$1" ] ;;
+        *) command -v "$1" >/dev/null ;;
+    esac
+}
+
 cmds_ok() {
     local c
-    for c in "$@"; do command -v "$c" >/dev/null || return 1; done
+    for c in "$@"; do have "$c" || return 1; done
 }
 
 qemu_ok() {
@@ -169,7 +181,7 @@ fi
 
 # Verify, loudly.
 for c in "${qemu_cmds[@]}" "${main_cmds[@]}"; do
-    command -v "$c" >/dev/null || die "$c is still missing after installing"
+    have "$c" || die "$c is still missing after installing"
 done
 for c in qemu-system-x86_64 qemu-storage-daemon qemu-img; do
     v=$("$c" --version 2>/dev/null | awk 'NR == 1')

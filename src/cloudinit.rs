@@ -27,6 +27,8 @@ pub fn meta_data(uuid: &str, name: &str) -> String {
 
 /// Static addresses by MAC; interfaces are named `eth0`, `eth1`... in `clones.networks`
 /// order. The network's gateway is not a default route: nothing on a cluster network routes.
+/// No router advertisements are awaited either (systemd-networkd would otherwise hold the
+/// interface, and cloud-init and sshd behind it, for 10 s).
 pub fn network_config(nics: &[Nic]) -> Option<String> {
     if nics.is_empty() {
         return None;
@@ -35,7 +37,7 @@ pub fn network_config(nics: &[Nic]) -> Option<String> {
     for (i, nic) in nics.iter().enumerate() {
         let _ = write!(
             out,
-            "  eth{i}:\n    match:\n      macaddress: {}\n    set-name: eth{i}\n    addresses: [{}]\n",
+            "  eth{i}:\n    match:\n      macaddress: {}\n    set-name: eth{i}\n    addresses: [{}]\n    accept-ra: false\n",
             quoted(&nic.mac),
             quoted(&nic.address)
         );
