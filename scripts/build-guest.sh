@@ -86,9 +86,17 @@ if [ "$fresh" = 1 ]; then
 else
     # --- which kernel ---------------------------------------------------------------------
     kpkg=${VMTHUNDER_KERNEL_PKG:-}
-    if [ -z "$kpkg" ]; then
-        kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-            | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | awk 'NR == 1')
+    resolve_kernel() {
+        apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+            | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | awk 'NR == 1'
+        true
+    }
+    [ -n "$kpkg" ] || kpkg=$(resolve_kernel)
+    if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+        # No package lists (a fresh or cleaned machine): fetch them once.
+        log "apt-get update (linux-image-cloud-amd64 is not in the package lists)"
+        apt-get update -q >/dev/null || true
+        kpkg=$(resolve_kernel)
     fi
     if [ -z "$kpkg" ]; then
         cached=$(ls -1 "$debs"/linux-image-*-cloud-amd64_*_amd64.deb 2>/dev/null | sort -V | tail -n1 || true)
