@@ -307,12 +307,20 @@ cat >"$r/etc/systemd/system/systemd-networkd-wait-online.service.d/cloud-image.c
 ExecStart=
 ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
 EOS
-# Debian's sshd does not make missing host keys. cloud-init's ssh module does (it runs
-# before ssh.service); this covers a boot without cloud-init: the same two types, made only
-# when there is no host key at all.
+# Debian's sshd does not make missing host keys. cloud-init's ssh module does, in
+# cloud-init.service, which deletes the image's keys and makes the instance's: sshd starts
+# after it (without the order, sshd raced the regeneration and systemd gave up on it after
+# five failed starts, seen on one clone in two). The ExecStartPre covers a boot without
+# cloud-init: the same two types, made only when there is no host key at all. A failed start
+# is retried without limit: a clone without sshd is useless.
 mkdir -p "$r/etc/systemd/system/ssh.service.d"
 cat >"$r/etc/systemd/system/ssh.service.d/cloud-image.conf" <<'EOS'
+[Unit]
+After=cloud-init.service
+StartLimitIntervalSec=0
 [Service]
+Restart=on-failure
+RestartSec=2
 ExecStartPre=
 ExecStartPre=/bin/sh -c 'ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || for t in ed25519 ecdsa; do ssh-keygen -q -t $$t -N "" -f /etc/ssh/ssh_host_$${t}_key || exit; done'
 ExecStartPre=/usr/sbin/sshd -t

@@ -411,6 +411,9 @@ pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendErro
     let host = &*t.addr.host;
     let f = files(stack, t.addr);
     if let Some(pid) = pid(stack, host, &f)? {
+        if attrs(t).boot.is_none() {
+            shut_down(stack, host, pid, &f);
+        }
         if let Ok(mut q) = monitor(stack, host, &f, QMP_TIMEOUT) {
             let _ = q.execute("quit", json!({}));
         }
@@ -426,6 +429,37 @@ pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendErro
     }
     Ok(())
 }
+
+/// Asks the guest's OS to power off (ACPI, as a press of the power button) and waits for
+/// QEMU to exit, at most [`SHUTDOWN_TIMEOUT`]. A clone that boots its own disk is a real OS
+/// whose page cache holds writes: a hard stop loses what it had not written back, which was
+/// seen as empty SSH host keys on the next boot of a kept disk. (The test guest's direct
+/// kernel boot has no ACPI handler and writes synchronously; it is stopped at once.)
+fn shut_down(stack: &QemuStack, host: &str, pid: u32, f: &Files) {
+    let Ok(mut q) = monitor(stack, host, f, QMP_TIMEOUT) else {
+        return;
+    };
+    if q.execute("system_powerdown", json!({})).is_err() {
+        return;
+    }
+    drop(q);
+    let marker = f.pidfile.to_string_lossy();
+    let start = Instant::now();
+    while matches!(stack.transport.process_alive(host, pid, &marker), Ok(true)) {
+        if start.elapsed() > SHUTDOWN_TIMEOUT {
+            tracing::warn!(
+                host,
+                pid,
+                "the guest did not power off in time; stopping it"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// How long a clone's OS gets to power off before it is stopped.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Stops guests that run although state does not record them.
 pub(super) fn sweep(
