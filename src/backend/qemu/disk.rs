@@ -168,20 +168,12 @@ pub(super) fn sweep(
     recorded: &[&Addr],
     names: &[String],
 ) -> Result<(), BackendError> {
-    let dir = stack.dir(host, image);
-    for name in names {
-        let n = if name == "lv-cache.img" {
-            None
-        } else if let Some(n) = super::numbered(name, "lv-cow-", ".img") {
-            Some(n)
+    super::sweep_files(stack, host, image, recorded, names, Kind::Lv, |name| {
+        if name == "lv-cache.img" {
+            Some(None)
         } else {
-            continue;
-        };
-        let known = recorded.iter().any(|a| a.kind == Kind::Lv && a.n == n);
-        if !known {
-            tracing::info!(host, file = %name, "removing an lv file that state does not record");
-            let _ = stack.transport.remove_file(host, &dir.join(name));
+            super::numbered(name, "lv-cow-", ".img").map(Some)
         }
-    }
+    });
     Ok(())
 }

@@ -233,6 +233,29 @@ fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Removes the files of a host-image directory that belong to resources of `kind` which state
+/// does not record (left by a run killed between making one and recording it). `owner` tells
+/// a file's resource number (`Some(None)` for the unnumbered one) or that it is not of this
+/// kind (`None`).
+fn sweep_files(
+    stack: &QemuStack,
+    host: &str,
+    image: &str,
+    recorded: &[&Addr],
+    names: &[String],
+    kind: Kind,
+    owner: impl Fn(&str) -> Option<Option<u32>>,
+) {
+    let dir = stack.dir(host, image);
+    for name in names {
+        let Some(n) = owner(name) else { continue };
+        if !recorded.iter().any(|a| a.kind == kind && a.n == n) {
+            tracing::info!(host, file = %name, %kind, "removing a file that state does not record");
+            let _ = stack.transport.remove_file(host, &dir.join(name));
+        }
+    }
+}
+
 /// The number in a per-clone file name such as `vm-3.pid` (`numbered(name, "vm-", ".pid")`).
 fn numbered(name: &str, prefix: &str, suffix: &str) -> Option<u32> {
     name.strip_prefix(prefix)?

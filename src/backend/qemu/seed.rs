@@ -41,18 +41,10 @@ pub(super) fn sweep(
     recorded: &[&Addr],
     names: &[String],
 ) -> Result<(), BackendError> {
-    let dir = stack.dir(host, image);
-    for name in names {
-        let n = super::numbered(name, "seed-", ".iso")
-            .or_else(|| super::numbered(name, "seed-", ".iso.tmp"));
-        let Some(n) = n else { continue };
-        if !recorded
-            .iter()
-            .any(|a| a.kind == Kind::Seed && a.n == Some(n))
-        {
-            tracing::info!(host, file = %name, "removing a seed that state does not record");
-            let _ = stack.transport.remove_file(host, &dir.join(name));
-        }
-    }
+    super::sweep_files(stack, host, image, recorded, names, Kind::Seed, |name| {
+        super::numbered(name, "seed-", ".iso")
+            .or_else(|| super::numbered(name, "seed-", ".iso.tmp"))
+            .map(Some)
+    });
     Ok(())
 }
