@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::apply::order::{Ready, Schedule};
 use crate::apply::Limits;
 use crate::model::{self, Model};
-use crate::plan::{OpGraph, OpKind, Plan};
+use crate::plan::{OpGraph, Plan};
 use crate::resource::Kind;
 use crate::spec::{Degree, Spec};
 
@@ -135,10 +135,7 @@ pub fn forecast(spec: &Spec, plan: &Plan, limits: Limits) -> Forecast {
         let op = graph.ops[i];
         path.push(Step {
             address: plan.changes[op.change as usize].addr.to_string(),
-            action: match op.kind {
-                OpKind::Create => "create",
-                OpKind::Delete => "delete",
-            },
+            action: op.kind.as_str(),
             start: start[i],
             seconds: secs[i],
             queued: start[i] - ready_at[i],

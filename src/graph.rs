@@ -128,6 +128,9 @@ pub struct Graph {
     pub resources: Vec<Resource>,
     pub placement: Placement,
     pub(crate) index: HashMap<Addr, u32>,
+    /// Sessions that move because their recorded parent cannot serve them: the parent and
+    /// why.
+    pub(crate) repairs: HashMap<Addr, (String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]

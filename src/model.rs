@@ -127,6 +127,7 @@ fn table(
 /// need.
 pub struct OpTimes {
     create: [f64; Kind::ALL.len()],
+    update: [f64; Kind::ALL.len()],
     delete: [f64; Kind::ALL.len()],
 }
 
@@ -134,6 +135,7 @@ impl OpTimes {
     pub fn new(e: &Estimate) -> OpTimes {
         OpTimes {
             create: table(&e.create, DEFAULT_CREATE),
+            update: table(&e.update, DEFAULT_UPDATE),
             delete: table(&e.delete, DEFAULT_DELETE),
         }
     }
@@ -142,6 +144,7 @@ impl OpTimes {
     pub fn secs(&self, kind: Kind, op: OpKind) -> f64 {
         match op {
             OpKind::Create => self.create[kind as usize],
+            OpKind::Update => self.update[kind as usize],
             OpKind::Delete => self.delete[kind as usize],
         }
     }
@@ -222,6 +225,10 @@ impl Model {
 /// ready line included in `domain`.
 pub const DEFAULT_CREATE: [f64; Kind::ALL.len()] =
     [0.05, 0.3, 0.15, 0.3, 0.05, 0.2, 0.05, 0.05, 4.0];
+/// Seconds per in-place update: a session's move to another parent (a new NBD node, the
+/// cache's backing switched, the old node removed; measured on the qemu stack). Only sessions
+/// update in place.
+pub const DEFAULT_UPDATE: [f64; Kind::ALL.len()] = [0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
 pub const DEFAULT_DELETE: [f64; Kind::ALL.len()] =
     [0.02, 0.1, 0.05, 0.1, 0.02, 0.02, 0.05, 0.05, 0.5];
 

@@ -400,7 +400,7 @@ fn plan_json_out_and_show_agree() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(doc["format_version"], "2.0");
+    assert_eq!(doc["format_version"], "2.1");
     assert_eq!(doc["prior_state"]["serial"], 0);
     assert!(doc["spec_digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(doc["plan_digest"].as_str().unwrap().starts_with("sha256:"));
@@ -1067,7 +1067,7 @@ fn hand_edited_saved_plans_are_refused_before_anything_is_touched() {
     mini_plan(dir.path(), &[]);
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("plans/p.json")).unwrap()).unwrap();
-    assert_eq!(doc["format_version"], "2.0");
+    assert_eq!(doc["format_version"], "2.1");
     let at = |d: &serde_json::Value, addr: &str| {
         d["resource_changes"]
             .as_array()

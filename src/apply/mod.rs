@@ -115,6 +115,7 @@ pub enum Stop {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub created: usize,
+    pub updated: usize,
     pub deleted: usize,
     /// Creates that replaced an existing resource.
     pub replaced: usize,
@@ -139,8 +140,11 @@ struct Job {
     kind: OpKind,
     addr: Addr,
     desired: Desired,
-    /// Dependencies' observations (create) or the resource's own (delete).
+    /// What is recorded (update).
+    before: Option<Desired>,
+    /// Dependencies' observations (create, update).
     deps: Vec<(Addr, Observed)>,
+    /// The resource's own, as recorded (update, delete).
     observed: Observed,
 }
 
@@ -278,6 +282,16 @@ pub fn run(
             }
             *on_host += 1;
             running.insert(i);
+            let dep_observations = || {
+                change
+                    .deps
+                    .iter()
+                    .map(|d| {
+                        let o = state.get(d).map(|r| r.observed.clone()).unwrap_or_default();
+                        (d.clone(), o)
+                    })
+                    .collect()
+            };
             let job = match op.kind {
                 OpKind::Create => Job {
                     op: i,
@@ -287,16 +301,28 @@ pub fn run(
                         .after
                         .clone()
                         .expect("creates have desired attributes"),
-                    deps: change
-                        .deps
-                        .iter()
-                        .map(|d| {
-                            let o = state.get(d).map(|r| r.observed.clone()).unwrap_or_default();
-                            (d.clone(), o)
-                        })
-                        .collect(),
+                    before: None,
+                    deps: dep_observations(),
                     observed: Observed::new(),
                 },
+                OpKind::Update => {
+                    let rec = state.get(&change.addr);
+                    Job {
+                        op: i,
+                        kind: op.kind,
+                        addr: change.addr.clone(),
+                        desired: change
+                            .after
+                            .clone()
+                            .expect("updates have desired attributes"),
+                        before: change
+                            .before
+                            .clone()
+                            .or_else(|| rec.map(|r| r.desired.clone())),
+                        deps: dep_observations(),
+                        observed: rec.map(|r| r.observed.clone()).unwrap_or_default(),
+                    }
+                }
                 OpKind::Delete => {
                     let rec = state.get(&change.addr);
                     Job {
@@ -308,6 +334,7 @@ pub fn run(
                             .clone()
                             .or_else(|| rec.map(|r| r.desired.clone()))
                             .expect("deletes have recorded attributes"),
+                        before: None,
                         deps: Vec::new(),
                         observed: rec.map(|r| r.observed.clone()).unwrap_or_default(),
                     }
@@ -375,6 +402,21 @@ pub fn run(
                         state.upsert(r);
                         error
                     }
+                    (OpKind::Update, Ok(observed)) => {
+                        let r = Recorded {
+                            addr: change.addr.clone(),
+                            desired: change.after.clone().expect("updates have attributes"),
+                            observed,
+                            deps: change.deps.clone(),
+                            status: Status::Ready,
+                        };
+                        journal::upsert_line(&r, &mut line);
+                        state.upsert(r);
+                        None
+                    }
+                    // The record stays as it was: the next plan updates it again (updates
+                    // are safe to repeat from any point).
+                    (OpKind::Update, Err(e)) => Some(e),
                     (OpKind::Delete, Ok(_)) => {
                         journal::remove_line(&change.addr, &mut line);
                         state.remove(&change.addr);
@@ -422,7 +464,8 @@ pub fn run(
             .push((plan.changes[op.change as usize].addr.clone(), op.kind));
     }
     if t.outcome.interrupted.is_some() {
-        let done = t.outcome.created + t.outcome.deleted + t.outcome.failed.len();
+        let done =
+            t.outcome.created + t.outcome.updated + t.outcome.deleted + t.outcome.failed.len();
         t.outcome.not_started = n - done - t.outcome.skipped.len() - t.outcome.abandoned.len();
     }
     journal.close(state, state_path)?;
@@ -469,6 +512,7 @@ impl Tracker {
                             outcome.replaced += 1;
                         }
                     }
+                    OpKind::Update => outcome.updated += 1,
                     OpKind::Delete => outcome.deleted += 1,
                 }
                 report(Progress::Finished {
@@ -580,6 +624,12 @@ fn spawn_workers(
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.kind {
                         OpKind::Create => backend.create(target, &job.deps),
+                        OpKind::Update => backend.update(
+                            target,
+                            job.before.as_ref().unwrap_or(&job.desired),
+                            &job.observed,
+                            &job.deps,
+                        ),
                         OpKind::Delete => backend
                             .delete(target, &job.observed)
                             .map(|()| Observed::new()),

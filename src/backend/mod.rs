@@ -135,6 +135,22 @@ pub trait Backend: Send + Sync {
     /// Makes the object exist (adopting a matching one). `deps` are the resource's
     /// dependencies with what was observed of them.
     fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError>;
+    /// Changes the object in place from `before` (recorded, with its `observed`) to what
+    /// `t` desires, keeping everything built on it. Only for the changes the plan's table of
+    /// updatable kinds allows ([`crate::plan::updatable`]); safe to repeat from any point
+    /// (a kill half-way leaves the old record, and the next apply updates again).
+    fn update(
+        &self,
+        t: Target<'_>,
+        _before: &Desired,
+        _observed: &Observed,
+        _deps: &[(Addr, Observed)],
+    ) -> Result<Observed, BackendError> {
+        Err(BackendError::new(format!(
+            "internal error: this stack cannot update {} in place",
+            t.addr
+        )))
+    }
     /// Makes the object not exist.
     fn delete(&self, t: Target<'_>, observed: &Observed) -> Result<(), BackendError>;
     /// Roughly how long an operation takes, for scheduling only: among ready operations

@@ -47,6 +47,17 @@ impl Backend for SimStack {
         Ok(Observed::new())
     }
 
+    fn update(
+        &self,
+        t: Target<'_>,
+        _: &crate::resource::Desired,
+        observed: &Observed,
+        _: &[(Addr, Observed)],
+    ) -> Result<Observed, BackendError> {
+        self.take(t.addr, OpKind::Update);
+        Ok(observed.clone())
+    }
+
     fn delete(&self, t: Target<'_>, _: &Observed) -> Result<(), BackendError> {
         self.take(t.addr, OpKind::Delete);
         Ok(())

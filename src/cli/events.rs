@@ -152,6 +152,9 @@ pub struct Summary {
     /// "plan", "apply" or "destroy".
     pub operation: String,
     pub add: usize,
+    /// Updates in place.
+    #[serde(default)]
+    pub change: usize,
     pub replace: usize,
     pub destroy: usize,
     /// Operations that failed (apply/destroy only).
@@ -204,10 +207,7 @@ pub fn hook(addr: &Addr, kind: OpKind) -> Hook {
 }
 
 pub fn op_name(kind: OpKind) -> &'static str {
-    match kind {
-        OpKind::Create => "create",
-        OpKind::Delete => "delete",
-    }
+    kind.as_str()
 }
 
 pub fn planned(plan: &Plan) -> impl Iterator<Item = Event> + '_ {
@@ -217,6 +217,7 @@ pub fn planned(plan: &Plan) -> impl Iterator<Item = Event> + '_ {
         .map(|c| {
             let action = match c.action {
                 Action::Create => "create",
+                Action::Update => "update",
                 Action::Replace => "replace",
                 _ => "delete",
             };
@@ -238,13 +239,14 @@ pub fn plan_summary(plan: &Plan) -> Event {
     let s = plan.summary();
     Event::new(
         format!(
-            "Plan: {} to add, {} to replace, {} to destroy.",
-            s.add, s.replace, s.destroy
+            "Plan: {} to add, {} to change, {} to replace, {} to destroy.",
+            s.add, s.change, s.replace, s.destroy
         ),
         Body::ChangeSummary {
             changes: Summary {
                 operation: "plan".into(),
                 add: s.add,
+                change: s.change,
                 replace: s.replace,
                 destroy: s.destroy,
                 ..Summary::default()
@@ -261,6 +263,7 @@ pub fn outcome_summary(o: &Outcome, destroying: bool, message: String) -> Event 
             changes: Summary {
                 operation: if destroying { "destroy" } else { "apply" }.into(),
                 add: o.created - o.replaced,
+                change: o.updated,
                 replace: o.replaced,
                 destroy: o.deleted - o.replaced.min(o.deleted),
                 failed: o.failed.len(),

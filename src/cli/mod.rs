@@ -692,6 +692,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         }),
         targets: args.target,
         replace,
+        prevent_destroy: spec.clones.prevent_destroy,
     };
     let mut plan = plan::diff(graph, &state, &opts, Some(spec.digest()))?;
     OpGraph::build(&plan).order(&plan)?;

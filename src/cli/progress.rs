@@ -97,6 +97,7 @@ fn secs(d: Duration) -> String {
 fn text(p: &Progress<'_>, color: bool, starts: bool) -> Option<String> {
     let verb = |k: OpKind| match k {
         OpKind::Create => ("Creating", "Creation", "creating"),
+        OpKind::Update => ("Modifying", "Modifications", "modifying"),
         OpKind::Delete => ("Destroying", "Destruction", "destroying"),
     };
     Some(match p {
@@ -192,8 +193,9 @@ fn summary(o: &Outcome, destroying: bool, color: bool) -> String {
         format!("{} destroyed", o.deleted)
     } else {
         format!(
-            "{} added, {} replaced, {} destroyed",
+            "{} added, {} changed, {} replaced, {} destroyed",
             o.created - o.replaced,
+            o.updated,
             o.replaced,
             o.deleted - o.replaced.min(o.deleted)
         )

@@ -80,6 +80,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 mode: Some(Mode::Normal),
                 targets: args.target,
                 replace,
+                prevent_destroy: spec.clones.prevent_destroy,
             };
             let plan = make_plan(&spec, &state, &opts)?;
             execute(&spec, plan, &mut state, &path, &args.run, color, false)
@@ -98,6 +99,7 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
         mode: Some(Mode::Destroy),
         targets: args.target,
         replace: Vec::new(),
+        prevent_destroy: false,
     };
     let plan = make_plan(&spec, &state, &opts)?;
     execute(&spec, plan, &mut state, &path, &args.run, color, false)

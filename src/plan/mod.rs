@@ -9,8 +9,13 @@
 //! |-----------|-------------------|--------------------|
 //! | `no-op`   | recorded (equal)  | desired            |
 //! | `create`  | none              | desired            |
+//! | `update`  | recorded          | desired            |
 //! | `replace` | recorded          | desired            |
 //! | `delete`  | recorded          | none               |
+//!
+//! An `update` changes an object in place: only attributes its kind declares updatable
+//! changed ([`updatable`]), or only the objects it is built on moved, and the kind can be
+//! re-pointed at them. What is built on an updated object stays as it is.
 
 mod ops;
 mod render;
@@ -20,7 +25,7 @@ mod wire;
 use rustc_hash::FxHashSet as HashSet;
 
 use crate::graph::Graph;
-use crate::resource::{Addr, Desired};
+use crate::resource::{Addr, Desired, Kind, TargetAttrs};
 use crate::state::{Placement, State, Status};
 
 pub use ops::{Op, OpGraph, OpKind};
@@ -32,6 +37,7 @@ pub use wire::{schema_bytes, PlanFileError, PLAN_FORMAT_VERSION};
 pub enum Action {
     NoOp,
     Create,
+    Update,
     Replace,
     Delete,
 }
@@ -42,6 +48,7 @@ impl Action {
         match self {
             Action::NoOp => &["no-op"],
             Action::Create => &["create"],
+            Action::Update => &["update"],
             Action::Replace => &["delete", "create"],
             Action::Delete => &["delete"],
         }
@@ -65,6 +72,13 @@ pub enum Reason {
     NotInSpec,
     /// `--destroy` / `destroy`.
     Destroy,
+    /// Updatable attributes changed (a session's parent: the host moves in the tree).
+    Updatable,
+    /// Something it is built on is created or replaced, and it can follow in place (a session
+    /// logs in to its parent's new export).
+    DependencyRebuilt(Addr),
+    /// Its parent cannot serve it: the host moves to another parent in place.
+    Repair { parent: String, why: String },
 }
 
 impl Reason {
@@ -77,6 +91,9 @@ impl Reason {
             Reason::DependencyReplaced(_) => "replace_because_dependency_replaced",
             Reason::NotInSpec => "delete_because_no_resource_config",
             Reason::Destroy => "delete_because_destroy",
+            Reason::Updatable => "update_in_place",
+            Reason::DependencyRebuilt(_) => "update_because_dependency_replaced",
+            Reason::Repair { .. } => "update_because_parent_unhealthy",
         }
     }
 }
@@ -97,6 +114,9 @@ pub struct Change {
     pub reason: Option<Reason>,
     /// Top-level attributes whose change forces the replacement.
     pub replace_paths: Vec<String>,
+    /// The clone whose writes this change destroys (a snapshot or its copy-on-write `lv`
+    /// deleted or replaced while the clone stays in the spec).
+    pub destroys_writes_of: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,9 +151,12 @@ pub struct Plan {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub add: usize,
+    pub change: usize,
     pub replace: usize,
     pub destroy: usize,
     pub no_op: usize,
+    /// Clones whose writes the plan destroys while they stay in the spec.
+    pub writes_destroyed: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -143,6 +166,9 @@ pub struct Options {
     pub targets: Vec<String>,
     /// Addresses to replace even if unchanged.
     pub replace: Vec<Addr>,
+    /// `clones.prevent_destroy`: a plan that destroys the writes of a clone staying in the
+    /// spec is an error.
+    pub prevent_destroy: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +181,8 @@ pub enum PlanError {
     ReplaceRemoved(Addr),
     #[error("--replace cannot be combined with --destroy")]
     ReplaceInDestroy,
+    #[error("/clones/prevent_destroy: the plan would destroy the writes of clones that stay in the spec: {}; remove prevent_destroy (or set it to false) to allow it, or change the spec so that their disks are kept", .0.join(", "))]
+    PreventDestroy(Vec<String>),
 }
 
 /// Why a saved plan cannot be applied to the current state.
@@ -209,8 +237,13 @@ impl Plan {
             match c.action {
                 Action::NoOp => s.no_op += 1,
                 Action::Create => s.add += 1,
+                Action::Update => s.change += 1,
                 Action::Replace => s.replace += 1,
                 Action::Delete => s.destroy += 1,
+            }
+            // A clone's writes are in its snapshot; its cow lv counts with it.
+            if c.addr.kind == Kind::Snapshot && c.destroys_writes_of.is_some() {
+                s.writes_destroyed += 1;
             }
         }
         s
@@ -227,7 +260,7 @@ impl Plan {
                 Action::Delete => {
                     gone.insert(&c.addr);
                 }
-                Action::Create | Action::Replace => {
+                Action::Create | Action::Update | Action::Replace => {
                     gone.insert(&c.addr);
                     created.push(crate::state::Recorded {
                         addr: c.addr.clone(),
@@ -299,9 +332,12 @@ pub fn diff(
             resources,
             placement: desired_placement,
             index: desired,
+            repairs,
         } = graph;
         placement = desired_placement;
         let mut actions: Vec<Action> = Vec::with_capacity(resources.len());
+        // Per resource: whether the image bytes behind it change.
+        let mut new_content: Vec<bool> = Vec::with_capacity(resources.len());
         let addrs: Vec<Addr> = resources.iter().map(|r| r.addr.clone()).collect();
         // Resources arrive in topological order, so every dependency's action is known.
         for r in resources {
@@ -311,7 +347,7 @@ pub fn diff(
                 r.deps
                     .iter()
                     .find(|&&d| matches!(actions[d as usize], Action::Create | Action::Replace))
-                    .map(|&d| addrs[d as usize].clone())
+                    .map(|&d| (addrs[d as usize].clone(), new_content[d as usize]))
             };
             let (action, reason, replace_paths) = match recorded {
                 None => (Action::Create, None, Vec::new()),
@@ -321,38 +357,75 @@ pub fn diff(
                 Some(rec) if rec.status == Status::Missing => {
                     (Action::Replace, Some(Reason::Vanished), Vec::new())
                 }
-                Some(rec) if rec.desired != r.desired => (
-                    Action::Replace,
-                    Some(Reason::AttributesChanged),
-                    changed_paths(&rec.desired, &r.desired),
-                ),
-                Some(_) if replace.contains(&r.addr) => {
-                    (Action::Replace, Some(Reason::ByRequest), Vec::new())
+                Some(rec) => {
+                    let can = updatable(r.addr.kind);
+                    let changed = if rec.desired != r.desired {
+                        changed_paths(&rec.desired, &r.desired)
+                    } else {
+                        Vec::new()
+                    };
+                    let forcing: Vec<String> = changed
+                        .iter()
+                        .filter(|p| !can.attrs.contains(&p.as_str()))
+                        .cloned()
+                        .collect();
+                    // Built on other objects than it now should be.
+                    let moved = (rec.deps != deps).then(|| {
+                        let gone = rec.deps.iter().find(|d| !deps.contains(d));
+                        gone.or_else(|| deps.iter().find(|d| !rec.deps.contains(d)))
+                            .cloned()
+                            .unwrap_or_else(|| r.addr.clone())
+                    });
+                    let in_place = || match repairs.get(&r.addr) {
+                        Some((parent, why)) => Reason::Repair {
+                            parent: parent.clone(),
+                            why: why.clone(),
+                        },
+                        None => Reason::Updatable,
+                    };
+                    if !forcing.is_empty() {
+                        (Action::Replace, Some(Reason::AttributesChanged), forcing)
+                    } else if replace.contains(&r.addr) {
+                        (Action::Replace, Some(Reason::ByRequest), Vec::new())
+                    } else if let Some(dep) = moved.clone().filter(|_| !can.deps) {
+                        // It cannot be moved in place.
+                        (
+                            Action::Replace,
+                            Some(Reason::DependencyReplaced(dep)),
+                            Vec::new(),
+                        )
+                    } else if !changed.is_empty() || moved.is_some() {
+                        (Action::Update, Some(in_place()), Vec::new())
+                    } else {
+                        match rebuilt_dep() {
+                            // Rebuilt over the same image bytes: it can follow in place.
+                            Some((dep, false)) if can.deps => (
+                                Action::Update,
+                                Some(Reason::DependencyRebuilt(dep)),
+                                Vec::new(),
+                            ),
+                            Some((dep, _)) => (
+                                Action::Replace,
+                                Some(Reason::DependencyReplaced(dep)),
+                                Vec::new(),
+                            ),
+                            None => (Action::NoOp, None, Vec::new()),
+                        }
+                    }
                 }
-                // Built on other objects than it now should be: it cannot be moved in place.
-                Some(rec) if rec.deps != deps => {
-                    let moved = rec.deps.iter().find(|d| !deps.contains(d));
-                    let dep = moved.or_else(|| deps.iter().find(|d| !rec.deps.contains(d)));
-                    (
-                        Action::Replace,
-                        Some(Reason::DependencyReplaced(
-                            dep.cloned().unwrap_or_else(|| r.addr.clone()),
-                        )),
-                        Vec::new(),
-                    )
-                }
-                Some(_) => match rebuilt_dep() {
-                    Some(dep) => (
-                        Action::Replace,
-                        Some(Reason::DependencyReplaced(dep)),
-                        Vec::new(),
-                    ),
-                    None => (Action::NoOp, None, Vec::new()),
-                },
             };
+            // The image's bytes change under it: the source's image replaced because its
+            // attributes (path, format, size, version) changed, or anything rebuilt on such.
+            let image_changed = action == Action::Replace
+                && ((reason == Some(Reason::AttributesChanged)
+                    && matches!(r.desired, Desired::Target(TargetAttrs::Image { .. })))
+                    || r.deps.iter().any(|&d| new_content[d as usize]));
+            new_content.push(image_changed);
             actions.push(action);
             let (before, prior_deps) = match (action, recorded) {
-                (Action::Replace, Some(rec)) => (Some(rec.desired.clone()), rec.deps.clone()),
+                (Action::Replace | Action::Update, Some(rec)) => {
+                    (Some(rec.desired.clone()), rec.deps.clone())
+                }
                 _ => (None, Vec::new()),
             };
             changes.push(Change {
@@ -364,11 +437,23 @@ pub fn diff(
                 prior_deps,
                 reason,
                 replace_paths,
+                destroys_writes_of: None,
             });
         }
         for r in &state.resources {
             if !desired.contains_key(&r.addr) {
                 changes.push(delete(r, Reason::NotInSpec));
+            }
+        }
+        mark_lost_writes(&mut changes, &desired);
+        if opts.prevent_destroy {
+            let lost: Vec<String> = changes
+                .iter()
+                .filter(|c| c.destroys_writes_of.is_some())
+                .map(|c| c.addr.to_string())
+                .collect();
+            if !lost.is_empty() {
+                return Err(PlanError::PreventDestroy(lost));
             }
         }
     }
@@ -398,6 +483,60 @@ fn delete(r: &crate::state::Recorded, reason: Reason) -> Change {
         prior_deps: r.deps.clone(),
         reason: Some(reason),
         replace_paths: Vec::new(),
+        destroys_writes_of: None,
+    }
+}
+
+/// What a kind can change in place; everything else forces replacement.
+#[derive(Clone, Copy, Debug)]
+pub struct Updatable {
+    /// Top-level attributes that may change in place.
+    pub attrs: &'static [&'static str],
+    /// Whether it can be re-pointed at other objects to build on (and follow one rebuilt).
+    pub deps: bool,
+}
+
+/// The table of in-place updates per kind. A session moves to another parent's export in
+/// place (its cache keeps every block and its upstream switches under it); nothing else
+/// changes in place yet.
+pub fn updatable(kind: Kind) -> Updatable {
+    match kind {
+        Kind::Session => Updatable {
+            attrs: &["parent", "parent_address", "parent_port"],
+            deps: true,
+        },
+        _ => Updatable {
+            attrs: &[],
+            deps: false,
+        },
+    }
+}
+
+/// Marks every change that destroys a clone's writes (its snapshot or copy-on-write `lv`
+/// deleted or replaced) while the clone stays in the spec. `desired` indexes `changes`,
+/// which start with the desired resources in graph order.
+fn mark_lost_writes(changes: &mut [Change], desired: &rustc_hash::FxHashMap<Addr, u32>) {
+    for i in 0..changes.len() {
+        let c = &changes[i];
+        let holds_writes = match c.addr.kind {
+            Kind::Snapshot => true,
+            Kind::Lv => c.addr.n.is_some(),
+            _ => false,
+        };
+        if !holds_writes || !matches!(c.action, Action::Replace | Action::Delete) {
+            continue;
+        }
+        let domain = Addr {
+            kind: Kind::Domain,
+            ..c.addr.clone()
+        };
+        let name = desired
+            .get(&domain)
+            .and_then(|&d| match &changes[d as usize].after {
+                Some(Desired::Domain(d)) => Some(d.name.clone()),
+                _ => None,
+            });
+        changes[i].destroys_writes_of = name;
     }
 }
 

@@ -1,8 +1,9 @@
 //! The operations apply runs for a plan, and the order constraints between them.
 //!
-//! Built from the plan alone (never re-derived from the spec): a create waits for the creates
-//! of what it is built on; a delete waits for the deletes of everything recorded as built on
-//! it; a replacement deletes before it creates.
+//! Built from the plan alone (never re-derived from the spec): a create or an update waits for
+//! the creates and updates of what it is built on; a delete waits for the deletes of
+//! everything recorded as built on it, and for the updates that move off it; a replacement
+//! deletes before it creates.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -13,7 +14,18 @@ use crate::resource::Addr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
     Create,
+    Update,
     Delete,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Update => "update",
+            OpKind::Delete => "delete",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +68,14 @@ impl OpGraph {
                     change: i as u32,
                 });
             }
+            if c.action == Action::Update {
+                // Whatever waits for its create waits for its update.
+                create_of.insert(&c.addr, ops.len() as u32);
+                ops.push(Op {
+                    kind: OpKind::Update,
+                    change: i as u32,
+                });
+            }
         }
         let mut before: Vec<Vec<u32>> = vec![Vec::new(); ops.len()];
         for c in &plan.changes {
@@ -66,6 +86,15 @@ impl OpGraph {
                 for d in &c.deps {
                     if let Some(&dc) = create_of.get(d) {
                         before[create as usize].push(dc);
+                    }
+                }
+            }
+            if c.action == Action::Update {
+                // What it moves off is deleted only once it has moved.
+                let update = create_of[&c.addr];
+                for d in c.prior_deps.iter().filter(|d| !c.deps.contains(d)) {
+                    if let Some(&dd) = delete_of.get(d) {
+                        before[dd as usize].push(update);
                     }
                 }
             }
@@ -94,10 +123,7 @@ impl OpGraph {
                             let op = self.ops[i];
                             format!(
                                 "{} {}",
-                                match op.kind {
-                                    OpKind::Create => "create",
-                                    OpKind::Delete => "delete",
-                                },
+                                op.kind.as_str(),
                                 plan.changes[op.change as usize].addr
                             )
                         })

@@ -1,6 +1,8 @@
 //! The plan for people, in the conventions Terraform users read without thinking:
-//! `+` create, `-` destroy, `-/+` replace, `~ attr = old -> new # forces replacement`, and the
-//! `Plan: X to add, Y to replace, Z to destroy.` line. Colour only when asked (on terminals).
+//! `+` create, `~` update in place, `-` destroy, `-/+` replace,
+//! `~ attr = old -> new # forces replacement`, and the
+//! `Plan: X to add, Y to change, Z to replace, W to destroy.` line. A change that destroys
+//! the writes of a clone staying in the spec says so, and the summary counts them. Colour only when asked (on terminals).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,6 +58,9 @@ pub fn render(plan: &Plan, opts: RenderOptions) -> String {
     if has(Action::Create) {
         legend.push(format!("  {} create", p.green("+")));
     }
+    if has(Action::Update) {
+        legend.push(format!("  {} update in-place", p.yellow("~")));
+    }
     if has(Action::Delete) {
         legend.push(format!("  {} destroy", p.red("-")));
     }
@@ -81,11 +86,17 @@ pub fn render(plan: &Plan, opts: RenderOptions) -> String {
         }
     }
     let s = plan.summary();
+    let lost = match s.writes_destroyed {
+        0 => String::new(),
+        1 => format!(" {}", p.red("1 clone loses its writes.")),
+        n => format!(" {}", p.red(&format!("{n} clones lose their writes."))),
+    };
     let _ = writeln!(
         out,
-        "\n{} {} to add, {} to replace, {} to destroy.",
+        "\n{} {} to add, {} to change, {} to replace, {} to destroy.{lost}",
         p.bold("Plan:"),
         s.add,
+        s.change,
         s.replace,
         s.destroy
     );
@@ -95,11 +106,19 @@ pub fn render(plan: &Plan, opts: RenderOptions) -> String {
 fn render_change(out: &mut String, c: &Change, p: &Paint) {
     let (verb, sign) = match c.action {
         Action::Create => ("will be created".to_string(), p.green("  +")),
+        Action::Update => ("will be updated in-place".to_string(), p.yellow("  ~")),
         Action::Delete => ("will be destroyed".to_string(), p.red("  -")),
         Action::Replace => ("must be replaced".to_string(), p.yellow("-/+")),
         Action::NoOp => unreachable!("no-ops are not listed"),
     };
     let _ = writeln!(out, "  {} {verb}", p.bold(&format!("# {}", c.addr)));
+    if let Some(clone) = &c.destroys_writes_of {
+        let _ = writeln!(
+            out,
+            "  {}",
+            p.red(&format!("# destroys the writes of clone {clone}"))
+        );
+    }
     match &c.reason {
         Some(Reason::Tainted) => {
             let _ = writeln!(out, "  # (it is tainted: an earlier create did not finish)");
@@ -119,7 +138,23 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
         Some(Reason::NotInSpec) => {
             let _ = writeln!(out, "  # (because {} is not in the spec)", c.addr);
         }
-        Some(Reason::AttributesChanged) | Some(Reason::Destroy) | None => {}
+        Some(Reason::DependencyRebuilt(dep)) => {
+            let _ = writeln!(
+                out,
+                "  # (it follows {dep} in place, which is replaced: the clones above keep running)"
+            );
+        }
+        Some(Reason::Repair { parent, why }) => {
+            let to = match &c.after {
+                Some(crate::resource::Desired::Session(s)) => s.parent.as_str(),
+                _ => "?",
+            };
+            let _ = writeln!(out, "  # (parent {parent} -> {to}: {parent} {why})");
+        }
+        Some(Reason::Updatable)
+        | Some(Reason::AttributesChanged)
+        | Some(Reason::Destroy)
+        | None => {}
     }
     let _ = writeln!(out, "{sign} {} {{", c.addr);
     let before = c.before.as_ref().map(|d| d.to_value());
@@ -182,11 +217,17 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
                         let news = &new[new_index..new_index + new_len];
                         for (k, v) in olds {
                             match news.iter().find(|(nk, _)| nk == k) {
-                                Some((_, nv)) => out.push_str(&format!(
-                                    "      {} {k:<width$} = {v} -> {nv} {}\n",
-                                    p.yellow("~"),
-                                    p.red("# forces replacement")
-                                )),
+                                Some((_, nv)) => {
+                                    let forces = if c.replace_paths.contains(k) {
+                                        format!(" {}", p.red("# forces replacement"))
+                                    } else {
+                                        String::new()
+                                    };
+                                    out.push_str(&format!(
+                                        "      {} {k:<width$} = {v} -> {nv}{forces}\n",
+                                        p.yellow("~"),
+                                    ))
+                                }
                                 None => out.push_str(&line(&p.red("-"), k, v)),
                             }
                         }
@@ -213,13 +254,14 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
 /// For very large plans: counts per action and kind, then per host.
 fn render_grouped(out: &mut String, listed: &[&Change], p: &Paint) {
     let mut by_kind: BTreeMap<(Action, Kind), usize> = BTreeMap::new();
-    let mut hosts: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+    let mut hosts: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
     for c in listed {
         *by_kind.entry((c.action, c.addr.kind)).or_default() += 1;
         let slot = match c.action {
             Action::Create => 0,
-            Action::Replace => 1,
-            _ => 2,
+            Action::Update => 1,
+            Action::Replace => 2,
+            _ => 3,
         };
         hosts.entry(&c.addr.host).or_default()[slot] += 1;
     }
@@ -231,6 +273,7 @@ fn render_grouped(out: &mut String, listed: &[&Change], p: &Paint) {
     for ((action, kind), count) in &by_kind {
         let sign = match action {
             Action::Create => p.green("  +"),
+            Action::Update => p.yellow("  ~"),
             Action::Replace => p.yellow("-/+"),
             _ => p.red("  -"),
         };

@@ -129,6 +129,7 @@ fn what(action: Action) -> &'static str {
     match action {
         Action::NoOp => "a no-op",
         Action::Create => "a create",
+        Action::Update => "an update",
         Action::Replace => "a replace",
         Action::Delete => "a delete",
     }
@@ -182,7 +183,7 @@ fn structure(plan: &Plan, spec: &Spec, state: &State, problems: &mut Problems) {
                 (Action::Create, true) => problems.push(format!(
                     "{at}: to be created, but it is already recorded in the state"
                 )),
-                (Action::Replace | Action::NoOp, false) => problems.push(format!(
+                (Action::Replace | Action::Update | Action::NoOp, false) => problems.push(format!(
                     "{at}: {} of something not recorded in the state",
                     what(c.action)
                 )),
@@ -333,6 +334,7 @@ fn make(plan: &Plan, spec: &Spec, state: &State) -> Result<Plan, String> {
         mode: Some(plan.mode),
         targets: plan.targets.clone(),
         replace,
+        prevent_destroy: spec.clones.prevent_destroy,
     };
     // A destroy plan deletes what is recorded: it needs no graph.
     let graph = match plan.mode {

@@ -26,7 +26,7 @@ use crate::state::Placement;
 
 /// Bumped whenever a field is added or changes meaning. 2.0: `plan_digest` covers the whole
 /// plan (1.0 plans had only `spec_digest`, over the embedded spec) and `targets` is recorded.
-pub const PLAN_FORMAT_VERSION: &str = "2.0";
+pub const PLAN_FORMAT_VERSION: &str = "2.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanFileError {
@@ -90,9 +90,33 @@ struct PriorWire {
 #[derive(Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 struct SummaryWire {
     add: usize,
+    /// Updates in place.
+    change: usize,
     replace: usize,
     destroy: usize,
     no_op: usize,
+    /// Clones whose writes the plan destroys while they stay in the spec.
+    writes_destroyed: usize,
+}
+
+impl From<Summary> for SummaryWire {
+    fn from(s: Summary) -> SummaryWire {
+        SummaryWire {
+            add: s.add,
+            change: s.change,
+            replace: s.replace,
+            destroy: s.destroy,
+            no_op: s.no_op,
+            writes_destroyed: s.writes_destroyed,
+        }
+    }
+}
+
+/// Why a host moves to another parent: the parent it leaves, and what is wrong with it.
+#[derive(Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+struct RepairWire {
+    parent: String,
+    why: String,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -113,9 +137,18 @@ struct ChangeOut<'a> {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     reason_address: Option<&'a Addr>,
+    /// With `update_because_parent_unhealthy`: the parent left and why.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repair: Option<RepairWire>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     replace_paths: Vec<[&'a str; 1]>,
+    /// The clone whose writes this change destroys although it stays in the spec (a
+    /// snapshot or copy-on-write lv deleted or replaced).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destroys_writes_of: Option<&'a str>,
     depends_on: &'a [Addr],
     #[serde(default)]
     #[serde(skip_serializing_if = "<[Addr]>::is_empty")]
@@ -161,7 +194,11 @@ struct ChangeIn {
     #[serde(default)]
     reason_address: Option<Addr>,
     #[serde(default)]
+    repair: Option<RepairWire>,
+    #[serde(default)]
     replace_paths: Vec<Vec<String>>,
+    #[serde(default)]
+    destroys_writes_of: Option<String>,
     #[serde(default)]
     depends_on: Vec<Addr>,
     #[serde(default)]
@@ -197,12 +234,7 @@ impl Plan {
             },
             spec_digest: self.spec_digest.as_deref(),
             configuration: self.spec.as_ref(),
-            summary: SummaryWire {
-                add: s.add,
-                replace: s.replace,
-                destroy: s.destroy,
-                no_op: s.no_op,
-            },
+            summary: s.into(),
             placement: &self.placement,
             resource_changes: self
                 .changes
@@ -221,10 +253,20 @@ impl Plan {
                     after: c.after.as_ref(),
                     reason: c.reason.as_ref().map(Reason::code),
                     reason_address: match &c.reason {
-                        Some(Reason::DependencyReplaced(a)) => Some(a),
+                        Some(Reason::DependencyReplaced(a) | Reason::DependencyRebuilt(a)) => {
+                            Some(a)
+                        }
+                        _ => None,
+                    },
+                    repair: match &c.reason {
+                        Some(Reason::Repair { parent, why }) => Some(RepairWire {
+                            parent: parent.clone(),
+                            why: why.clone(),
+                        }),
                         _ => None,
                     },
                     replace_paths: c.replace_paths.iter().map(|p| [p.as_str()]).collect(),
+                    destroys_writes_of: c.destroys_writes_of.as_deref(),
                     depends_on: &c.deps,
                     prior_depends_on: &c.prior_deps,
                 })
@@ -333,13 +375,7 @@ impl Plan {
                 "its content does not match its plan_digest".into(),
             ));
         }
-        let s = plan.summary();
-        let counted = SummaryWire {
-            add: s.add,
-            replace: s.replace,
-            destroy: s.destroy,
-            no_op: s.no_op,
-        };
+        let counted: SummaryWire = plan.summary().into();
         if p.summary != counted {
             inconsistent.get_or_insert_with(|| "its summary does not count its changes".into());
         }
@@ -365,6 +401,7 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
     let action = match actions.as_slice() {
         ["no-op"] => Action::NoOp,
         ["create"] => Action::Create,
+        ["update"] => Action::Update,
         ["delete", "create"] => Action::Replace,
         ["delete"] => Action::Delete,
         other => return Err(format!("{at}: unsupported actions {other:?}")),
@@ -379,7 +416,10 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
     };
     let before = attrs(c.before, "before")?;
     let after = attrs(c.after, "after")?;
-    let needs_after = matches!(action, Action::NoOp | Action::Create | Action::Replace);
+    let needs_after = matches!(
+        action,
+        Action::NoOp | Action::Create | Action::Update | Action::Replace
+    );
     if needs_after != after.is_some() {
         return Err(format!("{at}: \"after\" does not fit actions {actions:?}"));
     }
@@ -387,23 +427,39 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
         // A no-op writes its after as its before: compared below.
         Action::NoOp => true,
         Action::Create => before.is_none(),
-        Action::Replace | Action::Delete => before.is_some(),
+        Action::Update | Action::Replace | Action::Delete => before.is_some(),
     };
     if !before_fits {
         return Err(format!("{at}: \"before\" does not fit actions {actions:?}"));
     }
-    let dependency_reason = c.reason.as_deref() == Some("replace_because_dependency_replaced");
+    let dependency_reason = matches!(
+        c.reason.as_deref(),
+        Some("replace_because_dependency_replaced" | "update_because_dependency_replaced")
+    );
+    let address = || {
+        c.reason_address
+            .clone()
+            .ok_or_else(|| format!("{at}: reason_address missing"))
+    };
     let reason = match c.reason.as_deref() {
         None => None,
         Some("replace_because_tainted") => Some(Reason::Tainted),
         Some("replace_because_vanished") => Some(Reason::Vanished),
         Some("replace_because_cannot_update") => Some(Reason::AttributesChanged),
         Some("replace_by_request") => Some(Reason::ByRequest),
-        Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(
-            c.reason_address
-                .clone()
-                .ok_or_else(|| format!("{at}: reason_address missing"))?,
-        )),
+        Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(address()?)),
+        Some("update_in_place") => Some(Reason::Updatable),
+        Some("update_because_dependency_replaced") => Some(Reason::DependencyRebuilt(address()?)),
+        Some("update_because_parent_unhealthy") => {
+            let r = c
+                .repair
+                .as_ref()
+                .ok_or_else(|| format!("{at}: repair missing"))?;
+            Some(Reason::Repair {
+                parent: r.parent.clone(),
+                why: r.why.clone(),
+            })
+        }
         Some("delete_because_no_resource_config") => Some(Reason::NotInSpec),
         Some("delete_because_destroy") => Some(Reason::Destroy),
         Some(other) => return Err(format!("{at}: unknown reason {other:?}")),
@@ -426,6 +482,8 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
         Some(format!("{at}: a no-op's before differs from its after"))
     } else if c.reason_address.is_some() && !dependency_reason {
         Some(format!("{at}: reason_address without a dependency reason"))
+    } else if c.repair.is_some() && c.reason.as_deref() != Some("update_because_parent_unhealthy") {
+        Some(format!("{at}: repair without a repair reason"))
     } else if c.replace_paths.iter().any(|p| p.len() != 1) {
         Some(format!(
             "{at}: replace_paths is not a list of one-name paths"
@@ -441,6 +499,7 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
         prior_deps: c.prior_depends_on,
         reason,
         replace_paths: c.replace_paths.into_iter().flatten().collect(),
+        destroys_writes_of: c.destroys_writes_of,
         addr: c.address,
     };
     Ok((change, odd))

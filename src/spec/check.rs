@@ -407,7 +407,11 @@ pub(crate) fn is_address(s: &str) -> bool {
 }
 
 fn check_estimate(e: &super::Estimate, diags: &mut Diagnostics) {
-    for (verb, table) in [("create", &e.create), ("delete", &e.delete)] {
+    for (verb, table) in [
+        ("create", &e.create),
+        ("update", &e.update),
+        ("delete", &e.delete),
+    ] {
         for (kind, secs) in table {
             if !(0.0..=86_400.0).contains(secs) {
                 diags.push(

@@ -180,6 +180,9 @@ pub struct Estimate {
     /// not named take the built-in defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub create: BTreeMap<Kind, f64>,
+    /// Seconds per in-place update, by resource kind (a session moving to another parent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub update: BTreeMap<Kind, f64>,
     /// Seconds per delete, by resource kind.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delete: BTreeMap<Kind, f64>,
@@ -212,6 +215,7 @@ impl Default for Estimate {
             working_set: None,
             hop_window: Estimate::default_hop_window(),
             create: BTreeMap::new(),
+            update: BTreeMap::new(),
             delete: BTreeMap::new(),
         }
     }
@@ -589,6 +593,11 @@ pub struct Clones {
     #[serde(default = "Clones::default_ssh_user")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_-]{0,31}$"))]
     pub ssh_user: String,
+    /// Refuse any plan that destroys a clone's writes (its copy-on-write disk deleted or
+    /// replaced) while the clone stays in the spec, naming the addresses (Terraform's
+    /// `lifecycle.prevent_destroy`). Plans show such changes either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prevent_destroy: bool,
     /// The files above, read when the spec is loaded.
     #[serde(skip)]
     #[schemars(skip)]
@@ -694,6 +703,7 @@ impl Default for Clones {
             cloud_init: None,
             ssh_authorized_keys: Vec::new(),
             ssh_user: Clones::default_ssh_user(),
+            prevent_destroy: false,
             loaded: Loaded::default(),
         }
     }
