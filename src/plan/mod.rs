@@ -79,6 +79,19 @@ pub enum Reason {
     DependencyRebuilt(Addr),
     /// Its parent cannot serve it: the host moves to another parent in place.
     Repair { parent: String, why: String },
+    /// A refresh found its guest paused on an I/O error of its disk (its upstream failed):
+    /// it is resumed, after every repair planned above it.
+    PausedOnIoError,
+}
+
+/// The observed `status` of a domain whose guest paused on an I/O error of its disk (every
+/// stack reports it so).
+pub const PAUSED_ON_IO_ERROR: &str = "io-error";
+
+/// Whether a recorded domain's guest is paused on an I/O error.
+pub fn paused_on_io_error(r: &crate::state::Recorded) -> bool {
+    r.addr.kind == Kind::Domain
+        && r.observed.get("status").and_then(serde_json::Value::as_str) == Some(PAUSED_ON_IO_ERROR)
 }
 
 impl Reason {
@@ -94,6 +107,7 @@ impl Reason {
             Reason::Updatable => "update_in_place",
             Reason::DependencyRebuilt(_) => "update_because_dependency_replaced",
             Reason::Repair { .. } => "update_because_parent_unhealthy",
+            Reason::PausedOnIoError => "update_because_paused_on_io_error",
         }
     }
 }
@@ -338,17 +352,13 @@ pub fn diff(
         let mut actions: Vec<Action> = Vec::with_capacity(resources.len());
         // Per resource: whether the image bytes behind it change.
         let mut new_content: Vec<bool> = Vec::with_capacity(resources.len());
+        // Per resource: replaced because a refresh found it gone.
+        let mut vanished: Vec<bool> = Vec::with_capacity(resources.len());
         let addrs: Vec<Addr> = resources.iter().map(|r| r.addr.clone()).collect();
         // Resources arrive in topological order, so every dependency's action is known.
         for r in resources {
             let recorded = state.get(&r.addr);
             let deps: Vec<Addr> = r.deps.iter().map(|&d| addrs[d as usize].clone()).collect();
-            let rebuilt_dep = || {
-                r.deps
-                    .iter()
-                    .find(|&&d| matches!(actions[d as usize], Action::Create | Action::Replace))
-                    .map(|&d| (addrs[d as usize].clone(), new_content[d as usize]))
-            };
             let (action, reason, replace_paths) = match recorded {
                 None => (Action::Create, None, Vec::new()),
                 Some(rec) if rec.status == Status::Tainted => {
@@ -369,12 +379,29 @@ pub fn diff(
                         .filter(|p| !can.attrs.contains(&p.as_str()))
                         .cloned()
                         .collect();
-                    // Built on other objects than it now should be.
-                    let moved = (rec.deps != deps).then(|| {
-                        let gone = rec.deps.iter().find(|d| !deps.contains(d));
-                        gone.or_else(|| deps.iter().find(|d| !rec.deps.contains(d)))
-                            .cloned()
-                            .unwrap_or_else(|| r.addr.clone())
+                    // Built on other objects than it now should be: moved in place when the
+                    // kind can be re-pointed at every object that differs.
+                    let moved: Vec<&Addr> = rec
+                        .deps
+                        .iter()
+                        .filter(|d| !deps.contains(d))
+                        .chain(deps.iter().filter(|d| !rec.deps.contains(d)))
+                        .collect();
+                    let movable = moved.iter().all(|d| can.follows.contains(&d.kind));
+                    // Rebuilt objects it is built on: followed in place only when the old
+                    // one is gone already (nothing is torn down under it) and holds the same
+                    // image bytes.
+                    let rebuilt: Vec<u32> = r
+                        .deps
+                        .iter()
+                        .copied()
+                        .filter(|&d| matches!(actions[d as usize], Action::Create | Action::Replace))
+                        .filter(|&d| rec.deps.contains(&addrs[d as usize]))
+                        .collect();
+                    let stuck = rebuilt.iter().copied().find(|&d| {
+                        !(can.follows.contains(&addrs[d as usize].kind)
+                            && vanished[d as usize]
+                            && !new_content[d as usize])
                     });
                     let in_place = || match repairs.get(&r.addr) {
                         Some((parent, why)) => Reason::Repair {
@@ -383,44 +410,44 @@ pub fn diff(
                         },
                         None => Reason::Updatable,
                     };
+                    let replaced_by = |d: &Addr| {
+                        (
+                            Action::Replace,
+                            Some(Reason::DependencyReplaced(d.clone())),
+                            Vec::new(),
+                        )
+                    };
                     if !forcing.is_empty() {
                         (Action::Replace, Some(Reason::AttributesChanged), forcing)
                     } else if replace.contains(&r.addr) {
                         (Action::Replace, Some(Reason::ByRequest), Vec::new())
-                    } else if let Some(dep) = moved.clone().filter(|_| !can.deps) {
-                        // It cannot be moved in place.
+                    } else if !movable {
+                        replaced_by(moved[0])
+                    } else if let Some(d) = stuck {
+                        replaced_by(&addrs[d as usize])
+                    } else if !changed.is_empty() || !moved.is_empty() {
+                        (Action::Update, Some(in_place()), Vec::new())
+                    } else if let Some(&d) = rebuilt.first() {
                         (
-                            Action::Replace,
-                            Some(Reason::DependencyReplaced(dep)),
+                            Action::Update,
+                            Some(Reason::DependencyRebuilt(addrs[d as usize].clone())),
                             Vec::new(),
                         )
-                    } else if !changed.is_empty() || moved.is_some() {
-                        (Action::Update, Some(in_place()), Vec::new())
+                    } else if paused_on_io_error(rec) {
+                        (Action::Update, Some(Reason::PausedOnIoError), Vec::new())
                     } else {
-                        match rebuilt_dep() {
-                            // Rebuilt over the same image bytes: it can follow in place.
-                            Some((dep, false)) if can.deps => (
-                                Action::Update,
-                                Some(Reason::DependencyRebuilt(dep)),
-                                Vec::new(),
-                            ),
-                            Some((dep, _)) => (
-                                Action::Replace,
-                                Some(Reason::DependencyReplaced(dep)),
-                                Vec::new(),
-                            ),
-                            None => (Action::NoOp, None, Vec::new()),
-                        }
+                        (Action::NoOp, None, Vec::new())
                     }
                 }
             };
             // The image's bytes change under it: the source's image replaced because its
             // attributes (path, format, size, version) changed, or anything rebuilt on such.
             let image_changed = action == Action::Replace
-                && ((reason == Some(Reason::AttributesChanged)
+                && ((recorded.is_some_and(|rec| rec.desired != r.desired)
                     && matches!(r.desired, Desired::Target(TargetAttrs::Image { .. })))
                     || r.deps.iter().any(|&d| new_content[d as usize]));
             new_content.push(image_changed);
+            vanished.push(reason == Some(Reason::Vanished));
             actions.push(action);
             let (before, prior_deps) = match (action, recorded) {
                 (Action::Replace | Action::Update, Some(rec)) => {
@@ -492,22 +519,29 @@ fn delete(r: &crate::state::Recorded, reason: Reason) -> Change {
 pub struct Updatable {
     /// Top-level attributes that may change in place.
     pub attrs: &'static [&'static str],
-    /// Whether it can be re-pointed at other objects to build on (and follow one rebuilt).
-    pub deps: bool,
+    /// Kinds of the objects it is built on that it can be re-pointed at, or follow in place
+    /// when one is rebuilt after it vanished.
+    pub follows: &'static [Kind],
 }
 
-/// The table of in-place updates per kind. A session moves to another parent's export in
-/// place (its cache keeps every block and its upstream switches under it); nothing else
-/// changes in place yet.
+/// The table of in-place updates per kind:
+/// - a session moves to another parent's export in place (its cache keeps every block and
+///   its upstream switches under it), and logs in again to its parent's rebuilt export;
+/// - a snapshot (the clone's writes) stays over its host's cache rebuilt after its relay
+///   died: the cache is the same image's bytes at the same endpoint.
 pub fn updatable(kind: Kind) -> Updatable {
     match kind {
         Kind::Session => Updatable {
             attrs: &["parent", "parent_address", "parent_port"],
-            deps: true,
+            follows: &[Kind::Target],
+        },
+        Kind::Snapshot => Updatable {
+            attrs: &[],
+            follows: &[Kind::Cache],
         },
         _ => Updatable {
             attrs: &[],
-            deps: false,
+            follows: &[],
         },
     }
 }

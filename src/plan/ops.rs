@@ -48,6 +48,53 @@ pub enum OpsError {
     Cycle(Vec<String>),
 }
 
+/// The operations among what change `start` is built on: directly, or through changes that
+/// run none (memoized in `memo`, iteratively: chains may be as deep as the tree).
+fn upstream_ops(
+    plan: &Plan,
+    index: &HashMap<&Addr, usize>,
+    op_of: &HashMap<&Addr, u32>,
+    memo: &mut HashMap<usize, Vec<u32>>,
+    start: usize,
+) -> Vec<u32> {
+    let passive = |d: &Addr| -> Option<usize> {
+        if op_of.contains_key(d) {
+            return None;
+        }
+        index
+            .get(d)
+            .copied()
+            .filter(|&j| plan.changes[j].action == Action::NoOp)
+    };
+    let mut stack = vec![(start, false)];
+    while let Some((i, expanded)) = stack.pop() {
+        if memo.contains_key(&i) {
+            continue;
+        }
+        if !expanded {
+            stack.push((i, true));
+            for d in &plan.changes[i].deps {
+                if let Some(j) = passive(d).filter(|j| !memo.contains_key(j)) {
+                    stack.push((j, false));
+                }
+            }
+            continue;
+        }
+        let mut out = Vec::new();
+        for d in &plan.changes[i].deps {
+            if let Some(&op) = op_of.get(d) {
+                out.push(op);
+            } else if let Some(j) = passive(d) {
+                out.extend(memo.get(&j).into_iter().flatten().copied());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        memo.insert(i, out);
+    }
+    memo.get(&start).cloned().unwrap_or_default()
+}
+
 impl OpGraph {
     pub fn build(plan: &Plan) -> OpGraph {
         let mut ops = Vec::new();
@@ -78,8 +125,24 @@ impl OpGraph {
             }
         }
         let mut before: Vec<Vec<u32>> = vec![Vec::new(); ops.len()];
+        let index: HashMap<&Addr, usize> = plan
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (&c.addr, i))
+            .collect();
+        let mut upstream: HashMap<usize, Vec<u32>> = HashMap::default();
+        for (i, c) in plan.changes.iter().enumerate() {
+            if c.action == Action::Update {
+                // An update waits for every operation above it, also through objects that
+                // stay as they are: a guest resumes only after the relay above its own is
+                // repaired.
+                let ops = upstream_ops(plan, &index, &create_of, &mut upstream, i);
+                before[create_of[&c.addr] as usize].extend(ops);
+            }
+        }
         for c in &plan.changes {
-            if let Some(&create) = create_of.get(&c.addr) {
+            if let Some(&create) = create_of.get(&c.addr).filter(|_| c.action != Action::Update) {
                 if let Some(&del) = delete_of.get(&c.addr) {
                     before[create as usize].push(del);
                 }

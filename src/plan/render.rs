@@ -151,6 +151,12 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
             };
             let _ = writeln!(out, "  # (parent {parent} -> {to}: {parent} {why})");
         }
+        Some(Reason::PausedOnIoError) => {
+            let _ = writeln!(
+                out,
+                "  # (its guest is paused on an I/O error of its disk: it is resumed, and the I/O retried, once what is above it is repaired)"
+            );
+        }
         Some(Reason::Updatable)
         | Some(Reason::AttributesChanged)
         | Some(Reason::Destroy)

@@ -310,12 +310,32 @@ fn made_again(plan: &Plan, spec: &Spec, state: &mut State, problems: &mut Proble
         .filter_map(|c| state.position(&c.addr))
         .filter(|&i| state.resources[i as usize].status == Status::Ready)
         .collect();
+    // ... and guests it found paused on an I/O error.
+    let paused: Vec<(u32, Option<serde_json::Value>)> = plan
+        .changes
+        .iter()
+        .filter(|c| c.reason == Some(Reason::PausedOnIoError))
+        .filter_map(|c| state.position(&c.addr))
+        .map(|i| (i, state.resources[i as usize].observed.get("status").cloned()))
+        .collect();
     for &i in &vanished {
         state.resources[i as usize].status = Status::Missing;
+    }
+    for (i, _) in &paused {
+        state.resources[*i as usize]
+            .observed
+            .insert("status".into(), super::PAUSED_ON_IO_ERROR.into());
     }
     let again = make(plan, spec, state);
     for &i in &vanished {
         state.resources[i as usize].status = Status::Ready;
+    }
+    for (i, old) in paused {
+        let o = &mut state.resources[i as usize].observed;
+        match old {
+            Some(v) => o.insert("status".into(), v),
+            None => o.remove("status"),
+        };
     }
     match again {
         Ok(expected) => compare(plan, &expected, problems),

@@ -449,6 +449,7 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
         Some("replace_by_request") => Some(Reason::ByRequest),
         Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(address()?)),
         Some("update_in_place") => Some(Reason::Updatable),
+        Some("update_because_paused_on_io_error") => Some(Reason::PausedOnIoError),
         Some("update_because_dependency_replaced") => Some(Reason::DependencyRebuilt(address()?)),
         Some("update_because_parent_unhealthy") => {
             let r = c

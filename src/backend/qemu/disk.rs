@@ -138,6 +138,34 @@ pub(super) fn create_snapshot(
     Ok(o)
 }
 
+/// Keeps a clone's disk over its host's rebuilt cache: the overlay is left exactly as it is
+/// (it holds the clone's writes); it must still be backed by the cache's export.
+pub(super) fn update_snapshot(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+    deps: &[(Addr, Observed)],
+) -> Result<Observed, BackendError> {
+    let host = &*t.addr.host;
+    let path = snapshot_path(stack, t.addr);
+    let backing = dep_attr(deps, Kind::Cache, "uri")?;
+    let i = info(stack, host, &path.to_string_lossy())?;
+    let fits = i.as_ref().is_some_and(|i| {
+        i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing)
+    });
+    if !fits {
+        return Err(BackendError::new(format!(
+            "on host {host}: the disk of {} (`{}`) is not a qcow2 overlay of {backing}; it was left untouched (it holds the clone's writes): inspect it, then `vmthunder apply --replace {}` to start the clone afresh",
+            t.addr,
+            path.display(),
+            t.addr
+        )));
+    }
+    let mut o = observed.clone();
+    o.insert("backing".into(), backing.into());
+    Ok(o)
+}
+
 pub(super) fn delete_snapshot(
     stack: &QemuStack,
     t: Target<'_>,

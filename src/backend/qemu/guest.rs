@@ -253,7 +253,12 @@ fn command(
     }
     v.extend(args(&[
         "-drive",
-        &format!("if=none,id=disk0,format=qcow2,file={}", opt(disk)),
+        // A failed read or write of the clone's disk (its upstream relay died) pauses the
+        // guest instead of failing its I/O; a repair resumes it, and QEMU retries the I/O.
+        &format!(
+            "if=none,id=disk0,format=qcow2,file={},werror=stop,rerror=stop",
+            opt(disk)
+        ),
         "-device",
         // The firmware boots this disk first (never the seed); a kernel boots from its option
         // ROM, which takes the first boot index itself.
@@ -405,6 +410,54 @@ fn wait_line(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// How long a resume keeps retrying a guest that pauses again on an I/O error.
+const RESUME_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The QMP run state of a guest paused on an I/O error of its disk (`werror`/`rerror=stop`).
+pub const IO_ERROR: &str = "io-error";
+
+/// Resumes a guest paused on an I/O error (its disk's upstream was repaired): QEMU retries
+/// the failed I/O, so the guest never sees it. Refused if it pauses again at once.
+pub(super) fn resume(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+) -> Result<Observed, BackendError> {
+    let host = &*t.addr.host;
+    let f = files(stack, t.addr);
+    let Some(pid) = pid(stack, host, &f)? else {
+        return Err(BackendError::new(format!(
+            "on host {host}: the guest of {} is not running; run `vmthunder apply` again to start it",
+            t.addr
+        )));
+    };
+    let mut q = monitor(stack, host, &f, QMP_TIMEOUT)?;
+    let status = |q: &mut Qmp| -> Result<String, BackendError> {
+        let s = q.execute("query-status", json!({}))?;
+        Ok(s["status"].as_str().unwrap_or("unknown").to_string())
+    };
+    // A disk that still fails pauses it again within moments. Its NBD client may take a few
+    // seconds to reconnect to a relay that was rebuilt (it retries with back-off), so the
+    // resume is retried for a while.
+    let start = Instant::now();
+    let mut now = status(&mut q)?;
+    while now == IO_ERROR && start.elapsed() < RESUME_PATIENCE {
+        q.execute("cont", json!({}))?;
+        std::thread::sleep(Duration::from_millis(500));
+        now = status(&mut q)?;
+    }
+    if now == IO_ERROR {
+        return Err(BackendError::new(format!(
+            "on host {host}: the guest of {} paused again on an I/O error: its disk's upstream still fails (check the relays above {host})",
+            t.addr
+        )));
+    }
+    let mut o = observed.clone();
+    o.insert("pid".into(), pid.into());
+    o.insert("status".into(), now.into());
+    Ok(o)
 }
 
 pub(super) fn delete(stack: &QemuStack, t: Target<'_>) -> Result<(), BackendError> {

@@ -379,6 +379,24 @@ impl Backend for QemuStack {
         }
     }
 
+    fn update(
+        &self,
+        t: Target<'_>,
+        _before: &Desired,
+        observed: &Observed,
+        deps: &[(Addr, Observed)],
+    ) -> Result<Observed, BackendError> {
+        match t.addr.kind {
+            Kind::Session => relay::update(self, t, observed),
+            Kind::Snapshot => disk::update_snapshot(self, t, observed, deps),
+            Kind::Domain => guest::resume(self, t, observed),
+            _ => Err(BackendError::new(format!(
+                "internal error: {} cannot be updated in place",
+                t.addr
+            ))),
+        }
+    }
+
     fn delete(&self, t: Target<'_>, observed: &Observed) -> Result<(), BackendError> {
         let r = match t.addr.kind {
             Kind::Lv => disk::delete_lv(self, t),

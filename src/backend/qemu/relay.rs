@@ -1,5 +1,12 @@
 //! The relay: one qemu-storage-daemon per host and image, holding the `session`, `cache`
 //! and `target` of that host's part of the image tree as QMP-managed nodes and exports.
+//!
+//! A session is an NBD client node named after its parent's endpoint. Moving the host to
+//! another parent (an in-place update) adds the node for the new parent, points the cache's
+//! backing at it with `blockdev-reopen` (QEMU drains the cache first: reads in flight finish
+//! on the old parent, later ones go to the new one; the cache keeps every block), then
+//! removes the old node. Each step can be repeated, so a run killed half-way is finished by
+//! the next one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,13 +16,17 @@ use serde_json::{json, Value};
 use super::{args, QemuStack, COMMAND_TIMEOUT, QMP_TIMEOUT, READ_TIMEOUT};
 use crate::backend::qmp::{Qmp, QmpError};
 use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
-use crate::resource::{Addr, Desired, Kind, TargetAttrs};
+use crate::resource::{Addr, Desired, Kind, SessionAttrs, TargetAttrs};
 
 /// Node names inside a relay.
 const IMAGE_FILE: &str = "image-file";
 const IMAGE: &str = "image";
+/// Session nodes are `session-<hash of the parent's endpoint>`; relays made before in-place
+/// moves have one named just `session`.
 const SESSION: &str = "session";
 const CACHE: &str = "cache";
+/// The cache's qcow2 file node (relays made before had an anonymous one).
+const CACHE_FILE: &str = "cache-file";
 const COR: &str = "cor";
 /// Export ids (and the local export's NBD name).
 const TARGET_EXPORT: &str = "target";
@@ -240,7 +251,7 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
         return Ok(None);
     };
     let present = match t.desired {
-        Desired::Session(_) => node(&nodes(&mut qmp)?, SESSION).is_some(),
+        Desired::Session(s) => session_to(&nodes(&mut qmp)?, &endpoint(s)).is_some(),
         Desired::Cache(_) => {
             node(&nodes(&mut qmp)?, COR).is_some()
                 && exports(&mut qmp)?.iter().any(|e| e == LOCAL_EXPORT)
@@ -270,6 +281,7 @@ fn observed(relay: &Relay<'_>, t: Target<'_>) -> Observed {
                 "parent_uri".into(),
                 uri(&s.parent_address, s.parent_port, &t.addr.image).into(),
             );
+            o.insert("node".into(), session_node(&endpoint(s)).into());
         }
         _ => {}
     }
@@ -358,36 +370,15 @@ fn build(
             start_server(qmp, host, address, *port)?;
             add_export(qmp, TARGET_EXPORT, COR, image)
         }
-        Desired::Session(s) => {
-            let present = nodes(qmp)?;
-            let want = format!("{}:{}", s.parent_address, s.parent_port);
-            if let Some(n) = node(&present, SESSION) {
-                let file = n["file"].as_str().unwrap_or_default();
-                if file.contains(&want) {
-                    return Ok(());
-                }
-                del_node(qmp, SESSION)?;
-            }
-            qmp.execute(
-                "blockdev-add",
-                json!({ "driver": "nbd", "node-name": SESSION, "read-only": true,
-                        "export": image,
-                        "server": { "type": "inet", "host": s.parent_address,
-                                    "port": s.parent_port.to_string() } }),
-            )
-            .map_err(|e| {
-                BackendError::new(format!(
-                    "on host {host}: cannot connect to {}'s export at {want}: {e}",
-                    s.parent
-                ))
-            })?;
-            Ok(())
-        }
+        Desired::Session(s) => attach_session(relay, qmp, image, s),
         Desired::Cache(c) => {
             let present = nodes(qmp)?;
             if node(&present, COR).is_none() {
                 let lv = dep_attr(deps, Kind::Lv, "path")?;
-                let session = node(&present, SESSION).ok_or_else(|| {
+                let name = crate::backend::dep_value(deps, Kind::Session, "node")
+                    .and_then(Value::as_str)
+                    .unwrap_or(SESSION);
+                let session = node(&present, name).ok_or_else(|| {
                     BackendError::new(format!(
                         "on host {host}: the relay has no session to cache; it was removed outside vmthunder (run `vmthunder apply` to rebuild it)"
                     ))
@@ -397,8 +388,9 @@ fn build(
                     format_cache(relay, lv, size)?;
                     qmp.execute(
                         "blockdev-add",
-                        json!({ "driver": "qcow2", "node-name": CACHE, "backing": SESSION,
-                                "file": { "driver": "file", "filename": lv } }),
+                        json!({ "driver": "qcow2", "node-name": CACHE, "backing": name,
+                                "file": { "driver": "file", "node-name": CACHE_FILE,
+                                          "filename": lv } }),
                     )?;
                 }
                 qmp.execute(
@@ -411,6 +403,147 @@ fn build(
         }
         _ => unreachable!("relay kinds only"),
     }
+}
+
+/// `address:port` of a session's parent export.
+fn endpoint(s: &SessionAttrs) -> String {
+    format!("{}:{}", s.parent_address, s.parent_port)
+}
+
+/// The node name of the session to `endpoint`: short, stable, and a valid QEMU node name.
+fn session_node(endpoint: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(endpoint.as_bytes());
+    let hex: String = h[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SESSION}-{hex}")
+}
+
+/// The names of every session node in the relay (old-style `session` included).
+fn session_nodes(present: &[Value]) -> Vec<String> {
+    present
+        .iter()
+        .filter(|n| n["drv"] == "nbd")
+        .filter_map(|n| n["node-name"].as_str())
+        .filter(|name| *name == SESSION || name.starts_with("session-"))
+        .map(String::from)
+        .collect()
+}
+
+/// The session node connected to `endpoint`, if there is one.
+fn session_to(present: &[Value], endpoint: &str) -> Option<String> {
+    session_nodes(present).into_iter().find(|name| {
+        node(present, name)
+            .and_then(|n| n["file"].as_str())
+            .and_then(backing_endpoint)
+            .is_some_and(|e| e == endpoint)
+    })
+}
+
+/// Makes the relay's session the one to `s`'s parent: connects it (or adopts the node a
+/// killed run left), moves the cache onto it if there is a cache, and removes every other
+/// session node. Both the create and the in-place move of a session.
+fn attach_session(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    image: &str,
+    s: &SessionAttrs,
+) -> Result<(), BackendError> {
+    let host = relay.host;
+    let want = endpoint(s);
+    let present = nodes(qmp)?;
+    let name = match session_to(&present, &want) {
+        Some(name) => name,
+        None => {
+            let name = session_node(&want);
+            // A node of that name to somewhere else cannot be: the name is the endpoint's.
+            qmp.execute(
+                "blockdev-add",
+                json!({ "driver": "nbd", "node-name": name, "read-only": true,
+                        "export": image,
+                        "server": { "type": "inet", "host": s.parent_address,
+                                    "port": s.parent_port.to_string() } }),
+            )
+            .map_err(|e| {
+                BackendError::new(format!(
+                    "on host {host}: cannot connect to {}'s export at {want}: {e}",
+                    s.parent
+                ))
+            })?;
+            name
+        }
+    };
+    let present = nodes(qmp)?;
+    if let Some(cache) = node(&present, CACHE) {
+        if cache["backing_file"].as_str().map(backing_endpoint) != Some(Some(want.clone())) {
+            let file = cache_file_node(&present).ok_or_else(|| {
+                BackendError::new(format!(
+                    "on host {host}: the relay's cache has no file node to keep"
+                ))
+            })?;
+            qmp.execute(
+                "blockdev-reopen",
+                json!({ "options": [{ "driver": "qcow2", "node-name": CACHE, "file": file,
+                                       "backing": name }] }),
+            )
+            .map_err(|e| {
+                BackendError::new(format!(
+                    "on host {host}: cannot move the cache onto {}'s export at {want}: {e}",
+                    s.parent
+                ))
+            })?;
+        }
+    }
+    for other in session_nodes(&nodes(qmp)?) {
+        if other != name {
+            del_node(qmp, &other)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `address:port` in a backing file name like `nbd://10.0.0.1:10809/base`.
+fn backing_endpoint(backing: &str) -> Option<String> {
+    let rest = backing.strip_prefix("nbd://")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    Some(rest[..end].trim_start_matches('[').replace("]:", ":"))
+}
+
+/// The name of the cache's qcow2 file node: `cache-file`, or the anonymous node of a relay
+/// made before it was named.
+fn cache_file_node(present: &[Value]) -> Option<String> {
+    if node(present, CACHE_FILE).is_some() {
+        return Some(CACHE_FILE.into());
+    }
+    // The only other file node of a relay is the source's image.
+    node(present, CACHE)?;
+    present
+        .iter()
+        .find(|n| n["drv"] == "file" && n["node-name"] != IMAGE_FILE)
+        .and_then(|n| n["node-name"].as_str().map(String::from))
+}
+
+/// Moves a relay's session to another parent in place (see the module's documentation).
+pub(super) fn update(
+    stack: &QemuStack,
+    t: Target<'_>,
+    observed: &Observed,
+) -> Result<Observed, BackendError> {
+    let Desired::Session(s) = t.desired else {
+        unreachable!("only sessions update in place")
+    };
+    let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
+    let lock = stack.relay_lock(&relay.dir);
+    let _g = lock.lock().expect("relay lock");
+    let mut qmp = relay.running()?.ok_or_else(|| {
+        BackendError::new(format!(
+            "on host {}: the relay of image {} is not running; run `vmthunder apply` again to rebuild it",
+            t.addr.host, t.addr.image
+        ))
+    })?;
+    attach_session(&relay, &mut qmp, &t.addr.image, s)?;
+    let mut o = observed.clone();
+    o.extend(self::observed(&relay, t));
+    Ok(o)
 }
 
 /// Makes the cache `lv` a qcow2 of the image's size with no backing file of its own (the
@@ -457,11 +590,17 @@ fn teardown(
             del_node(qmp, IMAGE_FILE)?;
         }
         Desired::Target(TargetAttrs::Cache { .. }) => remove_export(qmp, TARGET_EXPORT)?,
-        Desired::Session(_) => del_node(qmp, SESSION)?,
+        Desired::Session(_) => {
+            for name in session_nodes(&nodes(qmp)?) {
+                del_node(qmp, &name)?;
+            }
+        }
         Desired::Cache(_) => {
             remove_export(qmp, LOCAL_EXPORT)?;
             del_node(qmp, COR)?;
-            let file = node(&nodes(qmp)?, CACHE).and_then(|n| n["file"].as_str().map(String::from));
+            let present = nodes(qmp)?;
+            let file = cache_file_node(&present)
+                .and_then(|f| node(&present, &f).and_then(|n| n["file"].as_str().map(String::from)));
             del_node(qmp, CACHE)?;
             // The cached blocks go with the cache: the lv is plain space again.
             if let (Some(lv), Some(len)) = (file.filter(|f| f.starts_with('/')), lv_size) {
