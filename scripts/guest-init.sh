@@ -15,6 +15,16 @@
 # address on a cluster network, vmthunder's `{address}`; the READY line then says ip=A.B.C.D/P,
 # and the guest answers ping there).
 #
+# Churn mode (vmthunder.churn=1, used by tests/tree.rs): instead of the above, the guest prints
+# VMTHUNDER-CHURNING name=<name> chunks=<n> and then loops for ever, pausing ~0.1 s per turn: it
+# reads the next 64 KiB of /dev/vda (all but its last MiB, which it has not read before, so the
+# read goes through the tree), writes a 4 KiB record "churn <name> <turn>" into one of 256 slots
+# of the last MiB, and every 16 turns drops its page cache and reads those 16 records back from
+# the device. Every 64 turns it prints
+#   VMTHUNDER-CHURN name=<name> turn=<k> errors=<e> kernel_errors=<k>
+# where errors counts failed reads, writes and records that read back wrong, and kernel_errors
+# the kernel's "I/O error" lines; each failure also prints VMTHUNDER-IOERROR name= op= turn=.
+#
 # Benchmark mode (vmthunder.read_mib=N, used by benches/provision.rs): instead of the above, the
 # guest prints VMTHUNDER-WAITING name=<name>, waits until its NIC's link goes down (the host
 # says "go" with QMP `set_link`; vmthunder.go=now skips the wait), reads the first N MiB of
@@ -35,6 +45,7 @@ verbose=0
 read_mib=
 ip=
 go=link-down
+churn=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmthunder.name=*) name=${arg#vmthunder.name=} ;;
@@ -42,6 +53,7 @@ for arg in $(cat /proc/cmdline); do
         vmthunder.read_mib=*) read_mib=${arg#vmthunder.read_mib=} ;;
         vmthunder.go=now) go=now ;;
         vmthunder.ip=*) ip=${arg#vmthunder.ip=} ;;
+        vmthunder.churn=1) churn=1 ;;
     esac
 done
 # Keep the kernel's own messages off the console so our lines stay whole
@@ -121,6 +133,44 @@ fi
 sectors=$(cat /sys/block/vda/size 2>/dev/null) || fail no-disk-size
 bytes=$((sectors * 512))
 [ "$bytes" -ge 4096 ] || fail disk-too-small
+
+if [ -n "$churn" ]; then
+    [ "$bytes" -ge 2097152 ] || fail disk-too-small
+    mkfifo /tmp/nap && exec 3<>/tmp/nap || fail nap
+    nap() { read -r -t 0.1 -u 3 _; }
+    chunks=$(((bytes - 1048576) / 65536))
+    first=$(((bytes - 1048576) / 4096))
+    record() { { printf 'churn %s %08d\n' "$name" "$1"; head -c 4096 /dev/zero; } | head -c 4096; }
+    errors=0
+    ioerror() { errors=$((errors + 1)); echo "VMTHUNDER-IOERROR name=$name op=$1 turn=$2"; }
+    echo
+    echo "VMTHUNDER-CHURNING name=$name chunks=$chunks"
+    k=0
+    while :; do
+        dd if=/dev/vda of=/dev/null bs=65536 skip=$((k % chunks)) count=1 2>/dev/null \
+            || ioerror read $k
+        record $k > /tmp/rec
+        dd if=/tmp/rec of=/dev/vda bs=4096 seek=$((first + k % 256)) count=1 \
+            conv=notrunc,fsync 2>/dev/null || ioerror write $k
+        if [ $((k % 16)) -eq 15 ]; then
+            echo 3 > /proc/sys/vm/drop_caches
+            j=$((k - 15))
+            while [ $j -le $k ]; do
+                record $j > /tmp/want
+                dd if=/dev/vda of=/tmp/got bs=4096 skip=$((first + j % 256)) count=1 \
+                    2>/dev/null || ioerror reread $j
+                cmp -s /tmp/want /tmp/got || ioerror verify $j
+                j=$((j + 1))
+            done
+        fi
+        if [ $((k % 64)) -eq 63 ]; then
+            kerr=$(dmesg | grep -c 'I/O error')
+            echo "VMTHUNDER-CHURN name=$name turn=$k errors=$errors kernel_errors=$kerr"
+        fi
+        k=$((k + 1))
+        nap
+    done
+fi
 
 sum=$(sha256sum /dev/vda) || fail disk-read
 sum=${sum%% *}

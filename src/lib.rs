@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod cloudinit;
 pub mod dag;
+pub mod failpoint;
 pub mod forecast;
 pub mod graph;
 pub mod identity;

@@ -472,6 +472,7 @@ fn attach_session(
             name
         }
     };
+    crate::failpoint::hit("session-attached");
     let present = nodes(qmp)?;
     if let Some(cache) = node(&present, CACHE) {
         if cache["backing_file"].as_str().map(backing_endpoint) != Some(Some(want.clone())) {
