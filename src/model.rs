@@ -246,7 +246,7 @@ pub fn image_tree<'s>(
         .collect();
     let index = placement::index(&image.source_host, &members);
     let recorded = placement.and_then(|p| p.get(&image.name));
-    let tree = placement::place(members.len(), degree, |i| {
+    let tree = placement::place(members.len(), &placement::Options::fixed(degree), |i| {
         recorded
             .and_then(|r| r.get(names[i as usize]))
             .and_then(|p| index.get(p.as_str()).copied())
@@ -359,7 +359,7 @@ mod tests {
     fn star_shares_the_source_and_chains_pay_per_hop() {
         let w = 100e6;
         // Star of 4: the source's uplink is split four ways.
-        let star = placement::place(4, 4, |_| None);
+        let star = placement::place(4, &placement::Options::fixed(4), |_| None);
         let r = read_secs(&star, w, &link());
         assert_eq!(r[0], 0.0);
         for &s in &r[1..] {
@@ -367,14 +367,14 @@ mod tests {
         }
         assert!((lower_bound(&star, w, &link()) - 4.0).abs() < 1e-9);
         // Chain of 4: full rate, one request's store-and-forward per hop.
-        let chain = placement::place(4, 1, |_| None);
+        let chain = placement::place(4, &placement::Options::fixed(1), |_| None);
         let r = read_secs(&chain, w, &link());
         for (d, s) in r.iter().enumerate().skip(1) {
             assert!((s - (1.0 + d as f64 * 0.01)).abs() < 1e-9, "{s}");
         }
         assert!((lower_bound(&chain, w, &link()) - 1.0).abs() < 1e-9);
         // Binary tree of 6: depth 1 and 2, every parent split two ways.
-        let bin = placement::place(6, 2, |_| None);
+        let bin = placement::place(6, &placement::Options::fixed(2), |_| None);
         let r = read_secs(&bin, w, &link());
         assert!((r[1] - (2.0 + 0.02)).abs() < 1e-9);
         assert!((r[6] - (2.0 + 0.04)).abs() < 1e-9);
@@ -385,7 +385,13 @@ mod tests {
     #[test]
     fn a_child_is_never_faster_than_its_parent() {
         // source -> 1 -> {2, 3, 4}: host 1 gets the full rate, its children a third each.
-        let t = placement::place(4, 3, |i| if i == 1 { Some(0) } else { Some(1) });
+        let t = placement::place(4, &placement::Options::fixed(3), |i| {
+            if i == 1 {
+                Some(0)
+            } else {
+                Some(1)
+            }
+        });
         let r = read_secs(&t, 90e6, &link());
         assert!((r[1] - (0.9 + 0.01)).abs() < 1e-9, "{}", r[1]);
         for &s in &r[2..] {
