@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::health::Health;
 use crate::identity::{self, clone_key, mac_candidate, Pool};
 use crate::model;
 use crate::resource::{
@@ -188,6 +189,13 @@ impl Graph {
     /// Expands `spec` into resources. `prior` supplies the recorded placement (kept where
     /// still valid) and the recorded MACs of existing clones (kept unless they now collide).
     pub fn build(spec: &Spec, prior: &State) -> Result<Graph, GraphError> {
+        Graph::build_with(spec, prior, &Health::default())
+    }
+
+    /// [`Graph::build`], placing the children of hosts that `health` says cannot serve them
+    /// elsewhere (`tree.repair: "auto"`). A host that does not answer keeps its recorded
+    /// export, so that nothing is planned on it.
+    pub fn build_with(spec: &Spec, prior: &State, health: &Health) -> Result<Graph, GraphError> {
         let mut g = Graph::default();
         let mut domains: Vec<u32> = Vec::new();
         let mut seeds: Vec<(u32, u32)> = Vec::new();
@@ -196,7 +204,9 @@ impl Graph {
         let networks = g.push_networks(spec)?;
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
-            let (hosts, tree) = model::image_tree(spec, image, degree, Some(&prior.placement));
+            let (hosts, tree) =
+                model::image_tree_with(spec, image, degree, Some(&prior.placement), Some(health));
+            let recorded = prior.placement.get(&image.name);
             let names: Vec<Arc<str>> = hosts.iter().map(|&h| Arc::<str>::from(h)).collect();
             let clones = spec.clones_per_host(image);
             let mut target_of: Vec<u32> = vec![u32::MAX; names.len()];
@@ -204,7 +214,13 @@ impl Graph {
 
             for &node in &tree.order {
                 let host = &names[node as usize];
-                let has_children = !tree.children[node as usize].is_empty();
+                let keeps_export = || {
+                    health.unreachable(host)
+                        && prior
+                            .get(&Addr::new(Kind::Target, host, &img, None))
+                            .is_some()
+                };
+                let has_children = !tree.children[node as usize].is_empty() || keeps_export();
                 let (address, port) = endpoints.of(host, image_index);
                 let Some(parent) = tree.parent[node as usize] else {
                     target_of[0] = g.push(
@@ -223,6 +239,16 @@ impl Graph {
                 };
                 let parent_name = &names[parent as usize];
                 parents.insert(host.to_string(), parent_name.to_string());
+                if let Some(old) = recorded.and_then(|r| r.get(&**host)) {
+                    if old.as_str() != &**parent_name {
+                        if let Some(why) = health.why(old, &image.name) {
+                            g.repairs.insert(
+                                Addr::new(Kind::Session, host, &img, None),
+                                (old.clone(), why.to_string()),
+                            );
+                        }
+                    }
+                }
                 let lv = g.push(
                     Addr::new(Kind::Lv, host, &img, None),
                     Desired::Lv(LvAttrs {

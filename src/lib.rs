@@ -11,6 +11,7 @@ pub mod dag;
 pub mod failpoint;
 pub mod forecast;
 pub mod graph;
+pub mod health;
 pub mod identity;
 pub mod model;
 pub mod paint;

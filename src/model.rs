@@ -240,13 +240,34 @@ pub fn image_tree<'s>(
     degree: u32,
     placement: Option<&Placement>,
 ) -> (Vec<&'s str>, Tree) {
+    image_tree_with(spec, image, degree, placement, None)
+}
+
+/// [`image_tree`], with hosts that `health` says cannot serve children left without any
+/// (`tree.repair: "auto"`). Under `degree: "auto"` recorded parents keep their children
+/// although the chosen degree moved.
+pub fn image_tree_with<'s>(
+    spec: &'s Spec,
+    image: &'s crate::spec::Image,
+    degree: u32,
+    placement: Option<&Placement>,
+    health: Option<&crate::health::Health>,
+) -> (Vec<&'s str>, Tree) {
     let members = spec.image_hosts(image);
     let names: Vec<&str> = std::iter::once(image.source_host.as_str())
         .chain(members.iter().copied())
         .collect();
     let index = placement::index(&image.source_host, &members);
     let recorded = placement.and_then(|p| p.get(&image.name));
-    let tree = placement::place(members.len(), &placement::Options::fixed(degree), |i| {
+    let health = health.filter(|_| spec.tree.repair == crate::spec::Repair::Auto);
+    let unhealthy =
+        |i: u32| health.is_some_and(|h| h.why(names[i as usize], &image.name).is_some());
+    let opts = placement::Options {
+        keep_recorded: matches!(spec.tree.degree, crate::spec::Degree::Auto(_)),
+        unhealthy: &unhealthy,
+        ..placement::Options::fixed(degree)
+    };
+    let tree = placement::place(members.len(), &opts, |i| {
         recorded
             .and_then(|r| r.get(names[i as usize]))
             .and_then(|p| index.get(p.as_str()).copied())

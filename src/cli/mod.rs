@@ -683,7 +683,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
             0
         });
     }
-    let graph = Graph::build(&spec, &state)?;
+    let graph = Graph::build_with(&spec, &state, &crate::health::Health::from_refresh(&drift))?;
     let opts = plan::Options {
         mode: Some(if args.destroy {
             Mode::Destroy

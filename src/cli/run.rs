@@ -82,7 +82,8 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 replace,
                 prevent_destroy: spec.clones.prevent_destroy,
             };
-            let plan = make_plan(&spec, &state, &opts)?;
+            let health = crate::health::Health::from_refresh(&drift);
+            let plan = make_plan(&spec, &state, &opts, &health)?;
             execute(&spec, plan, &mut state, &path, &args.run, color, false)
         }
     }
@@ -101,7 +102,7 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
         replace: Vec::new(),
         prevent_destroy: false,
     };
-    let plan = make_plan(&spec, &state, &opts)?;
+    let plan = make_plan(&spec, &state, &opts, &Default::default())?;
     execute(&spec, plan, &mut state, &path, &args.run, color, false)
 }
 
@@ -168,8 +169,13 @@ fn record_drift(
     Ok(0)
 }
 
-fn make_plan(spec: &Spec, state: &State, opts: &plan::Options) -> Result<Plan, Failure> {
-    let graph = Graph::build(spec, state)?;
+fn make_plan(
+    spec: &Spec,
+    state: &State,
+    opts: &plan::Options,
+    health: &crate::health::Health,
+) -> Result<Plan, Failure> {
+    let graph = Graph::build_with(spec, state, health)?;
     let plan = plan::diff(graph, state, opts, Some(spec.digest()))?;
     OpGraph::build(&plan).order(&plan)?;
     Ok(plan)

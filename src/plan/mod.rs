@@ -395,7 +395,9 @@ pub fn diff(
                         .deps
                         .iter()
                         .copied()
-                        .filter(|&d| matches!(actions[d as usize], Action::Create | Action::Replace))
+                        .filter(|&d| {
+                            matches!(actions[d as usize], Action::Create | Action::Replace)
+                        })
                         .filter(|&d| rec.deps.contains(&addrs[d as usize]))
                         .collect();
                     let stuck = rebuilt.iter().copied().find(|&d| {

@@ -142,7 +142,10 @@ impl OpGraph {
             }
         }
         for c in &plan.changes {
-            if let Some(&create) = create_of.get(&c.addr).filter(|_| c.action != Action::Update) {
+            if let Some(&create) = create_of
+                .get(&c.addr)
+                .filter(|_| c.action != Action::Update)
+            {
                 if let Some(&del) = delete_of.get(&c.addr) {
                     before[create as usize].push(del);
                 }

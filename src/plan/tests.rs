@@ -1390,3 +1390,203 @@ fn updates_render_with_a_tilde_and_count_as_changes() {
     assert_eq!(change["reason"], "update_in_place");
     assert_eq!(doc["summary"]["change"], 1);
 }
+
+fn refreshed(state: &State, findings: &[(&str, crate::refresh::Finding)]) -> (State, Health) {
+    let mut s = state.clone();
+    let mut r = crate::refresh::Refreshed::default();
+    for (addr, f) in findings {
+        let a: Addr = addr.parse().unwrap();
+        if *f == crate::refresh::Finding::Gone {
+            let i = s.position(&a).unwrap();
+            s.resources[i as usize].status = Status::Missing;
+        }
+        r.drift.push(crate::refresh::Drift {
+            addr: a,
+            finding: f.clone(),
+        });
+    }
+    (s, Health::from_refresh(&r))
+}
+
+use crate::health::Health;
+
+#[test]
+fn a_dead_relay_moves_its_children_in_place_and_keeps_its_own_clones() {
+    use crate::refresh::Finding;
+    // src -> {a, b}; a -> {c, d}; b -> {e}.
+    let s = spec(&["a", "b", "c", "d", "e"], 2, 1);
+    let state = applied(&s);
+    assert_eq!(parents(&state)["c"], "a");
+    // a's relay was killed: its session, cache and export are gone; its clone's disk is not.
+    let (dead, health) = refreshed(
+        &state,
+        &[
+            ("session.a.base", Finding::Gone),
+            ("cache.a.base", Finding::Gone),
+            ("target.a.base", Finding::Gone),
+        ],
+    );
+    let mut paused = dead.clone();
+    for d in ["domain.c.base.0", "domain.d.base.0", "domain.a.base.0"] {
+        let i = paused.position(&d.parse().unwrap()).unwrap();
+        paused.resources[i as usize]
+            .observed
+            .insert("status".into(), PAUSED_ON_IO_ERROR.into());
+    }
+    let p = diff(
+        Graph::build_with(&s, &paused, &health).unwrap(),
+        &paused,
+        &Options::default(),
+        None,
+    )
+    .unwrap();
+    OpGraph::build(&p).order(&p).unwrap();
+    assert_eq!(
+        actions(&p),
+        [
+            ("cache.a.base".to_string(), Action::Replace),
+            ("domain.a.base.0".to_string(), Action::Update),
+            ("domain.c.base.0".to_string(), Action::Update),
+            ("domain.d.base.0".to_string(), Action::Update),
+            ("session.a.base".to_string(), Action::Replace),
+            ("session.c.base".to_string(), Action::Update),
+            ("session.d.base".to_string(), Action::Update),
+            ("snapshot.a.base.0".to_string(), Action::Update),
+            ("target.a.base".to_string(), Action::Delete),
+            ("target.e.base".to_string(), Action::Create),
+        ]
+    );
+    assert_eq!(p.summary().writes_destroyed, 0);
+    // Nearest ancestor first: src is full (a, b), so the shallowest healthy free slots.
+    assert_eq!(p.placement["base"]["c"], "b");
+    assert_eq!(p.placement["base"]["d"], "e");
+    let c = p
+        .changes
+        .iter()
+        .find(|c| c.addr.to_string() == "session.c.base")
+        .unwrap();
+    assert_eq!(
+        c.reason,
+        Some(Reason::Repair {
+            parent: "a".into(),
+            why: crate::health::RELAY_GONE.into()
+        })
+    );
+    let text = render(&p, RenderOptions::default());
+    assert!(
+        text.contains("# (parent a -> b: a lost its relay (its export is gone))"),
+        "{text}"
+    );
+    // Guests resume only after the moves above them; a's export goes once nobody uses it.
+    let pos = op_positions(&p);
+    let at = |k: OpKind, a: &str| pos[&(k, a.to_string())];
+    assert!(at(OpKind::Update, "session.c.base") < at(OpKind::Update, "domain.c.base.0"));
+    assert!(at(OpKind::Create, "target.e.base") < at(OpKind::Update, "session.d.base"));
+    assert!(at(OpKind::Update, "session.d.base") < at(OpKind::Delete, "target.a.base"));
+    assert!(at(OpKind::Update, "snapshot.a.base.0") < at(OpKind::Update, "domain.a.base.0"));
+    // The saved plan is the one vmthunder makes again (the refresh's findings are in it).
+    let mut saved_plan = p.clone();
+    saved_plan.spec = Some(serde_json::to_value(&s).unwrap());
+    let mut st = state.clone();
+    assert_eq!(
+        saved_plan
+            .verify_saved(&s, &mut st)
+            .map_err(|e| e.to_string()),
+        Ok(())
+    );
+    // Applied, the next plan (all healthy again) changes nothing: a is a leaf now.
+    let after = p.applied(&paused);
+    assert!(
+        !plan(&s, &after).has_changes(),
+        "{:?}",
+        actions(&plan(&s, &after))
+    );
+    // With tree.repair off nothing moves.
+    let mut off = s.clone();
+    off.tree.repair = crate::spec::Repair::Off;
+    let p = diff(
+        Graph::build_with(&off, &dead, &health).unwrap(),
+        &dead,
+        &Options::default(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        p.changes.iter().all(|c| &*c.addr.host == "a"
+            || c.action == Action::NoOp
+            || c.action == Action::Update),
+        "{:?}",
+        actions(&p)
+    );
+    assert_eq!(p.placement["base"]["c"], "a");
+}
+
+#[test]
+fn nothing_is_planned_on_a_host_that_does_not_answer() {
+    use crate::refresh::Finding;
+    let s = spec(&["a", "b", "c", "d", "e"], 2, 1);
+    let state = applied(&s);
+    let (st, health) = refreshed(
+        &state,
+        &[("domain.a.base.0", Finding::Unknown("timed out".into()))],
+    );
+    let p = diff(
+        Graph::build_with(&s, &st, &health).unwrap(),
+        &st,
+        &Options::default(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        p.changes
+            .iter()
+            .all(|c| &*c.addr.host != "a" || c.action == Action::NoOp),
+        "{:?}",
+        actions(&p)
+    );
+    let moved: Vec<_> = actions(&p)
+        .into_iter()
+        .filter(|(_, a)| *a == Action::Update)
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            ("session.c.base".to_string(), Action::Update),
+            ("session.d.base".to_string(), Action::Update)
+        ]
+    );
+    let text = render(&p, RenderOptions::default());
+    assert!(
+        text.contains("(parent a -> b: a does not answer)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn auto_degree_never_moves_placed_hosts() {
+    let hosts: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+    let names = |k: usize| hosts[..k].iter().map(String::as_str).collect::<Vec<_>>();
+    let auto = |k: usize| {
+        spec_with(
+            &names(k),
+            2,
+            1,
+            serde_json::json!({"tree": {"degree": "auto"},
+                "estimate": {"link_rate": "100mbit", "working_set": "64MiB"}}),
+        )
+    };
+    let small = auto(4);
+    let state = applied(&small);
+    let before = crate::model::degree(&small);
+    let big = auto(40);
+    assert_ne!(
+        before,
+        crate::model::degree(&big),
+        "the chosen degree moves"
+    );
+    let p = plan(&big, &state);
+    for (h, parent) in parents(&state) {
+        assert_eq!(p.placement["base"][&h], parent, "{h} moved");
+    }
+    assert!(p.changes.iter().all(|c| c.action != Action::Update));
+}

@@ -316,7 +316,12 @@ fn made_again(plan: &Plan, spec: &Spec, state: &mut State, problems: &mut Proble
         .iter()
         .filter(|c| c.reason == Some(Reason::PausedOnIoError))
         .filter_map(|c| state.position(&c.addr))
-        .map(|i| (i, state.resources[i as usize].observed.get("status").cloned()))
+        .map(|i| {
+            (
+                i,
+                state.resources[i as usize].observed.get("status").cloned(),
+            )
+        })
         .collect();
     for &i in &vanished {
         state.resources[i as usize].status = Status::Missing;
@@ -359,7 +364,8 @@ fn make(plan: &Plan, spec: &Spec, state: &State) -> Result<Plan, String> {
     // A destroy plan deletes what is recorded: it needs no graph.
     let graph = match plan.mode {
         Mode::Destroy => Graph::default(),
-        Mode::Normal => Graph::build(spec, state).map_err(|e| e.to_string())?,
+        Mode::Normal => Graph::build_with(spec, state, &crate::health::Health::from_plan(plan))
+            .map_err(|e| e.to_string())?,
     };
     diff(graph, state, &opts, plan.spec_digest.clone()).map_err(|e| e.to_string())
 }

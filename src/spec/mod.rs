@@ -431,8 +431,25 @@ pub struct Network {
 pub struct Tree {
     /// Children per node of the distribution tree (1 = chain; the source serves at most this
     /// many hosts), or "auto": the degree the model (`estimate`) finds fastest.
+    /// With "auto", placed hosts keep their parents when the chosen degree changes (only
+    /// new hosts follow it); give a number to re-place them at that degree, in place.
     #[serde(default = "Tree::default_degree")]
     pub degree: Degree,
+    /// "auto" (default): when a refresh finds a host's relay gone or the host not answering,
+    /// the plan moves its children in place to a healthy host with a free slot, nearest
+    /// ancestor first, and resumes the guests that paused on the failed reads. "off": plan
+    /// nothing for it (its subtree waits until it is back).
+    #[serde(default)]
+    pub repair: Repair,
+}
+
+/// `tree.repair`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Repair {
+    #[default]
+    Auto,
+    Off,
 }
 
 /// A tree degree: a number, or "auto".
@@ -512,6 +529,7 @@ impl Default for Tree {
     fn default() -> Self {
         Tree {
             degree: Tree::default_degree(),
+            repair: Repair::Auto,
         }
     }
 }

@@ -150,9 +150,9 @@ pub(super) fn update_snapshot(
     let path = snapshot_path(stack, t.addr);
     let backing = dep_attr(deps, Kind::Cache, "uri")?;
     let i = info(stack, host, &path.to_string_lossy())?;
-    let fits = i.as_ref().is_some_and(|i| {
-        i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing)
-    });
+    let fits = i
+        .as_ref()
+        .is_some_and(|i| i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing));
     if !fits {
         return Err(BackendError::new(format!(
             "on host {host}: the disk of {} (`{}`) is not a qcow2 overlay of {backing}; it was left untouched (it holds the clone's writes): inspect it, then `vmthunder apply --replace {}` to start the clone afresh",

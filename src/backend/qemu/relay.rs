@@ -600,8 +600,9 @@ fn teardown(
             remove_export(qmp, LOCAL_EXPORT)?;
             del_node(qmp, COR)?;
             let present = nodes(qmp)?;
-            let file = cache_file_node(&present)
-                .and_then(|f| node(&present, &f).and_then(|n| n["file"].as_str().map(String::from)));
+            let file = cache_file_node(&present).and_then(|f| {
+                node(&present, &f).and_then(|n| n["file"].as_str().map(String::from))
+            });
             del_node(qmp, CACHE)?;
             // The cached blocks go with the cache: the lv is plain space again.
             if let (Some(lv), Some(len)) = (file.filter(|f| f.starts_with('/')), lv_size) {
