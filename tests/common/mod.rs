@@ -66,6 +66,13 @@ impl Cluster {
         self.command(timeout, args)
     }
 
+    /// `run` with extra environment variables.
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmthunder"));
+        cmd.envs(env.iter().copied());
+        self.command(cmd, args)
+    }
+
     fn command(&self, mut cmd: Command, args: &[&str]) -> Output {
         let out = cmd
             .args(args)
