@@ -215,7 +215,7 @@ impl Graph {
             for &node in &tree.order {
                 let host = &names[node as usize];
                 let keeps_export = || {
-                    health.unreachable(host)
+                    health.unreachable(host, &img)
                         && prior
                             .get(&Addr::new(Kind::Target, host, &img, None))
                             .is_some()

@@ -1,5 +1,6 @@
-//! Which hosts can serve children, from what a refresh found: a host that does not answer,
-//! or whose relay of an image is gone (its export vanished). With `tree.repair: "auto"` the
+//! Which hosts can serve children, from what a refresh found: a host whose relay of an image
+//! does not answer (the relay hangs, or the host is unreachable), or is gone (its export
+//! vanished). With `tree.repair: "auto"` the
 //! graph places their children elsewhere, and the plan moves them in place.
 
 use rustc_hash::FxHashMap as HashMap;
@@ -14,10 +15,14 @@ pub const RELAY_GONE: &str = "lost its relay (its export is gone)";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    /// Hosts that did not answer.
-    down: HashMap<String, ()>,
+    /// (host, image) of relays that did not answer.
+    down: HashMap<(String, String), ()>,
     /// (host, image) whose export vanished.
     relays_gone: HashMap<(String, String), ()>,
+}
+
+fn relay_kind(k: Kind) -> bool {
+    matches!(k, Kind::Session | Kind::Cache | Kind::Target)
 }
 
 impl Health {
@@ -26,8 +31,9 @@ impl Health {
         let mut h = Health::default();
         for d in &r.drift {
             match &d.finding {
-                Finding::Unknown(_) => {
-                    h.down.insert(d.addr.host.to_string(), ());
+                Finding::Unknown(_) if relay_kind(d.addr.kind) => {
+                    h.down
+                        .insert((d.addr.host.to_string(), d.addr.image.to_string()), ());
                 }
                 Finding::Gone if d.addr.kind == Kind::Target => {
                     h.relays_gone
@@ -44,11 +50,11 @@ impl Health {
         let mut h = Health::default();
         for c in &plan.changes {
             if let Some(Reason::Repair { parent, why }) = &c.reason {
+                let key = (parent.clone(), c.addr.image.to_string());
                 if why == UNREACHABLE {
-                    h.down.insert(parent.clone(), ());
+                    h.down.insert(key, ());
                 } else {
-                    h.relays_gone
-                        .insert((parent.clone(), c.addr.image.to_string()), ());
+                    h.relays_gone.insert(key, ());
                 }
             }
         }
@@ -57,21 +63,20 @@ impl Health {
 
     /// Why `host` cannot serve `image` to children, if it cannot.
     pub fn why(&self, host: &str, image: &str) -> Option<&'static str> {
-        if self.down.contains_key(host) {
+        let key = (host.to_string(), image.to_string());
+        if self.down.contains_key(&key) {
             Some(UNREACHABLE)
-        } else if self
-            .relays_gone
-            .contains_key(&(host.to_string(), image.to_string()))
-        {
+        } else if self.relays_gone.contains_key(&key) {
             Some(RELAY_GONE)
         } else {
             None
         }
     }
 
-    /// Whether `host` did not answer: nothing may be planned on it.
-    pub fn unreachable(&self, host: &str) -> bool {
-        self.down.contains_key(host)
+    /// Whether `host`'s relay of `image` did not answer: nothing may be planned on it.
+    pub fn unreachable(&self, host: &str, image: &str) -> bool {
+        self.down
+            .contains_key(&(host.to_string(), image.to_string()))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -479,7 +479,7 @@ fn matching_state_plans_no_changes_and_state_reads_back() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stdout(&o).contains(&format!(
-        "Plan: 0 to add, 0 to replace, {} to destroy.",
+        "Plan: 0 to add, 0 to change, 0 to replace, {} to destroy.",
         state.len()
     )));
 }
@@ -690,7 +690,7 @@ fn state_mv_and_rm_change_only_the_state_with_a_backup() {
         &["plan", "-f", "sim0.json", "--detailed-exitcode"],
     );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stdout(&o).contains("Plan: 4 to add, 0 to replace, 0 to destroy."));
+    assert!(stdout(&o).contains("Plan: 4 to add, 0 to change, 0 to replace, 0 to destroy."));
 }
 
 #[test]

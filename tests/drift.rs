@@ -34,6 +34,10 @@ fn repaired(c: &Cluster) -> String {
     text(&out)
 }
 
+fn pid_in(file: &std::path::Path) -> String {
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
 #[test]
 fn drift_is_found_named_and_repaired() {
     // img0 -> node01, node02; node01 -> node03; one booting guest each.
@@ -59,7 +63,7 @@ fn drift_is_found_named_and_repaired() {
     let (code, shown) = plan(&c, &[]);
     assert_eq!(code, Some(2), "{shown}");
     assert!(
-        shown.contains("Plan: 0 to add, 1 to replace, 0 to destroy."),
+        shown.contains("Plan: 0 to add, 0 to change, 1 to replace, 0 to destroy."),
         "{shown}"
     );
     assert!(shown.contains("(it vanished outside vmthunder)"), "{shown}");
@@ -68,8 +72,10 @@ fn drift_is_found_named_and_repaired() {
     let applied = repaired(&c);
     assert!(applied.contains("1 replaced"), "{applied}");
 
-    // An export's daemon killed: node01's session, cache and target are gone; what is built
-    // on them (its clone, node03's whole branch) is rebuilt.
+    // An export's daemon killed: node01's session, cache and target are gone. Its relay is
+    // rebuilt under its clone (whose disk stays), and its child node03 moves in place to a
+    // healthy parent (node02: img0 is full), which starts exporting.
+    let node01_guest = pid_in(&dir("node01").join("vm-0.pid"));
     kill("-9", &dir("node01").join("relay.pid"));
     let (code, shown) = plan(&c, &[]);
     assert_eq!(code, Some(2), "{shown}");
@@ -83,9 +89,19 @@ fn drift_is_found_named_and_repaired() {
             "{gone}: {shown}"
         );
     }
-    assert!(shown.contains("session.node03.base"), "{shown}");
-    assert!(!shown.contains("node02"), "node02 is untouched: {shown}");
+    assert!(
+        shown.contains("# (parent node01 -> node02: node01 lost its relay (its export is gone))"),
+        "{shown}"
+    );
+    assert!(shown.contains("# target.node02.base will be created"), "{shown}");
+    assert!(!shown.contains("must be replaced\n  # (because it is built on cache.node01"), "{shown}");
+    assert!(!shown.contains("lose"), "no clone loses its writes: {shown}");
     repaired(&c);
+    assert_eq!(
+        pid_in(&dir("node01").join("vm-0.pid")),
+        node01_guest,
+        "node01's guest runs on"
+    );
 
     // A clone's overlay deleted: its lv and snapshot are gone.
     std::fs::remove_file(dir("node03").join("lv-cow-0.img")).unwrap();
@@ -176,7 +192,14 @@ fn drift_is_found_named_and_repaired() {
         shown.contains("could not be read; nothing is planned"),
         "{shown}"
     );
-    assert!(shown.contains("No changes."), "{shown}");
+    // Nothing is planned on node02; its child node03 (placed there by the repair above) would
+    // move to a parent that answers.
+    assert!(
+        shown.contains("# (parent node02 -> ") && shown.contains(": node02 does not answer)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("# session.node02"), "{shown}");
+    assert!(!shown.contains("# cache.node02"), "{shown}");
     assert_eq!(plan(&c, &[]).0, Some(0));
 
     destroy_leaves_nothing(&c);

@@ -231,7 +231,7 @@ pub struct SpecArg {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct OptSpecArg {
     /// The cluster spec, to find its state at state/<cluster>.json.
     #[arg(
@@ -243,7 +243,7 @@ pub struct OptSpecArg {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct StateArg {
     /// State file [default: state/<cluster>.json].
     #[arg(long = "state", value_name = "PATH")]
@@ -301,7 +301,7 @@ pub struct PlanArgs {
     pub refresh: RefreshArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RefreshArgs {
     /// Read every recorded object on its host first (in parallel) and show what changed
     /// outside vmthunder; `--refresh=false` plans from the recorded state alone.
@@ -313,7 +313,7 @@ pub struct RefreshArgs {
     pub refresh_only: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
@@ -333,7 +333,7 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ApplyArgs {
     /// A plan saved with `vmthunder plan --out FILE`; without it, apply plans from -f SPEC.
     #[arg(value_name = "PLANFILE")]
@@ -352,6 +352,11 @@ pub struct ApplyArgs {
     pub replace: Vec<String>,
     #[command(flatten)]
     pub refresh: RefreshArgs,
+    /// Keep the cluster converged: refresh, plan and apply again every DURATION (e.g. 30s),
+    /// until Ctrl-C. What a refresh finds broken (a dead relay, a host that does not answer,
+    /// guests paused on an I/O error) is repaired without a person. Needs --auto-approve.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "auto_approve", conflicts_with_all = ["plan", "refresh_only"])]
+    pub watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,9 @@ use crate::state::{journal, State};
 
 pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
     json_needs_approval(&args.run, args.plan.is_some())?;
+    if let Some(every) = args.watch {
+        return watch(args, every, color);
+    }
     let replace = args
         .replace
         .iter()
@@ -289,6 +292,45 @@ fn execute(
     } else {
         1
     })
+}
+
+/// `apply --watch`: a round of refresh, plan and apply every `every`, until interrupted.
+/// A round that fails is reported and the next one tries again; the lock is held only while
+/// a round runs, so people and CI can plan in between.
+fn watch(args: ApplyArgs, every: std::time::Duration, color: bool) -> Result<i32, Failure> {
+    let interrupt = Arc::new(Interrupt::default());
+    let signals = catch_interrupts(&interrupt)?;
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let started = std::time::SystemTime::now();
+        if !args.run.json {
+            println!(
+                "\n--- watch round {round} at {} (every {}; Ctrl-C stops) ---",
+                humantime::format_rfc3339_seconds(started),
+                humantime::format_duration(every)
+            );
+        }
+        let mut once = args.clone();
+        once.watch = None;
+        match apply(once, color) {
+            Ok(0) => {}
+            Ok(code) if interrupt.count() > 0 => {
+                signals.close();
+                return Ok(code.max(INTERRUPTED));
+            }
+            Ok(code) => eprintln!("watch round {round} ended with status {code}; trying again in {}", humantime::format_duration(every)),
+            Err(f) => eprintln!("Error: {}\nwatch round {round} failed; trying again in {}", f.message, humantime::format_duration(every)),
+        }
+        let wake = std::time::Instant::now() + every;
+        while std::time::Instant::now() < wake {
+            if interrupt.count() > 0 {
+                signals.close();
+                return Ok(INTERRUPTED);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 fn limits_of(run: &RunArgs) -> Limits {

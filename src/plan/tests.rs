@@ -1528,7 +1528,10 @@ fn nothing_is_planned_on_a_host_that_does_not_answer() {
     let state = applied(&s);
     let (st, health) = refreshed(
         &state,
-        &[("domain.a.base.0", Finding::Unknown("timed out".into()))],
+        &[
+            ("domain.a.base.0", Finding::Unknown("timed out".into())),
+            ("target.a.base", Finding::Unknown("timed out".into())),
+        ],
     );
     let p = diff(
         Graph::build_with(&s, &st, &health).unwrap(),

@@ -481,6 +481,21 @@ fn attach_session(
                     "on host {host}: the relay's cache has no file node to keep"
                 ))
             })?;
+            // The switch waits for reads in flight on the old parent. One that hangs (stopped,
+            // or its host unreachable) would hang it for ever: its connection is cut first,
+            // and what it was reading fails over to the guests' stop-on-error (a repair
+            // resumes them).
+            if let Some(old) = cache["backing_file"].as_str().and_then(backing_endpoint) {
+                if !answers(relay, &old, image) {
+                    for other in session_nodes(&present).into_iter().filter(|o| *o != name) {
+                        let _ = qmp.execute(
+                            "yank",
+                            json!({ "instances": [{ "type": "block-node",
+                                                     "node-name": other }] }),
+                        );
+                    }
+                }
+            }
             qmp.execute(
                 "blockdev-reopen",
                 json!({ "options": [{ "driver": "qcow2", "node-name": CACHE, "file": file,
@@ -500,6 +515,26 @@ fn attach_session(
         }
     }
     Ok(())
+}
+
+/// Whether the NBD export at `endpoint` completes a handshake from `relay`'s host within
+/// 3 s (a stopped relay accepts TCP connections but never answers).
+fn answers(relay: &Relay<'_>, endpoint: &str, image: &str) -> bool {
+    let (address, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, ""));
+    let port: u16 = port.parse().unwrap_or(0);
+    let argv = args(&[
+        "timeout",
+        "3",
+        "qemu-img",
+        "info",
+        "--output=json",
+        &uri(address, port, image),
+    ]);
+    relay
+        .stack
+        .transport
+        .run(relay.host, &argv, Duration::from_secs(10))
+        .is_ok()
 }
 
 /// The `address:port` in a backing file name like `nbd://10.0.0.1:10809/base`.
