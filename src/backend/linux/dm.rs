@@ -5,6 +5,9 @@
 //! read are always the same bytes, and it can be removed at any time without a flush. A
 //! snapshot is a persistent dm-snapshot over the cache device with the clone's
 //! copy-on-write volume: the clone's writes never leave its host, the image is never written.
+//! In-place updates re-point a snapshot-type device (the origin shim under a moved session's
+//! cache, a clone's snapshot over a rebuilt cache) at its new origin with suspend, reload and
+//! resume, its size and copy-on-write device kept.
 
 use super::names::{dm_name, origin_name};
 use super::{args, LinuxStack};
@@ -26,6 +29,14 @@ pub struct DmInfo {
     pub open: u32,
     /// The devices it is built on, by kernel name (`sdb`, `dm-3`).
     pub blkdevs: Vec<String>,
+}
+
+impl DmInfo {
+    /// Whether it is suspended (`s`, the third letter of `dmsetup info`'s attributes): I/O
+    /// to it waits until it is resumed.
+    pub fn suspended(&self) -> bool {
+        self.attr.as_bytes().get(2) == Some(&b's')
+    }
 }
 
 /// Every device-mapper device, one line each.
@@ -76,6 +87,131 @@ pub fn remove_argv(name: &str) -> Vec<String> {
 
 pub fn status_argv(name: &str) -> Vec<String> {
     args(&["dmsetup", "status", name])
+}
+
+/// The live table of a device, its devices as `major:minor`.
+pub fn table_argv(name: &str) -> Vec<String> {
+    args(&["dmsetup", "table", name])
+}
+
+/// Suspends a device: I/O in flight completes, new I/O waits for the resume.
+pub fn suspend_argv(name: &str) -> Vec<String> {
+    args(&["dmsetup", "suspend", name])
+}
+
+/// Loads `table` as the device's inactive table; the resume makes it live.
+pub fn reload_argv(name: &str, table: &str) -> Vec<String> {
+    args(&["dmsetup", "reload", name, "--table", table])
+}
+
+/// Resumes a device, making a reloaded table live.
+pub fn resume_argv(name: &str) -> Vec<String> {
+    args(&["dmsetup", "resume", name])
+}
+
+/// A block device's number, in hexadecimal, following links (`/dev/mapper/x`).
+pub fn devno_argv(dev: &str) -> Vec<String> {
+    args(&["stat", "-L", "-c", "%t:%T", dev])
+}
+
+/// A block device's number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Devno {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::fmt::Display for Devno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+fn devno_in(text: &str, radix: u32) -> Option<Devno> {
+    let (major, minor) = text.trim().split_once(':')?;
+    Some(Devno {
+        major: u32::from_str_radix(major, radix).ok()?,
+        minor: u32::from_str_radix(minor, radix).ok()?,
+    })
+}
+
+/// `253:3`, as device-mapper tables name devices.
+pub fn parse_devno(text: &str) -> Option<Devno> {
+    devno_in(text, 10)
+}
+
+/// `fd:3`, as [`devno_argv`] prints a device's number.
+pub fn parse_stat_devno(text: &str) -> Option<Devno> {
+    devno_in(text, 16)
+}
+
+/// The live table of a snapshot-type device (an origin shim or a clone's snapshot), from
+/// `dmsetup table`: `0 131072 snapshot 253:3 253:4 N 8`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotTable {
+    pub sectors: u64,
+    pub origin: Devno,
+    /// The copy-on-write device, as the table names it (`253:4`).
+    pub cow: String,
+    /// `P` (persistent) or `N` (transient).
+    pub persistence: String,
+    pub chunk: u32,
+}
+
+pub fn parse_snapshot_table(text: &str) -> Result<SnapshotTable, String> {
+    let bad = || format!("unexpected snapshot table {:?}", text.trim());
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let [line] = lines[..] else {
+        return Err(bad());
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let ["0", sectors, "snapshot", origin, cow, persistence, chunk] = f[..] else {
+        return Err(bad());
+    };
+    Ok(SnapshotTable {
+        sectors: sectors.parse().map_err(|_| bad())?,
+        origin: parse_devno(origin).ok_or_else(bad)?,
+        cow: cow.to_string(),
+        persistence: persistence.to_string(),
+        chunk: chunk.parse().map_err(|_| bad())?,
+    })
+}
+
+/// What re-pointing a snapshot-type device at another origin still needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retarget {
+    /// Already over the origin, and live.
+    Keep,
+    /// Already over the origin, but left suspended (a run killed after its reload).
+    Resume,
+    /// Its table over the origin to load, after suspending it unless it already is.
+    Reload { suspend: bool },
+}
+
+/// The steps left to put a device whose live table is `live` over `origin` of
+/// `origin_sectors`: refused (both sizes named) when the origin is not the size it maps.
+pub fn retarget_step(
+    live: &SnapshotTable,
+    suspended: bool,
+    origin: Devno,
+    origin_sectors: u64,
+) -> Result<Retarget, String> {
+    if live.origin == origin {
+        return Ok(if suspended {
+            Retarget::Resume
+        } else {
+            Retarget::Keep
+        });
+    }
+    if live.sectors != origin_sectors {
+        return Err(format!(
+            "it maps {} sectors and the new origin {origin} has {origin_sectors}",
+            live.sectors
+        ));
+    }
+    Ok(Retarget::Reload {
+        suspend: !suspended,
+    })
 }
 
 /// A writethrough dm-cache table over `origin` of `sectors`.
@@ -224,6 +360,55 @@ impl LinuxStack {
     fn status_line(&self, host: &str, name: &str) -> Result<String, BackendError> {
         self.run(host, &status_argv(name))
     }
+
+    fn devno(&self, host: &str, dev: &str) -> Result<Devno, BackendError> {
+        let out = self.run(host, &devno_argv(dev))?;
+        parse_stat_devno(&out).ok_or_else(|| {
+            BackendError::new(format!(
+                "on host {host}: `stat -L -c %t:%T {dev}` printed {out:?}, not a device number"
+            ))
+        })
+    }
+
+    /// Re-points `dev`, a snapshot-type device of `addr`, at `origin`, keeping its size and
+    /// its copy-on-write device: suspend, reload with `table_of(sectors, origin, cow)`,
+    /// resume. Each step is skipped when what it makes is already there.
+    fn retarget(
+        &self,
+        addr: &Addr,
+        dev: &DmInfo,
+        origin: &str,
+        table_of: fn(u64, &str, &str) -> String,
+    ) -> Result<(), BackendError> {
+        let host = &*addr.host;
+        let name = &*dev.name;
+        let live = parse_snapshot_table(&self.run(host, &table_argv(name))?)
+            .map_err(|e| BackendError::new(format!("{addr}: on host {host}: {name}: {e}")))?;
+        let devno = self.devno(host, origin)?;
+        let sectors = self.sectors(host, origin)?;
+        let step = retarget_step(&live, dev.suspended(), devno, sectors).map_err(|e| {
+            BackendError::new(format!(
+                "{addr}: on host {host}: refusing to put {name} over {origin}: {e}"
+            ))
+        })?;
+        let Retarget::Reload { suspend } = step else {
+            if step == Retarget::Resume {
+                self.run(host, &resume_argv(name))?;
+            }
+            return Ok(());
+        };
+        if suspend {
+            self.run(host, &suspend_argv(name))?;
+        }
+        let table = table_of(live.sectors, origin, &live.cow);
+        if let Err(e) = self.run(host, &reload_argv(name, &table)) {
+            // Live again on the table it had: a suspended device stalls all I/O above it.
+            let _ = self.attempt(host, &resume_argv(name))?;
+            return Err(e);
+        }
+        self.run(host, &resume_argv(name))?;
+        Ok(())
+    }
 }
 
 /// The device named `name` in `all`, if there is one, and it is vmthunder's (has `uuid`).
@@ -361,10 +546,51 @@ pub(super) fn create_snapshot(
         let table = snapshot_table(sectors, origin, cow);
         stack.run(host, &create_argv(&name, &uuid, &table))?;
     }
+    snapshot_observed(stack, t)
+}
+
+/// A snapshot as creates and updates return it.
+fn snapshot_observed(stack: &LinuxStack, t: Target<'_>) -> Result<Observed, BackendError> {
     let mut o = read_back(stack, t)?;
     // Usage moves with every write of the clone: reported by reads, never drift.
     o.remove("cow_used_sectors");
     Ok(o)
+}
+
+/// The clone's snapshot follows its host's rebuilt cache: re-pointed at the cache device the
+/// deps report, over the same copy-on-write volume (never recreated nor wiped: it holds the
+/// clone's writes).
+pub(super) fn update_snapshot(
+    stack: &LinuxStack,
+    t: Target<'_>,
+    deps: &[(Addr, crate::backend::Observed)],
+) -> Result<Observed, BackendError> {
+    let Some(dev) = stack.dm_device(t.addr)? else {
+        return Err(BackendError::new(format!(
+            "{}: the snapshot device {} is not on host {}: it cannot be updated in place",
+            t.addr,
+            dm_name(&stack.cluster, t.addr).0,
+            t.addr.host
+        )));
+    };
+    let origin = dep_attr(deps, Kind::Cache, "device")?;
+    stack.retarget(t.addr, &dev, origin, snapshot_table)?;
+    snapshot_observed(stack, t)
+}
+
+/// The host's origin shim of `addr`'s image, put over `disk` (its session moved to another
+/// parent): the cache above keeps its blocks. Nothing to do before the shim exists.
+pub(super) fn repoint_origin(
+    stack: &LinuxStack,
+    addr: &Addr,
+    disk: &str,
+) -> Result<(), BackendError> {
+    let (name, uuid) = origin_name(&stack.cluster, &addr.image);
+    let all = stack.dm_devices(&addr.host)?;
+    match ours(&all, &name, &uuid, addr)? {
+        Some(shim) => stack.retarget(addr, &shim, disk, shim_table),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn delete(stack: &LinuxStack, t: Target<'_>) -> Result<(), BackendError> {
@@ -476,6 +702,127 @@ mod tests {
             SnapshotStatus::Overflow
         );
         assert!(parse_snapshot_status("0 131072 linear").is_err());
+    }
+
+    #[test]
+    fn update_builders() {
+        assert_eq!(table_argv("n").join(" "), "dmsetup table n");
+        assert_eq!(suspend_argv("n").join(" "), "dmsetup suspend n");
+        assert_eq!(resume_argv("n").join(" "), "dmsetup resume n");
+        assert_eq!(
+            reload_argv("n", "0 8 snapshot 8:16 253:4 N 8"),
+            [
+                "dmsetup",
+                "reload",
+                "n",
+                "--table",
+                "0 8 snapshot 8:16 253:4 N 8"
+            ]
+        );
+        assert_eq!(
+            devno_argv("/dev/mapper/c"),
+            ["stat", "-L", "-c", "%t:%T", "/dev/mapper/c"]
+        );
+        // The tables a reload loads: the module's own, over the cow the live table names.
+        assert_eq!(
+            shim_table(131072, "/dev/sdc", "253:4"),
+            "0 131072 snapshot /dev/sdc 253:4 N 8"
+        );
+    }
+
+    #[test]
+    fn parses_device_numbers() {
+        assert_eq!(
+            parse_stat_devno("fd:3\n"),
+            Some(Devno {
+                major: 253,
+                minor: 3
+            })
+        );
+        assert_eq!(
+            parse_stat_devno("8:10").map(|d| d.to_string()).as_deref(),
+            Some("8:16")
+        );
+        assert_eq!(
+            parse_devno("253:3").map(|d| d.to_string()).as_deref(),
+            Some("253:3")
+        );
+        assert_eq!(parse_devno("/dev/sdb"), None);
+        assert_eq!(parse_stat_devno(""), None);
+    }
+
+    /// In the format of dmsetup 1.02.185's `dmsetup table` (written here, not captured: this
+    /// machine has no device-mapper): a shim and a clone's snapshot.
+    #[test]
+    fn parses_snapshot_tables() {
+        let t = parse_snapshot_table("0 131072 snapshot 253:3 253:4 N 8\n").unwrap();
+        assert_eq!(
+            t,
+            SnapshotTable {
+                sectors: 131072,
+                origin: Devno {
+                    major: 253,
+                    minor: 3
+                },
+                cow: "253:4".into(),
+                persistence: "N".into(),
+                chunk: 8,
+            }
+        );
+        let p = parse_snapshot_table("0 131072 snapshot 253:5 253:0 P 16").unwrap();
+        assert_eq!((p.persistence.as_str(), p.chunk), ("P", 16));
+        for bad in [
+            "",
+            "0 131072 linear 8:16 0",
+            "0 131072 snapshot 253:3 253:4 N",
+            "0 131072 snapshot /dev/sdb 253:4 N 8",
+            "8 131072 snapshot 253:3 253:4 N 8",
+            "0 65536 snapshot 253:3 253:4 N 8\n65536 65536 snapshot 253:3 253:4 N 8",
+        ] {
+            assert!(parse_snapshot_table(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retarget_skips_what_is_done() {
+        let live = parse_snapshot_table("0 131072 snapshot 8:16 253:4 N 8").unwrap();
+        let old = live.origin;
+        let new = Devno {
+            major: 8,
+            minor: 32,
+        };
+        assert_eq!(retarget_step(&live, false, old, 131072), Ok(Retarget::Keep));
+        // Killed after the reload's resume was due: resumed only.
+        assert_eq!(
+            retarget_step(&live, true, old, 131072),
+            Ok(Retarget::Resume)
+        );
+        assert_eq!(
+            retarget_step(&live, false, new, 131072),
+            Ok(Retarget::Reload { suspend: true })
+        );
+        // Killed after the suspend: not suspended again.
+        assert_eq!(
+            retarget_step(&live, true, new, 131072),
+            Ok(Retarget::Reload { suspend: false })
+        );
+        let e = retarget_step(&live, false, new, 131080).unwrap_err();
+        assert!(
+            e.contains("131072") && e.contains("131080") && e.contains("8:32"),
+            "{e}"
+        );
+        // Already over it: its size is not looked at.
+        assert_eq!(retarget_step(&live, false, old, 1), Ok(Retarget::Keep));
+    }
+
+    #[test]
+    fn reads_suspension_from_the_attributes() {
+        let all = parse_info(include_str!("fixtures/dmsetup-info.txt"));
+        assert!(all.iter().all(|d| !d.suspended()), "{all:?}");
+        let s = parse_info("vmt.fx.base.origin|VMT-vmt.fx.base.origin|L-sw|1|dm-3,sda\n");
+        assert!(s[0].suspended());
+        let i = parse_info("vmt.fx.base.origin|VMT-vmt.fx.base.origin|LI-w|1|dm-3,sda\n");
+        assert!(!i[0].suspended());
     }
 
     #[test]

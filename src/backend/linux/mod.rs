@@ -100,7 +100,18 @@ impl LinuxStack {
         host: &str,
         argv: &[String],
     ) -> Result<Result<String, CommandError>, BackendError> {
-        match self.transport.run(host, argv, COMMAND_TIMEOUT) {
+        self.attempt_within(host, argv, COMMAND_TIMEOUT)
+    }
+
+    /// [`LinuxStack::attempt`] with a bound of its own: a command that may wait on a host
+    /// that no longer answers.
+    fn attempt_within(
+        &self,
+        host: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<Result<String, CommandError>, BackendError> {
+        match self.transport.run(host, argv, timeout) {
             Ok(o) => Ok(Ok(String::from_utf8_lossy(&o.stdout).into_owned())),
             Err(e) if e.unreachable => Err(e.into()),
             Err(e) => Ok(Err(e)),
@@ -188,7 +199,7 @@ fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
     match (kind, target) {
         (Kind::Lv, _) => &["lvs", "lvcreate", "lvremove"],
         (Kind::Session, _) => &["iscsiadm", "udevadm"],
-        (Kind::Cache | Kind::Snapshot, _) => &["dmsetup", "blockdev", "dd"],
+        (Kind::Cache | Kind::Snapshot, _) => &["dmsetup", "blockdev", "dd", "stat"],
         (Kind::Target, IscsiTarget::Tgt) => &["tgtadm"],
         (Kind::Target, IscsiTarget::Lio) => &["targetcli", "dmsetup", "blockdev"],
         (Kind::Domain, _) => &["virsh"],
@@ -259,10 +270,14 @@ impl Backend for LinuxStack {
         let mut kinds: BTreeMap<&str, Vec<Kind>> = BTreeMap::new();
         let mut session_hosts: Vec<&str> = Vec::new();
         for c in &plan.changes {
-            if !matches!(c.action, Action::Create | Action::Replace) {
+            if !matches!(c.action, Action::Create | Action::Replace | Action::Update) {
                 continue;
             }
             kinds.entry(&c.addr.host).or_default().push(c.addr.kind);
+            if c.action == Action::Update && c.addr.kind == Kind::Session {
+                // A moved session re-points its cache's origin shim: device-mapper's tools.
+                kinds.entry(&c.addr.host).or_default().push(Kind::Cache);
+            }
             if c.addr.kind == Kind::Session {
                 session_hosts.push(&c.addr.host);
             }
@@ -356,6 +371,23 @@ impl Backend for LinuxStack {
                 )
             }
             Kind::Bridge | Kind::Vxlan => crate::backend::net::create(self.transport.as_ref(), t),
+        }
+    }
+
+    fn update(
+        &self,
+        t: Target<'_>,
+        before: &Desired,
+        observed: &Observed,
+        deps: &[(Addr, Observed)],
+    ) -> Result<Observed, BackendError> {
+        match t.addr.kind {
+            Kind::Session => iscsi::update(self, t, before, observed, deps),
+            Kind::Snapshot => dm::update_snapshot(self, t, deps),
+            _ => Err(BackendError::new(format!(
+                "internal error: the linux stack cannot update {} in place",
+                t.addr
+            ))),
         }
     }
 
