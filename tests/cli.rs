@@ -1297,3 +1297,47 @@ fn resealed_saved_plans_vmthunder_would_not_make_are_refused() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "");
 }
+
+#[test]
+fn apply_watch_converges_in_rounds_until_interrupted() {
+    let dir = workdir();
+    let zero = serde_json::json!({"lv": 0, "session": 0, "cache": 0, "target": 0,
+                                  "snapshot": 0, "domain": 0});
+    let spec = serde_json::json!({
+        "version": 1, "cluster": "w", "backend": {"stack": "sim"},
+        "hosts": [{"name": "src", "address": "10.0.0.1"}, {"name": "a", "address": "10.0.0.2"},
+                  {"name": "b", "address": "10.0.0.3"}],
+        "images": [{"name": "img", "source_host": "src", "path": "/i.raw", "format": "raw",
+                    "size": "1GiB"}],
+        "estimate": {"create": zero, "delete": zero, "working_set": 0}
+    });
+    std::fs::write(dir.path().join("w.json"), spec.to_string()).unwrap();
+    let needs = run(dir.path(), &["apply", "-f", "w.json", "--watch", "1s"]);
+    assert_eq!(needs.status.code(), Some(2), "{}", stderr(&needs));
+    assert!(
+        stderr(&needs).contains("--auto-approve"),
+        "{}",
+        stderr(&needs)
+    );
+    // Rounds every second; SIGINT after 4 s (as a Ctrl-C) ends it with 130.
+    let o = Command::new("timeout")
+        .args(["--preserve-status", "--signal=INT", "--kill-after=30", "4s"])
+        .arg(env!("CARGO_BIN_EXE_vmthunder"))
+        .args(["apply", "-f", "w.json", "--auto-approve", "--watch", "1s"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(130), "{out}{}", stderr(&o));
+    assert!(out.contains("--- watch round 1 at "), "{out}");
+    assert!(out.contains("--- watch round 2 at "), "{out}");
+    assert!(
+        out.contains("Apply complete!"),
+        "the first round applies: {out}"
+    );
+    assert!(
+        out.contains("No changes. The hosts match the spec."),
+        "later rounds find nothing to do: {out}"
+    );
+}

@@ -93,9 +93,18 @@ fn drift_is_found_named_and_repaired() {
         shown.contains("# (parent node01 -> node02: node01 lost its relay (its export is gone))"),
         "{shown}"
     );
-    assert!(shown.contains("# target.node02.base will be created"), "{shown}");
-    assert!(!shown.contains("must be replaced\n  # (because it is built on cache.node01"), "{shown}");
-    assert!(!shown.contains("lose"), "no clone loses its writes: {shown}");
+    assert!(
+        shown.contains("# target.node02.base will be created"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("must be replaced\n  # (because it is built on cache.node01"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("lose"),
+        "no clone loses its writes: {shown}"
+    );
     repaired(&c);
     assert_eq!(
         pid_in(&dir("node01").join("vm-0.pid")),

@@ -319,8 +319,15 @@ fn watch(args: ApplyArgs, every: std::time::Duration, color: bool) -> Result<i32
                 signals.close();
                 return Ok(code.max(INTERRUPTED));
             }
-            Ok(code) => eprintln!("watch round {round} ended with status {code}; trying again in {}", humantime::format_duration(every)),
-            Err(f) => eprintln!("Error: {}\nwatch round {round} failed; trying again in {}", f.message, humantime::format_duration(every)),
+            Ok(code) => eprintln!(
+                "watch round {round} ended with status {code}; trying again in {}",
+                humantime::format_duration(every)
+            ),
+            Err(f) => eprintln!(
+                "Error: {}\nwatch round {round} failed; trying again in {}",
+                f.message,
+                humantime::format_duration(every)
+            ),
         }
         let wake = std::time::Instant::now() + every;
         while std::time::Instant::now() < wake {

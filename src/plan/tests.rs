@@ -1593,3 +1593,50 @@ fn auto_degree_never_moves_placed_hosts() {
     }
     assert!(p.changes.iter().all(|c| c.action != Action::Update));
 }
+
+#[test]
+fn a_thousand_hosts_lose_an_interior_one_with_at_most_degree_moves() {
+    // The measurement: 1,000 hosts x 2 clones, degree 4, applied; node00002 removed.
+    let names: Vec<String> = (1..=1000).map(|i| format!("node{i:05}")).collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = spec_with(
+        &all,
+        4,
+        2,
+        serde_json::json!({"backend": {"stack": "sim"}, "tree": {"degree": 4}}),
+    );
+    let state = applied(&s);
+    let pl = parents(&state);
+    assert!(
+        pl.values().any(|p| p == "node00002"),
+        "node00002 is interior"
+    );
+    let without: Vec<&str> = all.iter().copied().filter(|h| *h != "node00002").collect();
+    let p = plan(
+        &spec_with(
+            &without,
+            4,
+            2,
+            serde_json::json!({"backend": {"stack": "sim"},
+        "tree": {"degree": 4}}),
+        ),
+        &state,
+    );
+    let s2 = p.summary();
+    assert!(s2.change <= 4, "{s2:?}");
+    assert_eq!(s2.writes_destroyed, 0);
+    let rebuilt_clones = p
+        .changes
+        .iter()
+        .filter(|c| matches!(c.addr.kind, Kind::Snapshot | Kind::Domain))
+        .filter(|c| c.action == Action::Replace)
+        .count();
+    assert_eq!(rebuilt_clones, 0);
+    assert!(p
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .all(|c| &*c.addr.host == "node00002"
+            || c.action == Action::Update
+            || c.addr.kind == Kind::Target));
+}
