@@ -5,7 +5,7 @@
 //!
 //! img0 (the image) -> node01 -> node02 (degree 1: node01 is a relay), one clone on each node,
 //! started by libvirt with the test guest's kernel (nested TCG: its boot is not waited for);
-//! with tgt, then again with LIO.
+//! with tgt, then again with LIO, where node01 then leaves and node02 moves onto img0 in place.
 //!
 //! Takes about 10 minutes (15 when the guest image is built first). Root only; set
 //! VMTHUNDER_SKIP_LINUX_E2E=1 to skip it.
@@ -277,6 +277,43 @@ fn linux_stack_end_to_end_in_guest_vms() {
         digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
         image
     );
+
+    // node01 leaves the spec: node02 moves onto img0 in place (a login to img0's target, its
+    // origin shim suspended, reloaded over the new disk and resumed, a logout from node01's
+    // target). Its cache, its clone's snapshot and its domain stay.
+    let domid = |g: &Guests| g.ok("node02", "virsh -c qemu:///system domid base-node02-0");
+    let before = domid(&g);
+    let mut without = spec("lio");
+    without["hosts"] = json!([
+        {"name": "img0", "address": address(0)},
+        {"name": "node02", "address": address(2)}
+    ]);
+    std::fs::write(
+        c.path().join("spec.json"),
+        serde_json::to_vec_pretty(&without).unwrap(),
+    )
+    .unwrap();
+    let plan = c.run(&["plan", "-f", "spec.json", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(doc["summary"]["change"], 1, "{doc}");
+    assert_eq!(doc["summary"]["replace"], 0, "{doc}");
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 changed, 0 replaced"),
+        "{}",
+        text(&out)
+    );
+    let sessions = g.ok("node02", "iscsiadm -m session");
+    assert!(sessions.contains(&address(0)), "{sessions}");
+    assert!(!sessions.contains(&address(1)), "{sessions}");
+    assert_eq!(domid(&g), before, "the same domain runs on");
+    assert_eq!(
+        digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
+        image
+    );
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
     for h in HOSTS {

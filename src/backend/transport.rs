@@ -118,6 +118,31 @@ pub fn display_command(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// How long a connect to a monitor socket may wait.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to a Unix socket without blocking for ever: a process that is stopped (or hangs)
+/// never accepts, and once its listen backlog is full a plain `connect` would wait until it
+/// does. Such a socket is reported as `WouldBlock`/`TimedOut` at once or after `timeout`.
+pub fn connect_unix_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket
+        .connect_timeout(&SockAddr::unix(path)?, timeout)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the process behind it does not accept connections (stopped or hung)",
+                )
+            } else {
+                e
+            }
+        })?;
+    socket.set_nonblocking(false)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
+}
+
 impl Transport for Local {
     fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
         let argv = self.wrap(host, argv);
@@ -183,7 +208,7 @@ impl Transport for Local {
     }
 
     fn connect_unix(&self, _host: &str, path: &Path) -> std::io::Result<UnixStream> {
-        UnixStream::connect(path)
+        connect_unix_within(path, CONNECT_TIMEOUT)
     }
 
     fn read_file(&self, _host: &str, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
