@@ -5,7 +5,8 @@
 //!
 //! img0 (the image) -> node01 -> node02 (degree 1: node01 is a relay), one clone on each node,
 //! started by libvirt with the test guest's kernel (nested TCG: its boot is not waited for);
-//! with tgt, then again with LIO, where node01 then leaves and node02 moves onto img0 in place.
+//! with tgt, then again with LIO, where node01's export is then deleted by hand: node02 moves
+//! onto img0 in place, and back once node01 serves again.
 //!
 //! Takes about 10 minutes (15 when the guest image is built first). Root only; set
 //! VMTHUNDER_SKIP_LINUX_E2E=1 to skip it.
@@ -278,40 +279,45 @@ fn linux_stack_end_to_end_in_guest_vms() {
         image
     );
 
-    // node01 leaves the spec: node02 moves onto img0 in place (a login to img0's target, its
-    // origin shim suspended, reloaded over the new disk and resumed, a logout from node01's
-    // target). Its cache, its clone's snapshot and its domain stay.
+    // node01's export vanishes (deleted by hand, as a crashed target would lose it): the
+    // refresh finds it gone, and node02 moves onto img0 in place (a login to img0's target,
+    // its origin shim suspended, reloaded over the new disk and resumed, a logout from
+    // node01's). Its cache, its clone's snapshot and its domain stay. (img0 takes a second
+    // child, one over the degree: there is no other healthy slot.)
     let domid = |g: &Guests| g.ok("node02", "virsh -c qemu:///system domid base-node02-0");
     let before = domid(&g);
-    let mut without = spec("lio");
-    without["hosts"] = json!([
-        {"name": "img0", "address": address(0)},
-        {"name": "node02", "address": address(2)}
-    ]);
-    std::fs::write(
-        c.path().join("spec.json"),
-        serde_json::to_vec_pretty(&without).unwrap(),
-    )
-    .unwrap();
+    g.ok("node01", &format!("targetcli /iscsi delete {iqn}"));
+    let moved = |g: &Guests, to: usize, from: usize| {
+        let out = c.apply();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("1 changed, 0 replaced"),
+            "{}",
+            text(&out)
+        );
+        let sessions = g.ok("node02", "iscsiadm -m session");
+        assert!(sessions.contains(&address(to)), "{sessions}");
+        assert!(!sessions.contains(&address(from)), "{sessions}");
+        assert_eq!(domid(g), before, "the same domain runs on");
+        assert_eq!(
+            digest(g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
+            image
+        );
+    };
+    let plan = c.run(&["plan", "-f", "spec.json"]);
+    assert!(
+        text(&plan)
+            .contains("# (parent node01 -> img0: node01 lost its relay (its export is gone))"),
+        "{}",
+        text(&plan)
+    );
+    moved(&g, 0, 1);
+    // node01 serves again: the degree (1) puts node02 back under it, in place again.
     let plan = c.run(&["plan", "-f", "spec.json", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     assert_eq!(doc["summary"]["change"], 1, "{doc}");
     assert_eq!(doc["summary"]["replace"], 0, "{doc}");
-    let out = c.apply();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("1 changed, 0 replaced"),
-        "{}",
-        text(&out)
-    );
-    let sessions = g.ok("node02", "iscsiadm -m session");
-    assert!(sessions.contains(&address(0)), "{sessions}");
-    assert!(!sessions.contains(&address(1)), "{sessions}");
-    assert_eq!(domid(&g), before, "the same domain runs on");
-    assert_eq!(
-        digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),
-        image
-    );
+    moved(&g, 1, 0);
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);

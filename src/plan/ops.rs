@@ -125,10 +125,13 @@ impl OpGraph {
             }
         }
         let mut before: Vec<Vec<u32>> = vec![Vec::new(); ops.len()];
+        // Only plans with updates need the index (most plans have none).
+        let has_updates = plan.changes.iter().any(|c| c.action == Action::Update);
         let index: HashMap<&Addr, usize> = plan
             .changes
             .iter()
             .enumerate()
+            .filter(|_| has_updates)
             .map(|(i, c)| (&c.addr, i))
             .collect();
         let mut upstream: HashMap<usize, Vec<u32>> = HashMap::default();
