@@ -239,7 +239,11 @@ impl Graph {
                 };
                 let parent_name = &names[parent as usize];
                 parents.insert(host.to_string(), parent_name.to_string());
-                if let Some(old) = recorded.and_then(|r| r.get(&**host)) {
+                // Only a refresh that found hosts unhealthy makes repairs.
+                let old = recorded
+                    .filter(|_| !health.is_empty())
+                    .and_then(|r| r.get(&**host));
+                if let Some(old) = old {
                     if old.as_str() != &**parent_name {
                         if let Some(why) = health.why(old, &image.name) {
                             g.repairs.insert(

@@ -292,6 +292,15 @@ pub fn run(
                     })
                     .collect()
             };
+            // What state records of it (update, delete; creates do not look it up).
+            let rec = || state.get(&change.addr);
+            let recorded_desired = || {
+                change
+                    .before
+                    .clone()
+                    .or_else(|| rec().map(|r| r.desired.clone()))
+            };
+            let recorded_observed = || rec().map(|r| r.observed.clone()).unwrap_or_default();
             let job = match op.kind {
                 OpKind::Create => Job {
                     op: i,
@@ -305,40 +314,27 @@ pub fn run(
                     deps: dep_observations(),
                     observed: Observed::new(),
                 },
-                OpKind::Update => {
-                    let rec = state.get(&change.addr);
-                    Job {
-                        op: i,
-                        kind: op.kind,
-                        addr: change.addr.clone(),
-                        desired: change
-                            .after
-                            .clone()
-                            .expect("updates have desired attributes"),
-                        before: change
-                            .before
-                            .clone()
-                            .or_else(|| rec.map(|r| r.desired.clone())),
-                        deps: dep_observations(),
-                        observed: rec.map(|r| r.observed.clone()).unwrap_or_default(),
-                    }
-                }
-                OpKind::Delete => {
-                    let rec = state.get(&change.addr);
-                    Job {
-                        op: i,
-                        kind: op.kind,
-                        addr: change.addr.clone(),
-                        desired: change
-                            .before
-                            .clone()
-                            .or_else(|| rec.map(|r| r.desired.clone()))
-                            .expect("deletes have recorded attributes"),
-                        before: None,
-                        deps: Vec::new(),
-                        observed: rec.map(|r| r.observed.clone()).unwrap_or_default(),
-                    }
-                }
+                OpKind::Update => Job {
+                    op: i,
+                    kind: op.kind,
+                    addr: change.addr.clone(),
+                    desired: change
+                        .after
+                        .clone()
+                        .expect("updates have desired attributes"),
+                    before: recorded_desired(),
+                    deps: dep_observations(),
+                    observed: recorded_observed(),
+                },
+                OpKind::Delete => Job {
+                    op: i,
+                    kind: op.kind,
+                    addr: change.addr.clone(),
+                    desired: recorded_desired().expect("deletes have recorded attributes"),
+                    before: None,
+                    deps: Vec::new(),
+                    observed: recorded_observed(),
+                },
             };
             report(Progress::Started {
                 addr: &change.addr,

@@ -415,8 +415,9 @@ fn wait_line(
 /// How long a resume keeps retrying a guest that pauses again on an I/O error.
 const RESUME_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The QMP run state of a guest paused on an I/O error of its disk (`werror`/`rerror=stop`).
-pub const IO_ERROR: &str = "io-error";
+/// QMP's run state of a guest paused on an I/O error of its disk (`werror`/`rerror=stop`):
+/// what the plan looks for in a domain's observed `status`.
+const IO_ERROR: &str = crate::plan::PAUSED_ON_IO_ERROR;
 
 /// Resumes a guest paused on an I/O error (its disk's upstream was repaired): QEMU retries
 /// the failed I/O, so the guest never sees it. Refused if it pauses again at once.
