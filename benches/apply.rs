@@ -80,10 +80,11 @@ fn execute(
     limits: Limits,
 ) -> apply::Outcome {
     let backend = backend::for_spec(spec).unwrap();
+    let store = vmthunder::state::FileStore::new(path.to_path_buf(), Default::default());
     let o = apply::run(
         plan,
         state,
-        path,
+        &store,
         backend,
         limits,
         &Interrupt::default(),

@@ -11,7 +11,6 @@
 pub mod order;
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -25,8 +24,8 @@ use order::{skip_after, Ready};
 use crate::backend::{Backend, BackendError, Observed, Target};
 use crate::plan::{OpGraph, OpKind, Plan};
 use crate::resource::{Addr, Desired};
-use crate::state::journal::{self, GroupCommit, Journal};
-use crate::state::{Recorded, State, StateError, Status};
+use crate::state::journal::GroupCommit;
+use crate::state::{Recorded, State, StateError, Status, Store};
 
 /// How often the coordinator wakes with nothing to do, to notice interrupts and let a live
 /// display tick.
@@ -180,13 +179,13 @@ struct Settling {
 }
 
 /// Runs `plan` against `backend`, recording into `state` as it goes: each completed operation
-/// is appended to the journal next to `state_path` and fsynced before it is reported or
-/// anything is built on it; the state file is rewritten once at the end. `plan` must have
+/// is appended to the store's journal and made durable before it is reported or anything is
+/// built on it; the whole state is written once at the end. `plan` must have
 /// been checked against `state`, and `state` settled (no leftover journal).
 pub fn run(
     plan: &Plan,
     state: &mut State,
-    state_path: &Path,
+    store: &dyn Store,
     backend: Arc<dyn Backend>,
     limits: Limits,
     interrupt: &Interrupt,
@@ -218,8 +217,9 @@ pub fn run(
         t.ready.push(i);
     }
     state.placement = plan.placement.clone();
-    let journal = Journal::begin(state, state_path)?;
-    let journal_path = journal.path().to_path_buf();
+    let journal = store.begin(state)?;
+    let journal_path = journal.place();
+    let codec = store.codec().clone();
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let durable_tx = tx.clone();
@@ -394,7 +394,9 @@ pub fn run(
                             deps: change.deps.clone(),
                             status,
                         };
-                        journal::upsert_line(&r, &mut line);
+                        if let Err(m) = codec.upsert_line(&state.cluster, &r, &mut line) {
+                            journal_error.get_or_insert(std::io::Error::other(m));
+                        }
                         state.upsert(r);
                         error
                     }
@@ -406,7 +408,9 @@ pub fn run(
                             deps: change.deps.clone(),
                             status: Status::Ready,
                         };
-                        journal::upsert_line(&r, &mut line);
+                        if let Err(m) = codec.upsert_line(&state.cluster, &r, &mut line) {
+                            journal_error.get_or_insert(std::io::Error::other(m));
+                        }
                         state.upsert(r);
                         None
                     }
@@ -414,12 +418,16 @@ pub fn run(
                     // are safe to repeat from any point).
                     (OpKind::Update, Err(e)) => Some(e),
                     (OpKind::Delete, Ok(_)) => {
-                        journal::remove_line(&change.addr, &mut line);
+                        crate::state::journal::remove_line(&change.addr, &mut line);
                         state.remove(&change.addr);
                         None
                     }
                     (OpKind::Delete, Err(e)) => Some(e),
                 };
+                if journal_error.is_some() {
+                    // Not recordable, so not reported done: the apply stops here.
+                    break;
+                }
                 if !line.is_empty() {
                     queued = commit.push(&line);
                 }
@@ -445,7 +453,7 @@ pub fn run(
     let journal = commit.finish();
     if let Some(source) = journal_error {
         return Err(StateError::Write {
-            path: journal_path.display().to_string(),
+            path: journal_path,
             source,
         });
     }
@@ -464,7 +472,7 @@ pub fn run(
             t.outcome.created + t.outcome.updated + t.outcome.deleted + t.outcome.failed.len();
         t.outcome.not_started = n - done - t.outcome.skipped.len() - t.outcome.abandoned.len();
     }
-    journal.close(state, state_path)?;
+    journal.close(state)?;
     t.outcome.wall = start.elapsed();
     Ok(t.outcome)
 }

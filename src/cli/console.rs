@@ -40,9 +40,9 @@ pub struct ConsoleArgs {
 }
 
 pub(super) fn run(args: ConsoleArgs) -> Result<i32, Failure> {
-    let (spec, path, state) = output::load(&args.spec, args.state)?;
+    let (spec, at, state) = output::load(&args.spec, args.state)?;
     let clones = output::clones(&state);
-    let c = output::find(&clones, &args.clone, &args.spec.file, &path)?;
+    let c = output::find(&clones, &args.clone, &args.spec.file, &at.name)?;
     let name = format!("{} ({})", c.attrs.name, c.rec.addr);
     if spec.backend.stack == Stack::Sim {
         return Err(fail(format!(

@@ -8,6 +8,7 @@ mod progress;
 mod run;
 mod ssh;
 mod surgery;
+mod transfer;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::plan::{self, Mode, OpGraph, Plan, RenderOptions};
 use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
 use crate::spec::{Degree, Spec, SpecError};
-use crate::state::{self, Lock, State};
+use crate::state::{self, Held, Location, State, Store};
 
 /// Provision large VM clusters declaratively with the VMThunder image tree.
 ///
@@ -124,7 +125,7 @@ pub enum Command {
     /// last lines with --lines; --follow keeps printing what is appended until Ctrl-C. The sim
     /// stack runs no guest, so its clones have no console.
     Console(console::ConsoleArgs),
-    /// Read the recorded state.
+    /// Read and change the recorded state; move it between a file and a database; rekey it.
     #[command(subcommand)]
     State(StateCommand),
     /// Adopt an object that exists on its host into state: read it there and record it if it
@@ -174,6 +175,55 @@ pub enum SchemaKind {
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
+    /// Make a PostgreSQL database ready to keep states: creates schema `vmthunder` and its
+    /// tables once (idempotent; needs a role that may create a schema). Then `state push` a
+    /// file state into it, or apply.
+    ///   vmthunder state init --state postgres://admin@db.internal/vmthunder
+    #[command(verbatim_doc_comment)]
+    Init {
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Copy a state file into the spec's store (`--state` or the spec's `state`): how a team
+    /// moves from a file to a database. Refused when the store holds a state of another
+    /// lineage, a newer one, or an apply's unfinished journal. The file stays as it was.
+    ///   vmthunder state push -f cluster.json --state postgres://ci@db/vmthunder state/lab.json
+    #[command(verbatim_doc_comment)]
+    Push {
+        /// The state file to copy.
+        #[arg(value_name = "FILE")]
+        state_file: PathBuf,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Print the stored state as a state file (or write it to --out): a backup, or the way
+    /// back from a database to a file. Secrets stay sealed with the configured key.
+    Pull {
+        /// Write the state to FILE (atomically, mode 0600) instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Seal the state's secrets with a new key (rotation; or the first key, sealing secrets
+    /// kept in clear). The state is written twice, so the version kept before it is sealed
+    /// with the new key too. Then configure the new key wherever the old one was.
+    Rekey {
+        /// The new key: a file (mode 0600) holding the base64 of 32 random bytes, e.g. made
+        /// with `head -c 32 /dev/urandom | base64 > new.key`.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+        #[command(flatten)]
+        spec: OptSpecArg,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// Forget resources without touching hosts (the objects stay; a later plan creates them
     /// anew unless they are imported). ADDR may be a prefix: `domain.node07`.
     Rm {
@@ -245,9 +295,20 @@ pub struct OptSpecArg {
 
 #[derive(Clone, Debug, Args)]
 pub struct StateArg {
-    /// State file [default: state/<cluster>.json].
-    #[arg(long = "state", value_name = "PATH")]
-    pub path: Option<PathBuf>,
+    /// Where the state is kept: a file, or a PostgreSQL URL such as
+    /// postgres://vmthunder@db.internal/vmthunder?sslmode=verify-full (its password from
+    /// PGPASSWORD or ~/.pgpass) [default: the spec's `state`, else state/<cluster>.json].
+    #[arg(long = "state", value_name = "PATH|URL", env = "VMTHUNDER_STATE")]
+    pub location: Option<String>,
+    /// The key that seals secrets in state: a file (mode 0600) holding the base64 of 32
+    /// random bytes [default: the spec's state.key_file, else the key in
+    /// VMTHUNDER_STATE_KEY].
+    #[arg(
+        long = "state-key-file",
+        value_name = "FILE",
+        env = "VMTHUNDER_STATE_KEY_FILE"
+    )]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -459,8 +520,8 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
         }
         Command::Graph { spec, state } => {
             let spec = load_spec(&spec.file)?;
-            let path = state_path(state.path, &spec.cluster);
-            let state = load_state(&path, Some(&spec.cluster))?;
+            let store = store_of(&state, &spec)?;
+            let state = load_state(&*store, Some(&spec.cluster))?;
             let graph = Graph::build(&spec, &state)?;
             emit(graph.to_dot().as_bytes())?;
             Ok(0)
@@ -476,8 +537,8 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             dry_run,
         } => {
             let spec = load_spec(&spec.file)?;
-            let path = state_path(state.path, &spec.cluster);
-            surgery::import(&spec, &path, &address, dry_run)
+            let store = store_of(&state, &spec)?;
+            surgery::import(&spec, &*store, &address, dry_run)
         }
         Command::ForceUnlock {
             id,
@@ -485,15 +546,15 @@ fn run(command: Command, color: bool) -> Result<i32, Failure> {
             spec,
             state,
         } => {
-            let (path, _) = find_state(spec.file.as_deref(), state.path)?;
-            let holder = state::force_unlock(&path, &id, force)?;
+            let (store, _) = find_store(spec.file.as_deref(), &state)?;
+            let holder = store.force_unlock(&id, force)?;
             println!(
                 "Lock {} removed ({} by {}, pid {}). The state at `{}` is unlocked.",
                 holder.id,
                 holder.operation,
                 holder.who,
                 holder.pid,
-                path.display()
+                store.name()
             );
             Ok(0)
         }
@@ -586,48 +647,92 @@ fn validate(path: &Path, json: bool) -> Result<i32, Failure> {
     Ok(if valid { 0 } else { 1 })
 }
 
-pub(crate) fn state_path(given: Option<PathBuf>, cluster: &str) -> PathBuf {
-    given.unwrap_or_else(|| PathBuf::from("state").join(format!("{cluster}.json")))
+/// The default state file of `cluster`.
+pub(crate) fn default_state_file(cluster: &str) -> PathBuf {
+    PathBuf::from("state").join(format!("{cluster}.json"))
 }
 
-/// Reads the state at `path` as every command sees it ([`State::open`]: a journal left by a
-/// killed apply replayed), telling on stderr what of the journal it left out. `cluster`: the
-/// spec's, or `None` for whatever cluster the state is for. Takes no lock: readers that only
-/// show the state need none; writers take it first ([`locked_state`]).
-pub(crate) fn load_state(path: &Path, cluster: Option<&str>) -> Result<State, Failure> {
-    let loaded = State::open(path, cluster)?;
+/// Where `spec`'s state is kept: `--state` (or VMTHUNDER_STATE), else the spec's `state`
+/// section, else state/<cluster>.json.
+pub(crate) fn location_of(arg: &StateArg, spec: &Spec) -> Location {
+    if let Some(l) = &arg.location {
+        return Location::parse(l);
+    }
+    match (spec.state.backend, &spec.state.url, &spec.state.path) {
+        (crate::spec::StateBackend::Postgres, Some(url), _) => Location::Postgres(url.clone()),
+        (_, _, Some(path)) => Location::File(PathBuf::from(path)),
+        _ => Location::File(default_state_file(&spec.cluster)),
+    }
+}
+
+/// The key that seals secrets: `--state-key-file` (or VMTHUNDER_STATE_KEY_FILE), else the
+/// spec's `state.key_file`, else VMTHUNDER_STATE_KEY.
+pub(super) fn key_of(
+    arg: &StateArg,
+    spec: Option<&Spec>,
+) -> Result<Option<state::seal::Key>, Failure> {
+    let file = arg.key_file.clone().or_else(|| {
+        spec.and_then(|s| s.state.key_file.as_ref())
+            .map(PathBuf::from)
+    });
+    Ok(state::seal::configured(file.as_deref())?)
+}
+
+/// The store that keeps `spec`'s state.
+pub(crate) fn store_of(arg: &StateArg, spec: &Spec) -> Result<Box<dyn Store>, Failure> {
+    let key = key_of(arg, Some(spec))?;
+    Ok(state::open_store(
+        &location_of(arg, spec),
+        Some(&spec.cluster),
+        key,
+    )?)
+}
+
+/// Reads the state as every command sees it ([`Store::open`]: a journal left by a killed
+/// apply replayed), telling on stderr what of the journal it left out. `cluster`: the spec's,
+/// or `None` for whatever cluster the state is for. Takes no lock: readers that only show the
+/// state need none; writers take it first ([`locked_state`]).
+pub(crate) fn load_state(store: &dyn Store, cluster: Option<&str>) -> Result<State, Failure> {
+    let loaded = store.open(cluster)?;
     if let Some(ignored) = &loaded.ignored {
         eprintln!("Warning: {ignored}");
     }
     Ok(loaded.state)
 }
 
-/// Takes the lock of the state at `path` for `operation`, then reads it ([`load_state`]).
+/// Takes the lock of the state for `operation`, then reads it ([`load_state`]).
 pub(crate) fn locked_state(
-    path: &Path,
+    store: &dyn Store,
     cluster: Option<&str>,
     operation: &str,
     timeout: Duration,
-) -> Result<(Lock, State), Failure> {
-    let lock = Lock::acquire(path, operation, timeout)?;
-    let state = load_state(path, cluster)?;
+) -> Result<(Held, State), Failure> {
+    let lock = store.lock(operation, timeout)?;
+    let state = load_state(store, cluster)?;
     Ok((lock, state))
 }
 
-/// The state file from --state, from a spec's cluster, or the only one in state/ (a state
-/// whose first apply was killed has only its journal there yet); with the cluster when a spec
+/// The store from --state, from a spec, or the only state file in state/ (a state whose
+/// first apply was killed has only its journal there yet); with the cluster when a spec
 /// names it.
-fn find_state(
+fn find_store(
     spec: Option<&Path>,
-    given: Option<PathBuf>,
-) -> Result<(PathBuf, Option<String>), Failure> {
-    if let Some(p) = given {
-        return Ok((p, None));
-    }
+    arg: &StateArg,
+) -> Result<(Box<dyn Store>, Option<String>), Failure> {
     if let Some(spec) = spec {
-        let cluster = load_spec(spec)?.cluster;
-        return Ok((state_path(None, &cluster), Some(cluster)));
+        let spec = load_spec(spec)?;
+        return Ok((store_of(arg, &spec)?, Some(spec.cluster)));
     }
+    let key = key_of(arg, None)?;
+    let location = match &arg.location {
+        Some(l) => Location::parse(l),
+        None => Location::File(find_state_file()?),
+    };
+    Ok((state::open_store(&location, None, key)?, None))
+}
+
+/// The only state file in state/.
+fn find_state_file() -> Result<PathBuf, Failure> {
     let found: std::collections::BTreeSet<PathBuf> = std::fs::read_dir("state")
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
@@ -642,7 +747,7 @@ fn find_state(
         .unwrap_or_default();
     let found: Vec<PathBuf> = found.into_iter().collect();
     match found.as_slice() {
-        [one] => Ok((one.clone(), None)),
+        [one] => Ok(one.clone()),
         [] => Err(fail(
             "no state found in state/: pass -f SPEC or --state PATH",
         )),
@@ -667,8 +772,8 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         .iter()
         .map(|a| a.parse::<Addr>().map_err(fail))
         .collect::<Result<Vec<_>, _>>()?;
-    let path = state_path(args.state.path, &spec.cluster);
-    let (_lock, mut state) = locked_state(&path, Some(&spec.cluster), "plan", args.lock_timeout)?;
+    let store = store_of(&args.state, &spec)?;
+    let (_lock, mut state) = locked_state(&*store, Some(&spec.cluster), "plan", args.lock_timeout)?;
     let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
         run::refresh_state(&spec, &mut state, Default::default())?
     } else {
@@ -757,14 +862,32 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
 
 fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
     match cmd {
+        StateCommand::Init { spec, state } => transfer::init(spec.file.as_deref(), &state),
+        StateCommand::Push {
+            state_file,
+            spec,
+            state,
+        } => transfer::push(&state_file, spec.file.as_deref(), &state),
+        StateCommand::Pull { out, spec, state } => {
+            let (store, _) = find_store(spec.file.as_deref(), &state)?;
+            transfer::pull(&*store, out.as_deref())
+        }
+        StateCommand::Rekey {
+            new_key_file,
+            spec,
+            state,
+        } => {
+            let (store, cluster) = find_store(spec.file.as_deref(), &state)?;
+            transfer::rekey(&*store, cluster.as_deref(), &new_key_file)
+        }
         StateCommand::Rm {
             addresses,
             dry_run,
             spec,
             state,
         } => {
-            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
-            surgery::rm(&path, cluster.as_deref(), &addresses, dry_run)
+            let (store, cluster) = find_store(spec.file.as_deref(), &state)?;
+            surgery::rm(&*store, cluster.as_deref(), &addresses, dry_run)
         }
         StateCommand::Mv {
             from,
@@ -773,12 +896,12 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
             spec,
             state,
         } => {
-            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
-            surgery::mv(&path, cluster.as_deref(), &from, &to, dry_run)
+            let (store, cluster) = find_store(spec.file.as_deref(), &state)?;
+            surgery::mv(&*store, cluster.as_deref(), &from, &to, dry_run)
         }
         StateCommand::List { spec, state } => {
-            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
-            let state = load_state(&path, cluster.as_deref())?;
+            let (store, cluster) = find_store(spec.file.as_deref(), &state)?;
+            let state = load_state(&*store, cluster.as_deref())?;
             let mut addrs: Vec<String> =
                 state.resources.iter().map(|r| r.addr.to_string()).collect();
             addrs.sort();
@@ -796,12 +919,12 @@ fn state_command(cmd: StateCommand) -> Result<i32, Failure> {
             json,
         } => {
             let addr: Addr = address.parse().map_err(fail)?;
-            let (path, cluster) = find_state(spec.file.as_deref(), state.path)?;
-            let state = load_state(&path, cluster.as_deref())?;
+            let (store, cluster) = find_store(spec.file.as_deref(), &state)?;
+            let state = load_state(&*store, cluster.as_deref())?;
             let r = state.get(&addr).ok_or_else(|| {
                 fail(format!(
                     "no resource {addr} in state `{}`; `vmthunder state list` shows what is recorded",
-                    path.display()
+                    store.name()
                 ))
             })?;
             let doc = serde_json::json!({

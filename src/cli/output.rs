@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{emit, fail, load_spec, load_state, state_path, Failure, SpecArg, StateArg};
+use super::{emit, fail, load_spec, load_state, store_of, Failure, SpecArg, StateArg};
 use crate::paint::Paint;
 use crate::resource::{Addr, Desired, DomainAttrs};
 use crate::spec::{Spec, Stack};
@@ -189,19 +189,30 @@ pub(super) fn clones(state: &State) -> Vec<RecordedClone<'_>> {
     v
 }
 
-/// The spec, the state's path and the state, read as `state list` reads it: no lock.
-pub(super) fn load(spec: &SpecArg, state: StateArg) -> Result<(Spec, PathBuf, State), Failure> {
+/// Where a state was read, for messages and the files kept beside it.
+pub(super) struct StateAt {
+    pub name: String,
+    /// The clones' SSH host keys (`state/<cluster>.known_hosts`).
+    pub known_hosts: PathBuf,
+}
+
+/// The spec, where its state is and the state, read as `state list` reads it: no lock.
+pub(super) fn load(spec: &SpecArg, state: StateArg) -> Result<(Spec, StateAt, State), Failure> {
     let spec_doc = load_spec(&spec.file)?;
-    let path = state_path(state.path, &spec_doc.cluster);
-    let state = load_state(&path, Some(&spec_doc.cluster))?;
-    Ok((spec_doc, path, state))
+    let store = store_of(&state, &spec_doc)?;
+    let state = load_state(&*store, Some(&spec_doc.cluster))?;
+    let at = StateAt {
+        name: store.name(),
+        known_hosts: store.side_file("known_hosts"),
+    };
+    Ok((spec_doc, at, state))
 }
 
 /// What to say when state records no clone.
-pub(super) fn nothing_applied(spec: &Path, state: &Path) -> String {
+pub(super) fn nothing_applied(spec: &Path, state: &str) -> String {
     format!(
         "nothing applied yet (no clones recorded in `{}`): run `vmthunder apply -f {}`",
-        state.display(),
+        state,
         spec.display()
     )
 }
@@ -211,7 +222,7 @@ pub(super) fn find<'a, 'b>(
     clones: &'b [RecordedClone<'a>],
     query: &str,
     spec: &Path,
-    state: &Path,
+    state: &str,
 ) -> Result<&'b RecordedClone<'a>, Failure> {
     if clones.is_empty() {
         return Err(fail(nothing_applied(spec, state)));
@@ -252,13 +263,13 @@ pub(super) fn find<'a, 'b>(
     Err(fail(if close.is_empty() {
         format!(
             "no clone named `{query}` in `{}` ({} recorded; {lister})",
-            state.display(),
+            state,
             clones.len()
         )
     } else {
         format!(
             "no clone named `{query}` in `{}`; did you mean {}? ({lister})",
-            state.display(),
+            state,
             close
                 .iter()
                 .map(|n| format!("`{n}`"))
@@ -286,10 +297,13 @@ fn close_names<'a>(query: &str, mut known: Vec<&'a str>, max: usize) -> Vec<&'a 
 
 pub(super) fn run(args: OutputArgs, color: bool) -> Result<i32, Failure> {
     let format = if args.json { Format::Json } else { args.format };
-    let (spec, path, state) = load(&args.spec, args.state)?;
+    let (spec, at, state) = load(&args.spec, args.state)?;
     let clones = clones(&state);
     if clones.is_empty() {
-        eprintln!("{}.", capitalized(&nothing_applied(&args.spec.file, &path)));
+        eprintln!(
+            "{}.",
+            capitalized(&nothing_applied(&args.spec.file, &at.name))
+        );
     }
     match format {
         Format::Table => {
@@ -311,7 +325,7 @@ pub(super) fn run(args: OutputArgs, color: bool) -> Result<i32, Failure> {
             emit(&b)?;
         }
         Format::AnsibleInventory => {
-            let (inventory, notes) = ansible(&spec, &path, &clones);
+            let (inventory, notes) = ansible(&spec, &at.known_hosts, &clones);
             for n in notes {
                 eprintln!("Note: {n}");
             }
@@ -426,9 +440,9 @@ pub(crate) struct InventoryHost {
     pub ssh_args: Option<String>,
 }
 
-fn ansible(spec: &Spec, state_path: &Path, clones: &[RecordedClone<'_>]) -> (Value, Vec<String>) {
+fn ansible(spec: &Spec, known_hosts: &Path, clones: &[RecordedClone<'_>]) -> (Value, Vec<String>) {
     let mut notes = Vec::new();
-    let clone_opts = super::ssh::clone_options(state_path, false);
+    let clone_opts = super::ssh::clone_options(known_hosts, false);
     let mut routes: BTreeMap<&str, Option<Vec<String>>> = BTreeMap::new();
     let mut netns_hosts = BTreeSet::new();
     let hosts: Vec<InventoryHost> = clones

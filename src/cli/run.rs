@@ -1,14 +1,13 @@
 //! `apply` and `destroy`: plan (or load a saved plan), check, confirm, execute, report.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use super::events;
 use super::progress::{self, View};
 use super::{
-    emit, fail, load_spec, locked_state, render_options, state_path, ApplyArgs, DestroyArgs,
-    Failure, RunArgs,
+    emit, fail, load_spec, locked_state, render_options, store_of, ApplyArgs, DestroyArgs, Failure,
+    RunArgs,
 };
 use crate::apply::{self, Interrupt, Limits, Schedule, Stop};
 use crate::backend;
@@ -17,7 +16,7 @@ use crate::plan::{self, Mode, OpGraph, Plan};
 use crate::refresh::{self, Refreshed};
 use crate::resource::Addr;
 use crate::spec::Spec;
-use crate::state::{journal, State};
+use crate::state::{State, Store};
 
 pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
     json_needs_approval(&args.run, args.plan.is_some())?;
@@ -38,9 +37,9 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             }
             let saved = Plan::load(&file)?;
             let spec = saved_spec(&saved, &file)?;
-            let path = state_path(args.state.path, &spec.cluster);
+            let store = store_of(&args.state, &spec)?;
             let (_lock, mut state) =
-                locked_state(&path, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
+                locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             // The whole plan is checked before anything is touched (settling a journal
             // writes the state).
             saved.check_current(&state)?;
@@ -50,8 +49,8 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                     file.display()
                 ))
             })?;
-            journal::settle(&mut state, &path)?;
-            execute(&spec, saved, &mut state, &path, &args.run, color, true)
+            store.settle(&mut state)?;
+            execute(&spec, saved, &mut state, &*store, &args.run, color, true)
         }
         None => {
             let Some(spec_file) = args.spec.file else {
@@ -60,10 +59,10 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 ));
             };
             let spec = load_spec(&spec_file)?;
-            let path = state_path(args.state.path, &spec.cluster);
+            let store = store_of(&args.state, &spec)?;
             let (_lock, mut state) =
-                locked_state(&path, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
-            journal::settle(&mut state, &path)?;
+                locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
+            store.settle(&mut state)?;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
                 refresh_state(&spec, &mut state, limits_of(&args.run))?
             } else {
@@ -77,7 +76,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 emit(refresh::render(&drift, color).as_bytes())?;
             }
             if args.refresh.refresh_only {
-                return record_drift(&drift, &mut state, &path, &args.run);
+                return record_drift(&drift, &mut state, &*store, &args.run);
             }
             let opts = plan::Options {
                 mode: Some(Mode::Normal),
@@ -87,7 +86,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             };
             let health = crate::health::Health::from_refresh(&drift);
             let plan = make_plan(&spec, &state, &opts, &health)?;
-            execute(&spec, plan, &mut state, &path, &args.run, color, false)
+            execute(&spec, plan, &mut state, &*store, &args.run, color, false)
         }
     }
 }
@@ -95,10 +94,14 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
 pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
     json_needs_approval(&args.run, false)?;
     let spec = load_spec(&args.spec.file)?;
-    let path = state_path(args.state.path, &spec.cluster);
-    let (_lock, mut state) =
-        locked_state(&path, Some(&spec.cluster), "destroy", args.run.lock_timeout)?;
-    journal::settle(&mut state, &path)?;
+    let store = store_of(&args.state, &spec)?;
+    let (_lock, mut state) = locked_state(
+        &*store,
+        Some(&spec.cluster),
+        "destroy",
+        args.run.lock_timeout,
+    )?;
+    store.settle(&mut state)?;
     let opts = plan::Options {
         mode: Some(Mode::Destroy),
         targets: args.target,
@@ -106,7 +109,7 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
         prevent_destroy: false,
     };
     let plan = make_plan(&spec, &state, &opts, &Default::default())?;
-    execute(&spec, plan, &mut state, &path, &args.run, color, false)
+    execute(&spec, plan, &mut state, &*store, &args.run, color, false)
 }
 
 /// Reads every recorded object on its host and folds the findings into `state` (in memory).
@@ -146,7 +149,7 @@ fn json_needs_approval(run: &RunArgs, saved: bool) -> Result<(), Failure> {
 fn record_drift(
     drift: &Refreshed,
     state: &mut State,
-    path: &Path,
+    store: &dyn Store,
     run: &RunArgs,
 ) -> Result<i32, Failure> {
     if !drift.changed() {
@@ -160,13 +163,13 @@ fn record_drift(
         println!("Apply cancelled.");
         return Ok(1);
     }
-    state.persist(path)?;
+    store.write(state)?;
     if !run.json {
         println!(
             "\nRecorded {} change{} found outside vmthunder in `{}`; no host was touched.",
             drift.drift.len(),
             if drift.drift.len() == 1 { "" } else { "s" },
-            path.display()
+            store.name()
         );
     }
     Ok(0)
@@ -185,7 +188,7 @@ fn make_plan(
 }
 
 /// The spec a saved plan was made from, checked against its digest.
-fn saved_spec(saved: &Plan, file: &Path) -> Result<Spec, Failure> {
+fn saved_spec(saved: &Plan, file: &std::path::Path) -> Result<Spec, Failure> {
     let value = saved.spec.as_ref().ok_or_else(|| {
         fail(format!(
             "plan `{}` does not carry its spec (it was made by an older vmthunder); nothing was changed; make a new plan",
@@ -211,12 +214,25 @@ fn execute(
     spec: &Spec,
     plan: Plan,
     state: &mut State,
-    path: &Path,
+    store: &dyn Store,
     run: &RunArgs,
     color: bool,
     saved: bool,
 ) -> Result<i32, Failure> {
     let destroying = plan.mode == Mode::Destroy;
+    let makes_secrets = plan
+        .changes
+        .iter()
+        .any(|c| c.after.is_some() && c.addr.kind == crate::resource::Kind::Session);
+    if store.codec().refuses_secrets()
+        && spec.backend.stack == crate::spec::Stack::Linux
+        && makes_secrets
+    {
+        return Err(fail(format!(
+            "cannot apply: the linux stack records a CHAP secret per session, and state `{}` keeps secrets only sealed, but no state key is configured; nothing was changed. Make a key (`head -c 32 /dev/urandom | base64 > state.key; chmod 600 state.key`) and pass it with --state-key-file, state.key_file or VMTHUNDER_STATE_KEY",
+            store.name()
+        )));
+    }
     let backend = backend::for_spec(spec).map_err(|e| fail(e.to_string()))?;
     if let Err(problems) = backend.preflight(&plan) {
         let mut m = format!(
@@ -270,7 +286,7 @@ fn execute(
     let result = apply::run(
         &plan,
         state,
-        path,
+        store,
         Arc::clone(&backend),
         limits,
         &interrupt,

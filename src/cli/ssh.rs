@@ -145,16 +145,10 @@ fn proxy_command(spec: &Spec, host: &crate::spec::Host) -> String {
     words.join(" ")
 }
 
-/// The cluster's known_hosts file for its clones: next to its state
-/// (`state/<cluster>.known_hosts`).
-pub(super) fn known_hosts(state_path: &Path) -> PathBuf {
-    state_path.with_extension("known_hosts")
-}
-
 /// The ssh options every login to a clone takes: its host key accepted the first time and
 /// kept in the cluster's file, not the user's; and with `timeout`, a connect timeout.
-pub(super) fn clone_options(state_path: &Path, timeout: bool) -> Vec<String> {
-    let file = absolute(&known_hosts(state_path).display().to_string());
+pub(super) fn clone_options(known_hosts: &Path, timeout: bool) -> Vec<String> {
+    let file = absolute(&known_hosts.display().to_string());
     let mut o = vec![
         "-o".to_string(),
         "StrictHostKeyChecking=accept-new".to_string(),
@@ -181,7 +175,7 @@ pub(super) fn default_key(spec: &Spec) -> Option<PathBuf> {
 /// The argument vector that logs in to `address`, a clone on `host`.
 fn command(
     spec: &Spec,
-    state_path: &Path,
+    known_hosts: &Path,
     host: &str,
     address: &str,
     user: &str,
@@ -194,7 +188,7 @@ fn command(
         argv.extend(["ip", "netns", "exec", ns].map(String::from));
     }
     argv.push("ssh".into());
-    argv.extend(clone_options(state_path, true));
+    argv.extend(clone_options(known_hosts, true));
     if let Some(k) = key {
         argv.push("-i".into());
         argv.push(percent(&k.display().to_string()));
@@ -216,9 +210,9 @@ fn command(
 }
 
 pub(super) fn run(args: SshArgs) -> Result<i32, Failure> {
-    let (spec, path, state) = output::load(&args.spec, args.state)?;
+    let (spec, at, state) = output::load(&args.spec, args.state)?;
     let clones = output::clones(&state);
-    let c = output::find(&clones, &args.clone, &args.spec.file, &path)?;
+    let c = output::find(&clones, &args.clone, &args.spec.file, &at.name)?;
     let Some(address) = c.first_address() else {
         return Err(fail(format!(
             "clone {} ({}) has no network address: the spec must attach clones to a network (`networks`, and its name in `clones.networks`); `vmthunder apply` then gives each one an address",
@@ -229,7 +223,7 @@ pub(super) fn run(args: SshArgs) -> Result<i32, Failure> {
     let user = args.user.unwrap_or_else(|| spec.clones.ssh_user.clone());
     let argv = command(
         &spec,
-        &path,
+        &at.known_hosts,
         &c.rec.addr.host,
         &address,
         &user,

@@ -2,7 +2,6 @@
 //! previous file kept as `.backup`, and `--dry-run` to look first. Only `import` reads a
 //! host; none changes one.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::{fail, locked_state, Failure};
@@ -10,25 +9,25 @@ use crate::backend::{self, Observed, Target};
 use crate::graph::Graph;
 use crate::resource::{Addr, Kind};
 use crate::spec::Spec;
-use crate::state::{journal, Lock, Recorded, State, Status};
+use crate::state::{Held, Recorded, State, Status, Store};
 
 /// Loads the state at `path` under the lock (a leftover journal replayed), and unless this is
 /// a dry run folds the journal into the file.
 fn locked(
-    path: &Path,
+    store: &dyn Store,
     cluster: Option<&str>,
     operation: &str,
     dry_run: bool,
-) -> Result<(Lock, State), Failure> {
-    let (lock, mut state) = locked_state(path, cluster, operation, Duration::ZERO)?;
+) -> Result<(Held, State), Failure> {
+    let (lock, mut state) = locked_state(store, cluster, operation, Duration::ZERO)?;
     if !dry_run {
-        journal::settle(&mut state, path)?;
+        store.settle(&mut state)?;
     }
     Ok((lock, state))
 }
 
 pub(super) fn rm(
-    path: &Path,
+    store: &dyn Store,
     cluster: Option<&str>,
     patterns: &[String],
     dry_run: bool,
@@ -40,7 +39,7 @@ pub(super) fn rm(
             )));
         }
     }
-    let (_lock, mut state) = locked(path, cluster, "state rm", dry_run)?;
+    let (_lock, mut state) = locked(store, cluster, "state rm", dry_run)?;
     let chosen = state.select_for_removal(patterns).map_err(fail)?;
     let verb = if dry_run { "Would forget" } else { "Forgot" };
     for a in &chosen {
@@ -50,13 +49,13 @@ pub(super) fn rm(
         println!("{verb} {a}");
     }
     if !dry_run {
-        state.persist(path)?;
+        store.write(&mut state)?;
     }
     println!(
         "{verb} {} resource{} in `{}`; the objects on the hosts are untouched{}.",
         chosen.len(),
         if chosen.len() == 1 { "" } else { "s" },
-        path.display(),
+        store.name(),
         if dry_run {
             " and nothing was written"
         } else {
@@ -67,7 +66,7 @@ pub(super) fn rm(
 }
 
 pub(super) fn mv(
-    path: &Path,
+    store: &dyn Store,
     cluster: Option<&str>,
     from: &str,
     to: &str,
@@ -75,25 +74,25 @@ pub(super) fn mv(
 ) -> Result<i32, Failure> {
     let from: Addr = from.parse().map_err(fail)?;
     let to: Addr = to.parse().map_err(fail)?;
-    let (_lock, mut state) = locked(path, cluster, "state mv", dry_run)?;
+    let (_lock, mut state) = locked(store, cluster, "state mv", dry_run)?;
     state.rename(&from, &to).map_err(fail)?;
     if dry_run {
         println!("Would move {from} to {to}; nothing was written.");
     } else {
-        state.persist(path)?;
-        println!("Moved {from} to {to} in `{}`.", path.display());
+        store.write(&mut state)?;
+        println!("Moved {from} to {to} in `{}`.", store.name());
     }
     Ok(0)
 }
 
 pub(super) fn import(
     spec: &Spec,
-    path: &Path,
+    store: &dyn Store,
     address: &str,
     dry_run: bool,
 ) -> Result<i32, Failure> {
     let addr: Addr = address.parse().map_err(fail)?;
-    let (_lock, mut state) = locked(path, Some(&spec.cluster), "import", dry_run)?;
+    let (_lock, mut state) = locked(store, Some(&spec.cluster), "import", dry_run)?;
     if state.get(&addr).is_some() {
         return Err(fail(format!(
             "{addr} is already recorded; `vmthunder state rm {addr}` first to import it again"
@@ -173,11 +172,11 @@ pub(super) fn import(
         deps,
         status: Status::Ready,
     });
-    state.persist(path)?;
+    store.write(&mut state)?;
     println!(
         "Imported {addr} from host {} ({shown}) into `{}`.",
         addr.host,
-        path.display()
+        store.name()
     );
     Ok(0)
 }

@@ -50,6 +50,9 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
     if let Some(e) = &d.estimate {
         check_estimate(e, diags);
     }
+    if let Some(s) = &d.state {
+        super::state::check(s, diags);
+    }
     let over_ssh = backend.is_some_and(|b| b.transport == Transport::Ssh);
     if let (true, Some(boot)) = (over_ssh, d.clones.as_ref().and_then(|c| c.boot.as_ref())) {
         for (field, path) in [

@@ -70,6 +70,7 @@ pub(crate) struct Draft {
     pub clones: Option<Clones>,
     pub networks: Vec<Option<Network>>,
     pub estimate: Option<Estimate>,
+    pub state: Option<super::StateSpec>,
 }
 
 impl Draft {
@@ -88,6 +89,7 @@ impl Draft {
             clones: self.clones?,
             networks: self.networks.into_iter().collect::<Option<_>>()?,
             estimate: self.estimate?,
+            state: self.state?,
         })
     }
 }
@@ -114,6 +116,7 @@ pub(crate) fn decode(value: &Value, diags: &mut Diagnostics) -> Draft {
     draft.cache = or_default::<CacheSpec>(top.get("cache"), "/cache", &dirty, diags);
     draft.clones = or_default::<Clones>(top.get("clones"), "/clones", &dirty, diags);
     draft.estimate = or_default::<Estimate>(top.get("estimate"), "/estimate", &dirty, diags);
+    draft.state = or_default::<super::StateSpec>(top.get("state"), "/state", &dirty, diags);
     draft.hosts = list::<Host>(top.get("hosts"), "/hosts", &dirty, diags);
     draft.images = list::<Image>(top.get("images"), "/images", &dirty, diags);
     draft.networks = list::<Network>(top.get("networks"), "/networks", &dirty, diags);

@@ -10,6 +10,7 @@ mod inputs;
 mod json;
 mod networks;
 mod schema;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +26,7 @@ pub(crate) use decode::suggest;
 pub use decode::{Diagnostic, Diagnostics};
 pub use inputs::Loaded;
 pub use networks::{Cidr, MAX_NETWORKS};
+pub use state::{StateBackend, StateSpec};
 
 /// The only spec version this build reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -89,6 +91,10 @@ pub struct Spec {
     /// stack.
     #[serde(default, skip_serializing_if = "Estimate::is_default")]
     pub estimate: Estimate,
+    /// Where the state is kept (a file, or a PostgreSQL database a team shares) and the key
+    /// that seals its secrets.
+    #[serde(default, skip_serializing_if = "StateSpec::is_default")]
+    pub state: StateSpec,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]

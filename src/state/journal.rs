@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Placement, Recorded, RecordedIn, RecordedOut, State, StateError};
+use super::store::JournalSink;
+use super::{Codec, Placement, Recorded, RecordedIn, RecordedOut, State, StateError};
 use crate::resource::Addr;
 
 const JOURNAL_VERSION: u32 = 1;
@@ -74,7 +75,8 @@ pub enum Replayed {
 /// Journal bytes that replay leaves out: the end of a journal that is not a whole line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Ignored {
-    pub path: PathBuf,
+    /// The journal: a file's path, or where a database keeps it.
+    pub place: String,
     /// How many bytes are left out.
     pub bytes: usize,
     /// Whole lines before them (0: not even the header is whole).
@@ -84,14 +86,14 @@ pub struct Ignored {
 }
 
 impl Ignored {
-    fn of(path: &Path, after_lines: usize, rest: &[u8]) -> Ignored {
+    fn of(place: &str, after_lines: usize, rest: &[u8]) -> Ignored {
         const SHOWN: usize = 40;
         let mut head = String::from_utf8_lossy(&rest[..rest.len().min(SHOWN)]).into_owned();
         if rest.len() > SHOWN {
             head.push_str("...");
         }
         Ignored {
-            path: path.to_path_buf(),
+            place: place.to_string(),
             bytes: rest.len(),
             after_lines,
             head,
@@ -101,7 +103,7 @@ impl Ignored {
 
 impl std::fmt::Display for Ignored {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = self.path.display();
+        let path = &self.place;
         match (self.bytes, self.after_lines) {
             (0, _) => write!(
                 f,
@@ -130,6 +132,7 @@ pub(super) fn replay(
     state: &mut Option<State>,
     cluster: Option<&str>,
     state_path: &Path,
+    codec: &Codec,
 ) -> Result<(Replayed, Option<Ignored>), StateError> {
     let path = path_for(state_path);
     let bytes = match crate::text::read_regular(&path) {
@@ -142,14 +145,26 @@ pub(super) fn replay(
             })
         }
     };
-    let shown = path.display().to_string();
+    replay_bytes(state, cluster, &bytes, &path.display().to_string(), codec)
+}
+
+/// [`replay`] of a journal's bytes, wherever they were kept (`shown` names the place).
+pub(crate) fn replay_bytes(
+    state: &mut Option<State>,
+    cluster: Option<&str>,
+    bytes: &[u8],
+    shown: &str,
+    codec: &Codec,
+) -> Result<(Replayed, Option<Ignored>), StateError> {
+    let shown = shown.to_string();
+    let path = shown.as_str();
     let corrupt = |message: String| StateError::Corrupt {
         path: shown.clone(),
         message,
     };
     // Only newline-terminated lines were written whole; the rest is a torn write.
     let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
-        return Ok((Replayed::Headless, Some(Ignored::of(&path, 0, &bytes))));
+        return Ok((Replayed::Headless, Some(Ignored::of(path, 0, bytes))));
     };
     let complete = &bytes[..end];
     let mut lines = complete.split(|&b| b == b'\n');
@@ -192,9 +207,15 @@ pub(super) fn replay(
             .map_err(|e| corrupt(format!("line {}: {e}", i + 2)))?;
         match entry {
             Entry::Upsert(r) => {
-                let r = r
+                let mut r = r
                     .into_recorded()
                     .map_err(|m| corrupt(format!("line {}: {m}", i + 2)))?;
+                codec
+                    .open(&state.cluster, &mut r)
+                    .map_err(|message| StateError::Key {
+                        path: shown.clone(),
+                        message: format!("line {}: {message}", i + 2),
+                    })?;
                 state.upsert(r);
             }
             Entry::Remove(addr) => {
@@ -210,19 +231,28 @@ pub(super) fn replay(
         state.serial = header.serial + 1;
     }
     let torn = &bytes[end + 1..];
-    let ignored = (!torn.is_empty()).then(|| Ignored::of(&path, lines.len() + 1, torn));
+    let ignored = (!torn.is_empty()).then(|| Ignored::of(path, lines.len() + 1, torn));
     Ok((Replayed::Applied(applied), ignored))
 }
 
 /// Folds a leftover journal into the state file: after this, the state file alone is the
 /// truth. Call with the lock held, on a state loaded from `state_path`.
 pub fn settle(state: &mut State, state_path: &Path) -> Result<bool, StateError> {
+    settle_with(state, state_path, &Codec::default())
+}
+
+/// [`settle`], writing with `codec`.
+pub fn settle_with(
+    state: &mut State,
+    state_path: &Path,
+    codec: &Codec,
+) -> Result<bool, StateError> {
     let path = path_for(state_path);
     if !path.exists() {
         return Ok(false);
     }
     if state.lineage.is_some() {
-        state.persist(state_path)?;
+        state.persist_with(state_path, codec)?;
     }
     remove(&path)?;
     Ok(true)
@@ -261,19 +291,7 @@ impl Journal {
             path: path.display().to_string(),
             source,
         };
-        let lineage = state
-            .lineage
-            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
-            .clone();
-        let header = Header {
-            vmthunder_journal: JOURNAL_VERSION,
-            cluster: Cow::Borrowed(&state.cluster),
-            lineage: Cow::Owned(lineage),
-            serial: state.serial,
-            placement: state.placement.clone(),
-        };
-        let mut line = serde_json::to_vec(&header).expect("headers serialize");
-        line.push(b'\n');
+        let line = header_line(state);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(write_err)?;
         }
@@ -306,13 +324,42 @@ impl Journal {
 
     /// Ends the apply: the state is written once, then the journal goes.
     pub fn close(self, state: &mut State, state_path: &Path) -> Result<(), StateError> {
-        state.persist(state_path)?;
+        self.close_with(state, state_path, &Codec::default())
+    }
+
+    /// [`Journal::close`], writing with `codec`.
+    pub fn close_with(
+        self,
+        state: &mut State,
+        state_path: &Path,
+        codec: &Codec,
+    ) -> Result<(), StateError> {
+        state.persist_with(state_path, codec)?;
         drop(self.file);
         remove(&self.path)
     }
 }
 
-/// The journal line recording `r`.
+/// The first line of a journal that builds on `state`. Gives the state its lineage if it has
+/// none yet.
+pub(crate) fn header_line(state: &mut State) -> Vec<u8> {
+    let lineage = state
+        .lineage
+        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+        .clone();
+    let header = Header {
+        vmthunder_journal: JOURNAL_VERSION,
+        cluster: Cow::Borrowed(&state.cluster),
+        lineage: Cow::Owned(lineage),
+        serial: state.serial,
+        placement: state.placement.clone(),
+    };
+    let mut line = serde_json::to_vec(&header).expect("headers serialize");
+    line.push(b'\n');
+    line
+}
+
+/// The journal line recording `r` (no secret sealed: [`Codec::upsert_line`] seals them).
 pub fn upsert_line(r: &Recorded, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"upsert\":");
     serde_json::to_writer(&mut *out, &RecordedOut::of(r)).expect("resources serialize");
@@ -331,7 +378,7 @@ pub fn remove_line(addr: &Addr, out: &mut Vec<u8>) {
 /// sequence number up to which lines are durable (or the error that stopped the journal).
 pub struct GroupCommit {
     shared: Arc<(Mutex<Queue>, Condvar)>,
-    thread: Option<JoinHandle<Journal>>,
+    thread: Option<JoinHandle<Box<dyn JournalSink>>>,
 }
 
 #[derive(Default)]
@@ -344,7 +391,7 @@ struct Queue {
 
 impl GroupCommit {
     pub fn start(
-        mut journal: Journal,
+        mut journal: Box<dyn JournalSink>,
         on_durable: impl Fn(Result<u64, std::io::Error>) + Send + 'static,
     ) -> GroupCommit {
         let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
@@ -404,7 +451,7 @@ impl GroupCommit {
     }
 
     /// Writes what is queued and stops; gives the journal back.
-    pub fn finish(mut self) -> Journal {
+    pub fn finish(mut self) -> Box<dyn JournalSink> {
         {
             let (lock, cvar) = &*self.shared;
             lock.lock().expect("journal queue").closing = true;
@@ -572,7 +619,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lab.json");
         let mut s = State::empty("lab");
-        let j = Journal::begin(&mut s, &path).unwrap();
+        use crate::state::Store;
+        let j = crate::state::FileStore::new(path.clone(), Codec::default())
+            .begin(&mut s)
+            .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let gc = GroupCommit::start(j, move |r| tx.send(r.unwrap()).unwrap());
         let mut last = 0;

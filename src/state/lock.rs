@@ -46,6 +46,29 @@ impl std::fmt::Display for LockInfo {
 }
 
 impl LockInfo {
+    /// The info of a lock this process takes now for `operation`, with a fresh ID.
+    pub fn new(operation: &str) -> LockInfo {
+        let host = hostname();
+        LockInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            operation: operation.to_string(),
+            who: format!("{}@{host}", user()),
+            host,
+            pid: std::process::id(),
+            created: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Whether the holder runs on this machine and is alive (then a new run beside it would
+    /// do its work a second time).
+    pub fn alive_here(&self) -> bool {
+        self.host() == hostname() && alive(self.pid)
+    }
+
     /// The machine the holder runs on.
     pub fn host(&self) -> &str {
         if self.host.is_empty() {
@@ -77,6 +100,8 @@ pub enum LockError {
     },
     #[error("refusing to remove the lock of state `{path}`: {operation} (lock ID {id}) by {who}, pid {pid}, holds it since {since}, and that process is still running on this machine, so a run started beside it would do its work a second time: wait for it to finish or stop it (`kill {pid}`), or pass --force to remove the lock anyway", operation = holder.operation, id = holder.id, who = holder.who, pid = holder.pid, since = holder.since())]
     HolderAlive { path: String, holder: Box<LockInfo> },
+    #[error("failed to lock state `{place}`: {message}")]
+    Store { place: String, message: String },
     #[error("failed to lock state at `{path}`")]
     Io {
         path: String,
@@ -129,7 +154,6 @@ impl Lock {
                 .map_err(io)?;
             match file.try_lock() {
                 Ok(()) => {
-                    let host = hostname();
                     // A force-unlock may have removed the file between open and lock.
                     let same = fs::metadata(&path)
                         .map(|m| m.ino() == file.metadata().map(|f| f.ino()).unwrap_or(0))
@@ -137,18 +161,7 @@ impl Lock {
                     if !same {
                         continue;
                     }
-                    let info = LockInfo {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        operation: operation.to_string(),
-                        who: format!("{}@{host}", user()),
-                        host,
-                        pid: std::process::id(),
-                        created: SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                    };
+                    let info = LockInfo::new(operation);
                     file.set_len(0).map_err(io)?;
                     file.rewind().map_err(io)?;
                     file.write_all(&serde_json::to_vec_pretty(&info).expect("serializes"))

@@ -4,14 +4,19 @@
 //! the directory, previous version kept as `.backup`, mode 0600) and the lock that serializes
 //! writers. Plain data: it never talks to hosts.
 
+mod file;
 pub mod journal;
 mod lock;
+pub mod postgres;
+pub mod seal;
+pub mod store;
 mod surgery;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 use schemars::JsonSchema;
@@ -20,8 +25,10 @@ use serde_json::value::RawValue;
 
 use crate::resource::{Addr, Desired, Kind};
 
+pub use file::FileStore;
 pub use journal::{Ignored, Replayed};
 pub use lock::{force_unlock, Lock, LockError, LockInfo};
+pub use store::{open as open_store, Held, JournalSink, Location, Store};
 
 /// The state file format this build writes and reads.
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -65,6 +72,86 @@ pub struct State {
     index: HashMap<Addr, u32>,
 }
 
+/// How records are written to a store and read back: the key that seals their secrets, if
+/// one is configured ([`seal`]).
+#[derive(Clone, Debug, Default)]
+pub struct Codec {
+    key: Option<Arc<seal::Key>>,
+    /// Refuse to write a secret in clear (the postgres store: a database is shared).
+    refuse_clear: bool,
+}
+
+impl Codec {
+    pub fn new(key: Option<seal::Key>, refuse_clear: bool) -> Codec {
+        Codec {
+            key: key.map(Arc::new),
+            refuse_clear,
+        }
+    }
+
+    pub fn key(&self) -> Option<&seal::Key> {
+        self.key.as_deref()
+    }
+
+    /// This codec with `key` instead (`state rekey`).
+    pub fn with_key(&self, key: Option<seal::Key>) -> Codec {
+        Codec::new(key, self.refuse_clear)
+    }
+
+    /// Whether a secret would be refused: the store keeps secrets only sealed and no key is
+    /// configured.
+    pub fn refuses_secrets(&self) -> bool {
+        self.refuse_clear && self.key.is_none()
+    }
+
+    /// `r` as it is written: its secrets sealed.
+    fn out<'a>(&self, cluster: &str, r: &'a Recorded) -> Result<RecordedOut<'a>, String> {
+        let mut out = RecordedOut::of(r);
+        match &self.key {
+            Some(key) => {
+                if let Some(sealed) = seal::sealed_copy(key, cluster, &r.addr, &r.observed) {
+                    out.observed = std::borrow::Cow::Owned(sealed);
+                }
+            }
+            None if self.refuse_clear && seal::has_clear_secret(r.addr.kind, &r.observed) => {
+                return Err(format!(
+                    "{} holds a secret, and this store keeps secrets only sealed: configure a state key (VMTHUNDER_STATE_KEY, state.key_file or --state-key-file)",
+                    r.addr
+                ));
+            }
+            None => {}
+        }
+        Ok(out)
+    }
+
+    /// Opens the sealed secrets of `r`, just read.
+    fn open(&self, cluster: &str, r: &mut Recorded) -> Result<(), String> {
+        seal::open_all(self.key(), cluster, &r.addr, &mut r.observed).map_err(|e| {
+            let mut m = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                m.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            m
+        })
+    }
+
+    /// The journal line recording `r`.
+    pub fn upsert_line(
+        &self,
+        cluster: &str,
+        r: &Recorded,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let rec = self.out(cluster, r)?;
+        out.extend_from_slice(b"{\"upsert\":");
+        serde_json::to_writer(&mut *out, &rec).expect("resources serialize");
+        out.extend_from_slice(b"}\n");
+        Ok(())
+    }
+}
+
 /// A state as [`State::open`] read it, with what it found in the journal.
 #[derive(Debug)]
 pub struct Loaded {
@@ -84,6 +171,10 @@ pub enum StateError {
     },
     #[error("state `{path}` is not a valid vmthunder state: {message}")]
     Corrupt { path: String, message: String },
+    #[error("state database `{server}`: {message}")]
+    Database { server: String, message: String },
+    #[error("cannot open the secrets of state `{path}`: {message}")]
+    Key { path: String, message: String },
     #[error("state `{path}` has format version {found}; this vmthunder reads version {STATE_FORMAT_VERSION}")]
     Version { path: String, found: u32 },
     #[error(
@@ -288,10 +379,19 @@ impl State {
     /// not know the cluster (`None`), of the cluster the journal names; with neither a file nor
     /// a journal nor a cluster there is nothing to read.
     pub fn open(path: &Path, cluster: Option<&str>) -> Result<Loaded, StateError> {
+        State::open_with(path, cluster, &Codec::default())
+    }
+
+    /// [`State::open`] with the secrets opened by `codec`.
+    pub fn open_with(
+        path: &Path,
+        cluster: Option<&str>,
+        codec: &Codec,
+    ) -> Result<Loaded, StateError> {
         let shown = path.display().to_string();
         let mut state = match crate::text::read_regular(path) {
             Ok(bytes) => {
-                let state = State::parse(path, &bytes)?;
+                let state = State::parse(path, &bytes, codec)?;
                 if let Some(expected) = cluster.filter(|c| *c != state.cluster) {
                     return Err(StateError::OtherCluster {
                         path: shown,
@@ -309,7 +409,7 @@ impl State {
                 })
             }
         };
-        let (journal, ignored) = journal::replay(&mut state, cluster, path)?;
+        let (journal, ignored) = journal::replay(&mut state, cluster, path, codec)?;
         let state = match state {
             Some(s) => s,
             None => match cluster {
@@ -329,11 +429,15 @@ impl State {
         Ok(State::open(path, Some(cluster))?.state)
     }
 
-    fn parse(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
-        State::from_json(bytes).map_err(|e| match e {
+    fn parse(path: &Path, bytes: &[u8], codec: &Codec) -> Result<State, StateError> {
+        State::from_json(bytes, codec).map_err(|e| match e {
             FromJsonError::Version(found) => StateError::Version {
                 path: path.display().to_string(),
                 found,
+            },
+            FromJsonError::Key(message) => StateError::Key {
+                path: path.display().to_string(),
+                message,
             },
             FromJsonError::Invalid(message) => {
                 let mut backup = path.as_os_str().to_owned();
@@ -355,7 +459,8 @@ impl State {
         })
     }
 
-    fn from_json(bytes: &[u8]) -> Result<State, FromJsonError> {
+    /// Reads a state document (the file's bytes, or a database row's), opening its secrets.
+    pub(crate) fn from_json(bytes: &[u8], codec: &Codec) -> Result<State, FromJsonError> {
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
@@ -367,13 +472,18 @@ impl State {
         }
         let file: StateFileIn =
             serde_json::from_slice(bytes).map_err(|e| FromJsonError::Invalid(e.to_string()))?;
+        let cluster = file.cluster;
         let resources = file
             .resources
             .into_iter()
-            .map(|r| r.into_recorded().map_err(FromJsonError::Invalid))
+            .map(|r| {
+                let mut r = r.into_recorded().map_err(FromJsonError::Invalid)?;
+                codec.open(&cluster, &mut r).map_err(FromJsonError::Key)?;
+                Ok(r)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         State::from_parts(
-            &file.cluster,
+            &cluster,
             file.serial,
             Some(file.lineage),
             file.placement,
@@ -384,6 +494,12 @@ impl State {
 
     /// The state file's JSON. Assigns a lineage if the state has none yet.
     pub fn to_json(&mut self) -> Vec<u8> {
+        self.to_json_with(&Codec::default())
+            .expect("the default codec refuses nothing")
+    }
+
+    /// [`State::to_json`] with secrets sealed by `codec`.
+    pub fn to_json_with(&mut self, codec: &Codec) -> Result<Vec<u8>, String> {
         let lineage = self
             .lineage
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
@@ -405,26 +521,47 @@ impl State {
         );
         for (i, r) in self.resources.iter().enumerate() {
             out.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
-            let line = RecordedOut::of(r);
+            let line = codec.out(&self.cluster, r)?;
             serde_json::to_writer(&mut out, &line).expect("resources serialize");
         }
         out.extend_from_slice(b"\n  ]\n}\n");
-        out
+        Ok(out)
     }
 
     /// Bumps the serial and writes the state atomically to `path`, keeping the previous file
     /// as `<path>.backup`.
     /// Refused, writing nothing, if the state is one [`State::load`] would refuse.
     pub fn persist(&mut self, path: &Path) -> Result<(), StateError> {
-        self.check().map_err(|message| StateError::Refused {
-            path: path.display().to_string(),
-            message,
-        })?;
-        self.serial += 1;
-        let bytes = self.to_json();
+        self.persist_with(path, &Codec::default())
+    }
+
+    /// [`State::persist`] with secrets sealed by `codec`.
+    pub fn persist_with(&mut self, path: &Path, codec: &Codec) -> Result<(), StateError> {
+        let bytes = self.next_version(&path.display().to_string(), codec)?;
         write_atomic(path, &bytes).map_err(|source| StateError::Write {
             path: path.display().to_string(),
             source,
+        })
+    }
+}
+
+impl State {
+    /// The document of the next version of this state, checked (refused, changing nothing,
+    /// if it is one a loader would refuse) and with its serial bumped.
+    pub(crate) fn next_version(
+        &mut self,
+        place: &str,
+        codec: &Codec,
+    ) -> Result<Vec<u8>, StateError> {
+        let refused = |message| StateError::Refused {
+            path: place.to_string(),
+            message,
+        };
+        self.check().map_err(refused)?;
+        self.serial += 1;
+        self.to_json_with(codec).map_err(|m| {
+            self.serial -= 1;
+            refused(m)
         })
     }
 }
@@ -471,9 +608,10 @@ pub fn schema_bytes() -> Vec<u8> {
     s
 }
 
-enum FromJsonError {
+pub(crate) enum FromJsonError {
     Version(u32),
     Invalid(String),
+    Key(String),
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -487,7 +625,7 @@ struct RecordedOut<'a> {
     n: Option<u32>,
     status: Status,
     desired: &'a Desired,
-    observed: &'a serde_json::Map<String, serde_json::Value>,
+    observed: std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>>,
     deps: &'a [Addr],
 }
 
@@ -557,7 +695,7 @@ impl<'a> RecordedOut<'a> {
             n: r.addr.n,
             status: r.status,
             desired: &r.desired,
-            observed: &r.observed,
+            observed: std::borrow::Cow::Borrowed(&r.observed),
             deps: &r.deps,
         }
     }
