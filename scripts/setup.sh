@@ -13,6 +13,10 @@
 #   (scripts/testbed.sh starts its own sshds; the system's is not started).
 #   ovmf (UEFI firmware for clones with firmware: uefi) and genisoimage (the cloud-init
 #   NoCloud seed ISOs) for clones of a user-supplied disk image.
+#   postgresql (PostgreSQL 15: initdb, postgres, pg_ctl, psql) for the PostgreSQL state tests,
+#   which start private servers of their own (tests/common/pg.rs) as its `postgres` user, with
+#   test certificates made by the openssl CLI it depends on; the package's own cluster
+#   (15/main) is neither used nor needed.
 #
 # Usage: scripts/setup.sh [GUEST_OUTDIR]   (passed on to build-guest.sh)
 # Environment: VMTHUNDER_SKIP_GUEST=1 skips the guest build.
@@ -25,9 +29,9 @@ die() { echo "setup: error: $*" >&2; exit 1; }
 
 # command (or, given as an absolute path, a file) -> package providing it
 main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils openssh-client openssh-server
-    ovmf genisoimage)
+    ovmf genisoimage postgresql)
 main_cmds=(busybox nbdinfo ip cpio zstd xz ssh /usr/sbin/sshd
-    /usr/share/OVMF/OVMF_CODE_4M.fd genisoimage)
+    /usr/share/OVMF/OVMF_CODE_4M.fd genisoimage /usr/lib/postgresql/15/bin/initdb)
 qemu_pkgs=(qemu-system-x86 qemu-block-extra)
 qemu_cmds=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd)
 
