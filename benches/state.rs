@@ -63,6 +63,8 @@ struct Row {
     plan: Duration,
     apply: Duration,
     replan: Duration,
+    /// One more whole-state write of the applied state.
+    write: Duration,
     ops: usize,
 }
 
@@ -88,6 +90,9 @@ fn run(spec: &Spec, store: &dyn Store) -> Row {
     .unwrap();
     let applied = t.elapsed();
     assert!(o.ok() && o.created > 0, "{:?}", o.failed.first());
+    let t = Instant::now();
+    store.write(&mut state).unwrap();
+    let written = t.elapsed();
     drop((p, state));
     let t = Instant::now();
     let state = store.open(Some("bench")).unwrap().state;
@@ -97,6 +102,7 @@ fn run(spec: &Spec, store: &dyn Store) -> Row {
         plan: planned,
         apply: applied,
         replan: t.elapsed(),
+        write: written,
         ops: o.created,
     }
 }
@@ -114,9 +120,9 @@ fn main() {
         .collect();
     let server = pg::Pg::start();
     println!(
-        "| hosts | store | operations | plan s | apply s | ops/s | replan s | apply vs file |"
+        "| hosts | store | operations | plan s | apply s | ops/s | replan s | write s | apply vs file |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, &hosts) in sizes.iter().enumerate() {
         let spec = spec(hosts);
         let dir = tempfile::tempdir().unwrap();
@@ -132,12 +138,13 @@ fn main() {
         let p = run(&spec, &store);
         for (name, r) in [("file", &f), ("postgres", &p)] {
             println!(
-                "| {hosts} | {name} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2}x |",
+                "| {hosts} | {name} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2}x |",
                 r.ops,
                 r.plan.as_secs_f64(),
                 r.apply.as_secs_f64(),
                 r.ops as f64 / r.apply.as_secs_f64(),
                 r.replan.as_secs_f64(),
+                r.write.as_secs_f64(),
                 r.apply.as_secs_f64() / f.apply.as_secs_f64()
             );
         }
