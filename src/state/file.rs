@@ -67,16 +67,7 @@ impl Store for FileStore {
 
     fn put(&self, state: &mut State) -> Result<(), StateError> {
         let place = self.name();
-        state.check().map_err(|message| StateError::Refused {
-            path: place.clone(),
-            message,
-        })?;
-        let doc = state
-            .to_json_with(&self.codec)
-            .map_err(|message| StateError::Refused {
-                path: place.clone(),
-                message,
-            })?;
+        let doc = state.document(&place, &self.codec)?;
         super::write_atomic(&self.path, &doc).map_err(|source| StateError::Write {
             path: place,
             source,

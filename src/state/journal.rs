@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use super::store::JournalSink;
-use super::{Codec, Placement, Recorded, RecordedIn, RecordedOut, State, StateError};
+use super::{Codec, Placement, Recorded, RecordedIn, State, StateError};
 use crate::resource::Addr;
 
 const JOURNAL_VERSION: u32 = 1;
@@ -361,9 +361,9 @@ pub(crate) fn header_line(state: &mut State) -> Vec<u8> {
 
 /// The journal line recording `r` (no secret sealed: [`Codec::upsert_line`] seals them).
 pub fn upsert_line(r: &Recorded, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"upsert\":");
-    serde_json::to_writer(&mut *out, &RecordedOut::of(r)).expect("resources serialize");
-    out.extend_from_slice(b"}\n");
+    Codec::default()
+        .upsert_line("", r, out) // no key: nothing is bound to a cluster
+        .expect("the default codec refuses nothing");
 }
 
 /// The journal line forgetting `addr`.

@@ -553,16 +553,20 @@ impl State {
         place: &str,
         codec: &Codec,
     ) -> Result<Vec<u8>, StateError> {
+        self.serial += 1;
+        self.document(place, codec)
+            .inspect_err(|_| self.serial -= 1)
+    }
+
+    /// The document of this state as it is (`state push`), checked: refused if it is one a
+    /// loader would refuse, or one `codec` may not write.
+    pub(crate) fn document(&mut self, place: &str, codec: &Codec) -> Result<Vec<u8>, StateError> {
         let refused = |message| StateError::Refused {
             path: place.to_string(),
             message,
         };
         self.check().map_err(refused)?;
-        self.serial += 1;
-        self.to_json_with(codec).map_err(|m| {
-            self.serial -= 1;
-            refused(m)
-        })
+        self.to_json_with(codec).map_err(refused)
     }
 }
 

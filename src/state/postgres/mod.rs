@@ -453,16 +453,7 @@ impl Store for PgStore {
     }
 
     fn put(&self, state: &mut State) -> Result<(), StateError> {
-        state.check().map_err(|message| StateError::Refused {
-            path: self.name(),
-            message,
-        })?;
-        let doc = state
-            .to_json_with(&self.w.codec)
-            .map_err(|message| StateError::Refused {
-                path: self.name(),
-                message,
-            })?;
+        let doc = state.document(&self.name(), &self.w.codec)?;
         let lineage = state.lineage.clone().expect("to_json assigns a lineage");
         self.w.commit(state.serial, &lineage, &doc, true)
     }
