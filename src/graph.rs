@@ -16,8 +16,8 @@ use crate::health::Health;
 use crate::identity::{self, clone_key, mac_candidate, Pool};
 use crate::model;
 use crate::resource::{
-    Addr, BridgeAttrs, CacheAttrs, Desired, DomainAttrs, Kind, LvAttrs, LvPurpose, Nic, SeedAttrs,
-    SessionAttrs, SnapshotAttrs, TargetAttrs, VxlanAttrs,
+    Addr, BridgeAttrs, CaAttrs, CacheAttrs, CertAttrs, Desired, DomainAttrs, Kind, LvAttrs,
+    LvPurpose, Nic, SeedAttrs, SessionAttrs, SnapshotAttrs, TargetAttrs, VxlanAttrs, TLS,
 };
 use crate::spec::{Cidr, Spec, Stack, Transport};
 use crate::state::{Placement, State};
@@ -114,6 +114,55 @@ fn recorded_port(prior: &State, host: &str, image: &str) -> Option<u16> {
     })
 }
 
+/// Days the cluster CA's certificate is valid.
+pub const CA_DAYS: u32 = 3650;
+/// Days a host's certificate is valid (`apply --replace cert.<host>.tls` renews it).
+pub const CERT_DAYS: u32 = 825;
+
+/// With `backend.tls`: the cluster CA and, made on first use, each host's certificate.
+struct Certs {
+    ca: u32,
+    of: HashMap<Arc<str>, u32>,
+    tls: Arc<str>,
+}
+
+impl Certs {
+    fn new(g: &mut Graph, spec: &Spec) -> Certs {
+        let tls: Arc<str> = TLS.into();
+        let ca = g.push(
+            Addr::new(Kind::Ca, &spec.cluster.as_str().into(), &tls, None),
+            Desired::Ca(CaAttrs {
+                name: format!("vmthunder {} CA", spec.cluster),
+                days: CA_DAYS,
+            }),
+            vec![],
+        );
+        Certs {
+            ca,
+            of: HashMap::default(),
+            tls,
+        }
+    }
+
+    /// The certificate resource of `host`, at `address`.
+    fn of(&mut self, g: &mut Graph, host: &Arc<str>, address: &str) -> u32 {
+        if let Some(&c) = self.of.get(host) {
+            return c;
+        }
+        let c = g.push(
+            Addr::new(Kind::Cert, host, &self.tls, None),
+            Desired::Cert(CertAttrs {
+                subject: crate::pki::distinguished_name(host),
+                address: address.to_string(),
+                days: CERT_DAYS,
+            }),
+            vec![self.ca],
+        );
+        self.of.insert(host.clone(), c);
+        c
+    }
+}
+
 /// One resource the spec asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
@@ -202,6 +251,8 @@ impl Graph {
         let endpoints = Endpoints::new(spec, prior)?;
         let degree = model::degree(spec);
         let networks = g.push_networks(spec)?;
+        let tls = spec.backend.uses_tls();
+        let mut certs = tls.then(|| Certs::new(&mut g, spec));
         for (image_index, image) in spec.images.iter().enumerate() {
             let img: Arc<str> = image.name.as_str().into();
             let (hosts, tree) =
@@ -222,6 +273,21 @@ impl Graph {
                 };
                 let has_children = !tree.children[node as usize].is_empty() || keeps_export();
                 let (address, port) = endpoints.of(host, image_index);
+                let cert: Vec<u32> = certs
+                    .as_mut()
+                    .map(|c| c.of(&mut g, host, address))
+                    .into_iter()
+                    .collect();
+                // With TLS, an export admits exactly the host's children.
+                let clients = || -> Vec<String> {
+                    if !tls {
+                        return Vec::new();
+                    }
+                    tree.children[node as usize]
+                        .iter()
+                        .map(|&c| names[c as usize].to_string())
+                        .collect()
+                };
                 let Some(parent) = tree.parent[node as usize] else {
                     target_of[0] = g.push(
                         Addr::new(Kind::Target, host, &img, None),
@@ -232,8 +298,10 @@ impl Graph {
                             address: address.to_string(),
                             port,
                             version: image.version.clone(),
+                            tls,
+                            clients: clients(),
                         }),
-                        vec![],
+                        cert,
                     );
                     continue;
                 };
@@ -268,8 +336,12 @@ impl Graph {
                         parent: parent_name.to_string(),
                         parent_address: parent_address.to_string(),
                         parent_port,
+                        tls,
                     }),
-                    vec![target_of[parent as usize]],
+                    [target_of[parent as usize]]
+                        .into_iter()
+                        .chain(cert.iter().copied())
+                        .collect(),
                 );
                 let cache = g.push(
                     Addr::new(Kind::Cache, host, &img, None),
@@ -277,8 +349,9 @@ impl Graph {
                         size: spec.cache.size,
                         address: address.to_string(),
                         port,
+                        tls,
                     }),
-                    vec![session, lv],
+                    [session, lv].into_iter().chain(cert.iter().copied()).collect(),
                 );
                 if has_children {
                     target_of[node as usize] = g.push(
@@ -286,8 +359,10 @@ impl Graph {
                         Desired::Target(TargetAttrs::Cache {
                             address: address.to_string(),
                             port,
+                            tls,
+                            clients: clients(),
                         }),
-                        vec![cache],
+                        [cache].into_iter().chain(cert.iter().copied()).collect(),
                     );
                 }
                 for n in 0..clones {

@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod model;
 pub mod paint;
+pub mod pki;
 pub mod placement;
 pub mod plan;
 pub mod refresh;

@@ -17,7 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::size::Size;
 use crate::spec::ImageFormat;
 
-/// What a resource is. Ordered bottom-up: creation order on one host.
+/// What a resource is. Ordered bottom-up (creation order on one host), then the TLS material
+/// added later (kept last, so that older states sort as they did).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -42,10 +43,16 @@ pub enum Kind {
     Vxlan,
     /// The VM of a clone.
     Domain,
+    /// The cluster's certificate authority for NBD TLS (`ca.<cluster>.tls`): a key and a
+    /// self-signed certificate kept in state; no host holds its key.
+    Ca,
+    /// A host's TLS key and certificate (`cert.<host>.tls`), signed by the cluster CA, in a
+    /// root-only directory on the host: its relays serve and connect with it.
+    Cert,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Lv,
         Kind::Session,
         Kind::Cache,
@@ -55,11 +62,18 @@ impl Kind {
         Kind::Bridge,
         Kind::Vxlan,
         Kind::Domain,
+        Kind::Ca,
+        Kind::Cert,
     ];
 
     /// Whether the address's middle part names a network, not an image.
     pub fn of_network(self) -> bool {
         matches!(self, Kind::Bridge | Kind::Vxlan)
+    }
+
+    /// Whether the address's middle part is [`TLS`], not an image.
+    pub fn of_tls(self) -> bool {
+        matches!(self, Kind::Ca | Kind::Cert)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +87,8 @@ impl Kind {
             Kind::Bridge => "bridge",
             Kind::Vxlan => "vxlan",
             Kind::Domain => "domain",
+            Kind::Ca => "ca",
+            Kind::Cert => "cert",
         }
     }
 }
@@ -90,7 +106,7 @@ impl FromStr for Kind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot, seed, bridge, vxlan or domain)")
+                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot, seed, bridge, vxlan, domain, ca or cert)")
             })
     }
 }
@@ -181,7 +197,7 @@ impl JsonSchema for Addr {
         schemars::json_schema!({
             "type": "string",
             "description": "A resource address: <kind>.<host>.<image>[.<n>]",
-            "pattern": "^(lv|session|cache|target|snapshot|seed|bridge|vxlan|domain)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
+            "pattern": "^(lv|session|cache|target|snapshot|seed|bridge|vxlan|domain|ca|cert)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
         })
     }
 }
@@ -217,9 +233,37 @@ pub enum TargetAttrs {
         /// The image's content version (`images[].version`), when the spec gives one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
+        /// Serves with TLS (`backend.tls`), admitting only `clients`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        tls: bool,
+        /// With TLS: the hosts whose certificates the export admits (its children).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clients: Vec<String>,
     },
     /// The host's cache of the image, re-exported to its children.
-    Cache { address: String, port: u16 },
+    Cache {
+        address: String,
+        port: u16,
+        #[serde(default, skip_serializing_if = "is_false")]
+        tls: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clients: Vec<String>,
+    },
+}
+
+impl TargetAttrs {
+    /// The hosts a TLS export admits.
+    pub fn clients(&self) -> &[String] {
+        match self {
+            TargetAttrs::Image { clients, .. } | TargetAttrs::Cache { clients, .. } => clients,
+        }
+    }
+
+    pub fn tls(&self) -> bool {
+        match self {
+            TargetAttrs::Image { tls, .. } | TargetAttrs::Cache { tls, .. } => *tls,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -231,6 +275,14 @@ pub struct SessionAttrs {
     pub parent_address: String,
     /// The port of the parent's export.
     pub parent_port: u16,
+    /// Connects with TLS: presents the host's certificate and checks the parent's against
+    /// the cluster CA (`backend.tls`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -240,6 +292,10 @@ pub struct CacheAttrs {
     /// Where the host's image relay listens (its clones read the cache there).
     pub address: String,
     pub port: u16,
+    /// The clones read it over TLS with their host's own certificate, the only one it
+    /// admits (`backend.tls`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -344,6 +400,32 @@ pub struct VxlanAttrs {
     pub remotes: Vec<String>,
 }
 
+/// The cluster CA. Its key and certificate are made on the control machine and observed
+/// (the key sealed in state when the state has a key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaAttrs {
+    /// The CA certificate's common name.
+    pub name: String,
+    /// Days the certificate is valid from its creation.
+    pub days: u32,
+}
+
+/// A host's TLS identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertAttrs {
+    /// The certificate's subject, which exports' authorization lists match: `CN=<host>`.
+    pub subject: String,
+    /// The host's address, in the certificate's subject alternative names beside its name.
+    pub address: String,
+    /// Days the certificate is valid from its creation.
+    pub days: u32,
+}
+
+/// The middle part of the addresses of the TLS resources.
+pub const TLS: &str = "tls";
+
 /// Desired attributes, one variant per kind. Serialized as the bare attribute object; the
 /// kind beside it says which variant it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -357,6 +439,8 @@ pub enum Desired {
     Bridge(BridgeAttrs),
     Vxlan(VxlanAttrs),
     Domain(DomainAttrs),
+    Ca(CaAttrs),
+    Cert(CertAttrs),
 }
 
 impl Desired {
@@ -371,6 +455,8 @@ impl Desired {
             Desired::Bridge(_) => Kind::Bridge,
             Desired::Vxlan(_) => Kind::Vxlan,
             Desired::Domain(_) => Kind::Domain,
+            Desired::Ca(_) => Kind::Ca,
+            Desired::Cert(_) => Kind::Cert,
         }
     }
 
@@ -386,6 +472,8 @@ impl Desired {
             Kind::Bridge => Desired::Bridge(serde_json::from_str(json)?),
             Kind::Vxlan => Desired::Vxlan(serde_json::from_str(json)?),
             Kind::Domain => Desired::Domain(serde_json::from_str(json)?),
+            Kind::Ca => Desired::Ca(serde_json::from_str(json)?),
+            Kind::Cert => Desired::Cert(serde_json::from_str(json)?),
         })
     }
 
@@ -407,6 +495,8 @@ impl Serialize for Desired {
             Desired::Bridge(a) => a.serialize(s),
             Desired::Vxlan(a) => a.serialize(s),
             Desired::Domain(a) => a.serialize(s),
+            Desired::Ca(a) => a.serialize(s),
+            Desired::Cert(a) => a.serialize(s),
         }
     }
 }
@@ -426,6 +516,8 @@ impl JsonSchema for Desired {
             g.subschema_for::<BridgeAttrs>(),
             g.subschema_for::<VxlanAttrs>(),
             g.subschema_for::<DomainAttrs>(),
+            g.subschema_for::<CaAttrs>(),
+            g.subschema_for::<CertAttrs>(),
         ];
         schemars::json_schema!({
             "description": "The attributes of a resource; which shape applies depends on its kind.",
@@ -479,6 +571,8 @@ mod tests {
             address: "10.0.0.1".into(),
             port: 10809,
             version: None,
+            tls: false,
+            clients: vec![],
         });
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(

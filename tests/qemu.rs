@@ -32,7 +32,7 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
     let out = c.apply_with(&["--target", "snapshot"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("Apply complete! Resources: 18 added"),
+        text(&out).contains("Apply complete! Resources: 23 added"),
         "{}",
         text(&out)
     );
@@ -40,7 +40,8 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
     // Every completed create is in state with what the backend observed.
     let state = c.state("t");
     let recorded = state["resources"].as_array().unwrap();
-    assert_eq!(recorded.len(), 18);
+    // 18, the CA and the four hosts' certificates.
+    assert_eq!(recorded.len(), 23);
     let target = recorded
         .iter()
         .find(|r| r["address"] == "target.img0.base")
@@ -64,8 +65,12 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
 
     // Writes to one clone stay in its overlay.
     let overlay = c.path().join(".vmthunder/t/node02/base/lv-cow-0.img");
+    let creds = format!(
+        "tls-creds-x509,id=vmthunder-tls,dir={},endpoint=client",
+        c.path().join(".vmthunder/t/node02/.tls").display()
+    );
     let w = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xab 0 1M"])
+        .args(["--object", &creds, "-f", "qcow2", "-c", "write -P 0xab 0 1M"])
         .arg(&overlay)
         .output()
         .unwrap();
@@ -103,7 +108,7 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
     // Destroy leaves nothing: no process, file, socket or directory.
     let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("Destroy complete! Resources: 18 destroyed"));
+    assert!(text(&out).contains("Destroy complete! Resources: 23 destroyed"));
     assert_eq!(c.files(), Vec::<String>::new());
     assert_eq!(c.processes(), Vec::<u32>::new());
     assert_eq!(c.state("t")["resources"], json!([]));
@@ -314,7 +319,8 @@ fn a_saved_plan_applies_exactly_and_only_once() {
     std::fs::write(c.path().join("spec.json"), b"{ not json").unwrap();
     let out = c.run(&["apply", "p.json"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("Resources: 11 added"), "{}", text(&out));
+    // 11, the CA and three certificates.
+    assert!(text(&out).contains("Resources: 15 added"), "{}", text(&out));
     let out = c.run(&["apply", "p.json"]);
     assert!(text(&out).contains("stale"), "{}", text(&out));
     std::fs::write(
@@ -367,6 +373,11 @@ fn with_netns_each_host_serves_from_its_own_namespace() {
             "-U",
             "-O",
             "raw",
+            "--object",
+            &format!(
+                "tls-creds-x509,id=vmthunder-tls,dir={},endpoint=client",
+                c.path().join(".vmthunder/nstest/node03/.tls").display()
+            ),
         ])
         .arg(&overlay)
         .arg(&dst)

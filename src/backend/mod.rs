@@ -14,6 +14,7 @@ pub mod qmp;
 pub mod seed;
 pub mod sim;
 pub mod ssh;
+pub mod tls;
 pub mod transport;
 
 use std::fmt;
@@ -163,10 +164,13 @@ pub trait Backend: Send + Sync {
     fn finish(&self, state: &State) -> Result<(), BackendError>;
 }
 
-/// Whether an observed attribute is a secret (a CHAP password): kept in state, which only its
-/// owner can read, and shown everywhere else as `(sensitive)`.
+/// Whether an observed attribute is a secret (a CHAP password, a private key) of some kind
+/// ([`crate::state::seal::sensitive`]): kept in state, sealed when the state has a key, and
+/// shown everywhere else as `(sensitive)`.
 pub fn is_sensitive(key: &str) -> bool {
-    key.ends_with("secret")
+    Kind::ALL
+        .iter()
+        .any(|&k| crate::state::seal::sensitive(k).contains(&key))
 }
 
 const SENSITIVE: &str = "(sensitive)";

@@ -530,7 +530,8 @@ pub struct Updatable {
 /// - a session moves to another parent's export in place (its cache keeps every block and
 ///   its upstream switches under it), and logs in again to its parent's rebuilt export;
 /// - a snapshot (the clone's writes) stays over its host's cache rebuilt after its relay
-///   died: the cache is the same image's bytes at the same endpoint.
+///   died: the cache is the same image's bytes at the same endpoint;
+/// - a TLS target changes the children it admits (its authorization list) in place.
 pub fn updatable(kind: Kind) -> Updatable {
     match kind {
         Kind::Session => Updatable {
@@ -540,6 +541,10 @@ pub fn updatable(kind: Kind) -> Updatable {
         Kind::Snapshot => Updatable {
             attrs: &[],
             follows: &[Kind::Cache],
+        },
+        Kind::Target => Updatable {
+            attrs: &["clients"],
+            follows: &[],
         },
         _ => Updatable {
             attrs: &[],

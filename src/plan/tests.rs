@@ -25,6 +25,10 @@ fn spec_with(hosts: &[&str], degree: u32, clones: u32, extra: serde_json::Value)
             d.insert(k.clone(), v.clone());
         }
     }
+    // The tree's own cases; TLS has its own below.
+    if doc["backend"].get("tls").is_none() {
+        doc["backend"]["tls"] = false.into();
+    }
     Spec::from_value(&doc).unwrap_or_else(|e| panic!("{e:?}"))
 }
 

@@ -144,6 +144,7 @@ fn list(addrs: &[Addr]) -> String {
 fn structure(plan: &Plan, spec: &Spec, state: &State, problems: &mut Problems) {
     let hosts: HashSet<&str> = spec.hosts.iter().map(|h| h.name.as_str()).collect();
     let images: HashSet<&str> = spec.images.iter().map(|i| i.name.as_str()).collect();
+    let networks: HashSet<&str> = spec.networks.iter().map(|n| n.name.as_str()).collect();
     let mut index: HashMap<&Addr, usize> =
         HashMap::with_capacity_and_hasher(plan.changes.len(), Default::default());
     for (i, c) in plan.changes.iter().enumerate() {
@@ -167,13 +168,26 @@ fn structure(plan: &Plan, spec: &Spec, state: &State, problems: &mut Problems) {
                 ));
             }
         } else {
-            if !hosts.contains(&*at.host) {
+            // The CA's address names the cluster where others name a host.
+            let host_known = if at.kind == crate::resource::Kind::Ca {
+                *at.host == *spec.cluster
+            } else {
+                hosts.contains(&*at.host)
+            };
+            if !host_known {
                 problems.push(format!(
                     "{at}: host {:?} is not a host of the plan's spec",
                     at.host
                 ));
             }
-            if !images.contains(&*at.image) {
+            let image_known = if at.kind.of_tls() {
+                &*at.image == crate::resource::TLS
+            } else if at.kind.of_network() {
+                networks.contains(&*at.image)
+            } else {
+                images.contains(&*at.image)
+            };
+            if !image_known {
                 problems.push(format!(
                     "{at}: image {:?} is not an image of the plan's spec",
                     at.image

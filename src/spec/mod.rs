@@ -151,6 +151,11 @@ pub struct Backend {
     /// qemu stack: how guests run: `auto` (KVM if it boots a guest, else TCG), `kvm`, `tcg`.
     #[serde(default)]
     pub accel: Accel,
+    /// qemu stack: every NBD edge with TLS. vmthunder makes a cluster CA and a certificate per
+    /// host; each export admits only its children's certificates (and, for the clones' own
+    /// export, its host's). `false` serves plain NBD, for a trusted lab network.
+    #[serde(default = "Backend::default_tls")]
+    pub tls: bool,
     /// ssh transport: settings for every host; a host's own `ssh` overrides them field by
     /// field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +271,15 @@ impl Backend {
     fn default_base_port() -> u16 {
         10809
     }
+    fn default_tls() -> bool {
+        true
+    }
+
+    /// Whether the image tree's edges use TLS: the qemu stack with `tls` on (the linux
+    /// stack's iSCSI edges use per-child CHAP instead).
+    pub fn uses_tls(&self) -> bool {
+        self.tls && self.stack != Stack::Linux
+    }
 }
 
 impl Default for Backend {
@@ -279,6 +293,7 @@ impl Default for Backend {
             iscsi_target: IscsiTarget::Tgt,
             base_port: Backend::default_base_port(),
             accel: Accel::Auto,
+            tls: true,
             ssh: None,
         }
     }

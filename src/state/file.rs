@@ -135,6 +135,7 @@ mod tests {
                 parent: "img0".into(),
                 parent_address: "10.0.0.1".into(),
                 parent_port: 10809,
+                tls: false,
             }),
             observed,
             deps: vec![],

@@ -187,6 +187,7 @@ pub fn configured(file: Option<&Path>) -> Result<Option<Key>, KeyError> {
 pub fn sensitive(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::Session => &["chap_secret"],
+        Kind::Ca | Kind::Cert => &["private_key"],
         _ => &[],
     }
 }

@@ -219,8 +219,20 @@ pub fn read_clone(c: &Cluster, host: &str, n: u32, out: &str) -> PathBuf {
         .path()
         .join(format!(".vmthunder/t/{host}/base/lv-cow-{n}.img"));
     let dst = c.path().join(out);
-    let st = Command::new("qemu-img")
-        .args(["convert", "-U", "-O", "raw"])
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-U", "-O", "raw"]);
+    // With TLS the overlay's backing reads the cache as the host, with its certificate.
+    let tls = c.path().join(format!(".vmthunder/t/{host}/.tls"));
+    if tls.exists() {
+        cmd.args([
+            "--object",
+            &format!(
+                "tls-creds-x509,id=vmthunder-tls,dir={},endpoint=client",
+                tls.display()
+            ),
+        ]);
+    }
+    let st = cmd
         .arg(&overlay)
         .arg(&dst)
         .output()

@@ -206,6 +206,7 @@ fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
         (Kind::Seed, _) => &["genisoimage"],
         (Kind::Bridge, _) => &["ip"],
         (Kind::Vxlan, _) => &["ip", "bridge"],
+        (Kind::Ca | Kind::Cert, _) => &[],
     }
 }
 
@@ -345,6 +346,9 @@ impl Backend for LinuxStack {
                 &self.seed_path(t.addr),
             ),
             Kind::Bridge | Kind::Vxlan => crate::backend::net::read(self.transport.as_ref(), t),
+            Kind::Ca | Kind::Cert => {
+                crate::backend::tls::read(self.transport.as_ref(), &self.base, t, observed)
+            }
         }
     }
 
@@ -371,6 +375,9 @@ impl Backend for LinuxStack {
                 )
             }
             Kind::Bridge | Kind::Vxlan => crate::backend::net::create(self.transport.as_ref(), t),
+            Kind::Ca | Kind::Cert => {
+                crate::backend::tls::create(self.transport.as_ref(), &self.base, t, deps)
+            }
         }
     }
 
@@ -407,6 +414,7 @@ impl Backend for LinuxStack {
                 &self.seed_path(t.addr),
             ),
             Kind::Bridge | Kind::Vxlan => crate::backend::net::delete(self.transport.as_ref(), t),
+            Kind::Ca | Kind::Cert => crate::backend::tls::delete(self.transport.as_ref(), &self.base, t),
         }
     }
 

@@ -122,19 +122,23 @@ pub(super) fn create_snapshot(
     let adopt = info(stack, host, &lv)?.is_some_and(|i| {
         i["format"] == "qcow2" && i["backing-filename"].as_str() == Some(backing.as_str())
     });
+    // With TLS the backing names the credentials the host's own certificate is loaded as.
+    let tls_dir = dep_value(deps, Kind::Cache, "tls_dir").and_then(Value::as_str);
     if !adopt {
-        stack.transport.run(
-            host,
-            &args(&[
-                "qemu-img", "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "raw", &lv,
-            ]),
-            COMMAND_TIMEOUT,
-        )?;
+        let mut argv = args(&["qemu-img", "create", "-q", "-f", "qcow2"]);
+        if let Some(dir) = tls_dir {
+            argv.extend(args(&["--object", &super::relay::client_creds_arg(dir)]));
+        }
+        argv.extend(args(&["-b", &backing, "-F", "raw", &lv]));
+        stack.transport.run(host, &argv, COMMAND_TIMEOUT)?;
     }
     let mut o = Observed::new();
     o.insert("path".into(), lv.into());
     o.insert("backing".into(), backing.into());
     o.insert("lv_size".into(), lv_size);
+    if let Some(dir) = tls_dir {
+        o.insert("tls_dir".into(), dir.into());
+    }
     Ok(o)
 }
 

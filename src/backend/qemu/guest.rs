@@ -175,7 +175,11 @@ pub(super) fn create(
         )?;
     }
     let accel = resolve_accel(stack, host, d.boot.as_ref())?;
-    let argv = command(d, &disk, seed, &taps, &f, accel);
+    let mut argv = command(d, &disk, seed, &taps, &f, accel);
+    if let Some(dir) = dep_value(deps, Kind::Snapshot, "tls_dir").and_then(|v| v.as_str()) {
+        // The disk's backing reads the host's cache over TLS, as the host.
+        argv.extend(args(&["-object", &super::relay::client_creds_arg(dir)]));
+    }
     stack.transport.run(host, &argv, COMMAND_TIMEOUT)?;
     let Some(pid) = pid(stack, host, &f)? else {
         return Err(BackendError::new(format!(

@@ -277,7 +277,8 @@ impl Backend for QemuStack {
         // host, the kernel on every host that boots clones).
         let mut needs: BTreeMap<&str, Needs> = BTreeMap::new();
         for c in &plan.changes {
-            if !matches!(c.action, Action::Create | Action::Replace) {
+            // The CA is made here, on no host.
+            if !matches!(c.action, Action::Create | Action::Replace) || c.addr.kind == Kind::Ca {
                 continue;
             }
             let n = needs.entry(&c.addr.host).or_default();
@@ -362,10 +363,14 @@ impl Backend for QemuStack {
             Kind::Session | Kind::Cache | Kind::Target => relay::read(self, t),
             Kind::Seed => seed::read(self, t),
             Kind::Bridge | Kind::Vxlan => super::net::read(self.transport.as_ref(), t),
+            Kind::Ca | Kind::Cert => super::tls::read(self.transport.as_ref(), &self.base, t, observed),
         }
     }
 
     fn create(&self, t: Target<'_>, deps: &[(Addr, Observed)]) -> Result<Observed, BackendError> {
+        if t.addr.kind == Kind::Ca {
+            return super::tls::create(self.transport.as_ref(), &self.base, t, deps);
+        }
         if let Some(n) = &self.netns {
             n.ensure(&t.addr.host)?;
         }
@@ -376,6 +381,7 @@ impl Backend for QemuStack {
             Kind::Session | Kind::Cache | Kind::Target => relay::create(self, t, deps),
             Kind::Seed => seed::create(self, t),
             Kind::Bridge | Kind::Vxlan => super::net::create(self.transport.as_ref(), t),
+            Kind::Ca | Kind::Cert => super::tls::create(self.transport.as_ref(), &self.base, t, deps),
         }
     }
 
@@ -387,7 +393,7 @@ impl Backend for QemuStack {
         deps: &[(Addr, Observed)],
     ) -> Result<Observed, BackendError> {
         match t.addr.kind {
-            Kind::Session => relay::update(self, t, observed),
+            Kind::Session | Kind::Target => relay::update(self, t, observed),
             Kind::Snapshot => disk::update_snapshot(self, t, observed, deps),
             Kind::Domain => guest::resume(self, t, observed),
             _ => Err(BackendError::new(format!(
@@ -408,6 +414,9 @@ impl Backend for QemuStack {
                 // Devices, not files: nothing to prune afterwards.
                 return super::net::delete(self.transport.as_ref(), t);
             }
+            Kind::Ca => return Ok(()),
+            // Its directory goes now (it is its own), the host's in `finish`.
+            Kind::Cert => super::tls::delete(self.transport.as_ref(), &self.base, t),
         };
         if r.is_ok() {
             // Its directories go in `finish`, not now: creates may be running beside it.

@@ -31,6 +31,11 @@ const COR: &str = "cor";
 /// Export ids (and the local export's NBD name).
 const TARGET_EXPORT: &str = "target";
 const LOCAL_EXPORT: &str = "local";
+/// With TLS: the relay's server and client credentials and the NBD server's authorization
+/// list (object ids). Guests and `qemu-img` name their client credentials [`CLIENT_CREDS`].
+const SERVER_CREDS: &str = "tls-server";
+const CLIENT_CREDS: &str = "vmthunder-tls";
+const AUTHZ: &str = "authz";
 
 pub(super) struct Relay<'a> {
     stack: &'a QemuStack,
@@ -49,6 +54,11 @@ impl<'a> Relay<'a> {
 
     fn pidfile(&self) -> PathBuf {
         self.dir.join("relay.pid")
+    }
+
+    /// The host's TLS files (`cert.<host>.tls`).
+    fn tls_dir(&self) -> PathBuf {
+        crate::backend::tls::dir(&self.stack.base, self.host)
     }
 
     fn socket(&self) -> PathBuf {
@@ -184,11 +194,142 @@ fn uri(address: &str, port: u16, export: &str) -> String {
     }
 }
 
-fn start_server(qmp: &mut Qmp, host: &str, address: &str, port: u16) -> Result<(), BackendError> {
-    let r = qmp.execute(
-        "nbd-server-start",
-        json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } }),
-    );
+/// A `json:` backing file name of an NBD export reached with TLS, presenting the
+/// [`CLIENT_CREDS`] of whoever opens it and expecting `server_name`'s certificate.
+fn tls_backing(address: &str, port: u16, export: &str, server_name: &str) -> String {
+    // The format layer is spelled out: an overlay names its backing's format (raw) beside it,
+    // and QEMU then reads these options as the raw node's.
+    let v = json!({ "driver": "raw", "file": {
+                    "driver": "nbd",
+                    "server": { "type": "inet", "host": address, "port": port.to_string() },
+                    "export": export, "tls-creds": CLIENT_CREDS, "tls-hostname": server_name } });
+    format!("json:{v}")
+}
+
+/// The `--object` argument that defines [`CLIENT_CREDS`] from `dir` for `qemu-img` and
+/// guests.
+pub(super) fn client_creds_arg(dir: &str) -> String {
+    format!("tls-creds-x509,id={CLIENT_CREDS},dir={},endpoint=client", dir.replace(',', ",,"))
+}
+
+/// The ids of the relay's user-created objects.
+fn objects(qmp: &mut Qmp) -> Result<Vec<String>, BackendError> {
+    let v = qmp.execute("qom-list", json!({ "path": "/objects" }))?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|o| o["type"].as_str().is_some_and(|t| t.starts_with("child<")))
+                .filter_map(|o| o["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Creates the TLS credentials `id` from `dir` unless the relay has them.
+fn ensure_creds(
+    qmp: &mut Qmp,
+    host: &str,
+    id: &str,
+    dir: &std::path::Path,
+    server: bool,
+) -> Result<(), BackendError> {
+    if objects(qmp)?.iter().any(|o| o == id) {
+        return Ok(());
+    }
+    let mut args = json!({ "qom-type": "tls-creds-x509", "id": id, "dir": dir,
+                           "endpoint": if server { "server" } else { "client" } });
+    if server {
+        args["verify-peer"] = true.into();
+    }
+    qmp.execute("object-add", args).map_err(|e| {
+        BackendError::new(format!(
+            "on host {host}: cannot load the host's TLS certificate from `{}`: {e} (run `vmthunder apply --replace cert.{host}.{}` to issue it again)",
+            dir.display(),
+            crate::resource::TLS
+        ))
+    })?;
+    Ok(())
+}
+
+/// The rules of the relay's authorization list: who its NBD server admits.
+fn admitted(qmp: &mut Qmp) -> Result<Vec<String>, BackendError> {
+    let v = qmp.execute(
+        "qom-get",
+        json!({ "path": format!("/objects/{AUTHZ}"), "property": "rules" }),
+    )?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["match"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Makes the NBD server admit exactly `subjects` (distinguished names, matched exactly) from
+/// its next connection on. Connections already made stay.
+fn admit(qmp: &mut Qmp, subjects: &[String]) -> Result<(), BackendError> {
+    let rules: Vec<Value> = subjects
+        .iter()
+        .map(|s| json!({ "match": s, "policy": "allow", "format": "exact" }))
+        .collect();
+    if !objects(qmp)?.iter().any(|o| o == AUTHZ) {
+        qmp.execute(
+            "object-add",
+            json!({ "qom-type": "authz-list", "id": AUTHZ, "policy": "deny", "rules": rules }),
+        )?;
+        return Ok(());
+    }
+    qmp.execute(
+        "qom-set",
+        json!({ "path": format!("/objects/{AUTHZ}"), "property": "rules", "value": rules }),
+    )?;
+    Ok(())
+}
+
+/// Who the relay admits once `clients` (when given; else the ones it admits now) are its
+/// children, and its own host while it has (`own`) the local export.
+fn subjects(
+    qmp: &mut Qmp,
+    host: &str,
+    clients: Option<&[String]>,
+    own: bool,
+) -> Result<Vec<String>, BackendError> {
+    let me = crate::pki::distinguished_name(host);
+    let mut out: Vec<String> = match clients {
+        Some(c) => c.iter().map(|c| crate::pki::distinguished_name(c)).collect(),
+        None if objects(qmp)?.iter().any(|o| o == AUTHZ) => admitted(qmp)?
+            .into_iter()
+            .filter(|s| *s != me)
+            .collect(),
+        None => Vec::new(),
+    };
+    if own {
+        out.insert(0, me);
+    }
+    Ok(out)
+}
+
+/// Starts the relay's NBD server unless it runs; with `tls`, it serves only TLS and admits
+/// the subjects of its authorization list.
+fn start_server(
+    qmp: &mut Qmp,
+    host: &str,
+    address: &str,
+    port: u16,
+    tls: Option<&std::path::Path>,
+) -> Result<(), BackendError> {
+    let mut args =
+        json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } });
+    if let Some(dir) = tls {
+        ensure_creds(qmp, host, SERVER_CREDS, dir, true)?;
+        if !objects(qmp)?.iter().any(|o| o == AUTHZ) {
+            admit(qmp, &[])?;
+        }
+        args["tls-creds"] = SERVER_CREDS.into();
+        args["tls-authz"] = AUTHZ.into();
+    }
+    let r = qmp.execute("nbd-server-start", args);
     match r {
         Ok(_) => Ok(()),
         Err(QmpError::Command { desc, .. }) if desc.contains("already running") => Ok(()),
@@ -270,8 +411,18 @@ fn observed(relay: &Relay<'_>, t: Target<'_>) -> Observed {
     );
     match t.desired {
         Desired::Target(TargetAttrs::Image { address, port, .. })
-        | Desired::Target(TargetAttrs::Cache { address, port }) => {
+        | Desired::Target(TargetAttrs::Cache { address, port, .. }) => {
             o.insert("uri".into(), uri(address, *port, &t.addr.image).into());
+        }
+        Desired::Cache(c) if c.tls => {
+            // The clones' disks name their backing with the credentials to present: the
+            // host's own, which the local export admits.
+            let dir = relay.tls_dir();
+            o.insert(
+                "uri".into(),
+                tls_backing(&c.address, c.port, LOCAL_EXPORT, relay.host).into(),
+            );
+            o.insert("tls_dir".into(), dir.display().to_string().into());
         }
         Desired::Cache(c) => {
             o.insert("uri".into(), uri(&c.address, c.port, LOCAL_EXPORT).into());
@@ -322,13 +473,15 @@ fn build(
     let host = relay.host;
     let image = &*t.addr.image;
     match t.desired {
-        Desired::Target(TargetAttrs::Image {
-            path,
-            format,
-            address,
-            port,
-            ..
-        }) => {
+        Desired::Target(
+            a @ TargetAttrs::Image {
+                path,
+                format,
+                address,
+                port,
+                ..
+            },
+        ) => {
             let present = nodes(qmp)?;
             if node(&present, IMAGE).is_none() {
                 let file = super::absolute(path);
@@ -358,16 +511,16 @@ fn build(
                     ))
                 })?;
             }
-            start_server(qmp, host, address, *port)?;
+            serve_children(relay, qmp, a, address, *port)?;
             add_export(qmp, TARGET_EXPORT, IMAGE, image)
         }
-        Desired::Target(TargetAttrs::Cache { address, port }) => {
+        Desired::Target(a @ TargetAttrs::Cache { address, port, .. }) => {
             if node(&nodes(qmp)?, COR).is_none() {
                 return Err(BackendError::new(format!(
                     "on host {host}: the relay has no cache to export; the cache was removed outside vmthunder (run `vmthunder apply` to rebuild it)"
                 )));
             }
-            start_server(qmp, host, address, *port)?;
+            serve_children(relay, qmp, a, address, *port)?;
             add_export(qmp, TARGET_EXPORT, COR, image)
         }
         Desired::Session(s) => attach_session(relay, qmp, image, s),
@@ -398,11 +551,36 @@ fn build(
                     json!({ "driver": "copy-on-read", "node-name": COR, "file": CACHE }),
                 )?;
             }
-            start_server(qmp, host, &c.address, c.port)?;
+            let tls = c.tls.then(|| relay.tls_dir());
+            if tls.is_some() {
+                let admit_now = subjects(qmp, host, None, true)?;
+                start_server(qmp, host, &c.address, c.port, tls.as_deref())?;
+                admit(qmp, &admit_now)?;
+            } else {
+                start_server(qmp, host, &c.address, c.port, None)?;
+            }
             add_export(qmp, LOCAL_EXPORT, COR, LOCAL_EXPORT)
         }
         _ => unreachable!("relay kinds only"),
     }
+}
+
+/// Starts the server of a target (with TLS, admitting exactly its clients, and its own host
+/// while the relay has the local export).
+fn serve_children(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    a: &TargetAttrs,
+    address: &str,
+    port: u16,
+) -> Result<(), BackendError> {
+    if !a.tls() {
+        return start_server(qmp, relay.host, address, port, None);
+    }
+    start_server(qmp, relay.host, address, port, Some(&relay.tls_dir()))?;
+    let own = exports(qmp)?.iter().any(|e| e == LOCAL_EXPORT);
+    let who = subjects(qmp, relay.host, Some(a.clients()), own)?;
+    admit(qmp, &who)
 }
 
 /// `address:port` of a session's parent export.
@@ -455,14 +633,17 @@ fn attach_session(
         Some(name) => name,
         None => {
             let name = session_node(&want);
+            let mut args = json!({ "driver": "nbd", "node-name": name, "read-only": true,
+                                   "export": image,
+                                   "server": { "type": "inet", "host": s.parent_address,
+                                               "port": s.parent_port.to_string() } });
+            if s.tls {
+                ensure_creds(qmp, host, CLIENT_CREDS, &relay.tls_dir(), false)?;
+                args["tls-creds"] = CLIENT_CREDS.into();
+                args["tls-hostname"] = s.parent.clone().into();
+            }
             // A node of that name to somewhere else cannot be: the name is the endpoint's.
-            qmp.execute(
-                "blockdev-add",
-                json!({ "driver": "nbd", "node-name": name, "read-only": true,
-                        "export": image,
-                        "server": { "type": "inet", "host": s.parent_address,
-                                    "port": s.parent_port.to_string() } }),
-            )
+            qmp.execute("blockdev-add", args)
             .map_err(|e| {
                 BackendError::new(format!(
                     "on host {host}: cannot connect to {}'s export at {want}: {e}",
@@ -486,7 +667,7 @@ fn attach_session(
             // and what it was reading fails over to the guests' stop-on-error (a repair
             // resumes them).
             if let Some(old) = cache["backing_file"].as_str().and_then(backing_endpoint) {
-                if !answers(relay, &old, image) {
+                if !answers(relay, &old, image, s.tls) {
                     for other in session_nodes(&present).into_iter().filter(|o| *o != name) {
                         let _ = qmp.execute(
                             "yank",
@@ -519,17 +700,27 @@ fn attach_session(
 
 /// Whether the NBD export at `endpoint` completes a handshake from `relay`'s host within
 /// 3 s (a stopped relay accepts TCP connections but never answers).
-fn answers(relay: &Relay<'_>, endpoint: &str, image: &str) -> bool {
+/// With `tls`, it presents the host's certificate (and checks the export's against its
+/// address).
+fn answers(relay: &Relay<'_>, endpoint: &str, image: &str, tls: bool) -> bool {
     let (address, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, ""));
     let port: u16 = port.parse().unwrap_or(0);
-    let argv = args(&[
-        "timeout",
-        "3",
-        "qemu-img",
-        "info",
-        "--output=json",
-        &uri(address, port, image),
-    ]);
+    let mut argv = args(&["timeout", "3", "qemu-img", "info", "--output=json"]);
+    if tls {
+        let dir = relay.tls_dir().display().to_string();
+        argv.extend(args(&[
+            "--object",
+            &client_creds_arg(&dir),
+            "--image-opts",
+            &format!(
+                "driver=nbd,server.type=inet,server.host={},server.port={port},export={},tls-creds={CLIENT_CREDS}",
+                address.replace(',', ",,"),
+                image.replace(',', ",,")
+            ),
+        ]));
+    } else {
+        argv.push(uri(address, port, image));
+    }
     relay
         .stack
         .transport
@@ -537,8 +728,18 @@ fn answers(relay: &Relay<'_>, endpoint: &str, image: &str) -> bool {
         .is_ok()
 }
 
-/// The `address:port` in a backing file name like `nbd://10.0.0.1:10809/base`.
+/// The `address:port` in a backing file name like `nbd://10.0.0.1:10809/base`, or in the
+/// `json:` name QEMU gives an NBD node with TLS options.
 fn backing_endpoint(backing: &str) -> Option<String> {
+    if let Some(j) = backing.strip_prefix("json:") {
+        let v: Value = serde_json::from_str(j).ok()?;
+        let server = &v["server"];
+        let (host, port) = match (&server["host"], &server["port"]) {
+            (Value::String(h), Value::String(p)) => (h.clone(), p.clone()),
+            _ => (v["server.host"].as_str()?.into(), v["server.port"].as_str()?.into()),
+        };
+        return Some(format!("{host}:{port}"));
+    }
     let rest = backing.strip_prefix("nbd://")?;
     let end = rest.find('/').unwrap_or(rest.len());
     Some(rest[..end].trim_start_matches('[').replace("]:", ":"))
@@ -558,28 +759,43 @@ fn cache_file_node(present: &[Value]) -> Option<String> {
         .and_then(|n| n["node-name"].as_str().map(String::from))
 }
 
-/// Moves a relay's session to another parent in place (see the module's documentation).
+/// Moves a relay's session to another parent in place (see the module's documentation), or
+/// changes which children a target admits.
 pub(super) fn update(
     stack: &QemuStack,
     t: Target<'_>,
     observed: &Observed,
 ) -> Result<Observed, BackendError> {
+    if let Desired::Target(a) = t.desired {
+        let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
+        let lock = stack.relay_lock(&relay.dir);
+        let _g = lock.lock().expect("relay lock");
+        let mut qmp = relay.running()?.ok_or_else(|| not_running(t))?;
+        let (TargetAttrs::Image { address, port, .. } | TargetAttrs::Cache { address, port, .. }) =
+            a;
+        serve_children(&relay, &mut qmp, a, address, *port)?;
+        let mut o = observed.clone();
+        o.extend(self::observed(&relay, t));
+        return Ok(o);
+    }
     let Desired::Session(s) = t.desired else {
-        unreachable!("only sessions update in place")
+        unreachable!("only sessions and targets update in place")
     };
     let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
     let lock = stack.relay_lock(&relay.dir);
     let _g = lock.lock().expect("relay lock");
-    let mut qmp = relay.running()?.ok_or_else(|| {
-        BackendError::new(format!(
-            "on host {}: the relay of image {} is not running; run `vmthunder apply` again to rebuild it",
-            t.addr.host, t.addr.image
-        ))
-    })?;
+    let mut qmp = relay.running()?.ok_or_else(|| not_running(t))?;
     attach_session(&relay, &mut qmp, &t.addr.image, s)?;
     let mut o = observed.clone();
     o.extend(self::observed(&relay, t));
     Ok(o)
+}
+
+fn not_running(t: Target<'_>) -> BackendError {
+    BackendError::new(format!(
+        "on host {}: the relay of image {} is not running; run `vmthunder apply` again to rebuild it",
+        t.addr.host, t.addr.image
+    ))
 }
 
 /// Makes the cache `lv` a qcow2 of the image's size with no backing file of its own (the
@@ -620,12 +836,19 @@ fn teardown(
     lv_size: Option<u64>,
 ) -> Result<(), BackendError> {
     match t.desired {
-        Desired::Target(TargetAttrs::Image { .. }) => {
+        Desired::Target(a) => {
             remove_export(qmp, TARGET_EXPORT)?;
-            del_node(qmp, IMAGE)?;
-            del_node(qmp, IMAGE_FILE)?;
+            if matches!(a, TargetAttrs::Image { .. }) {
+                del_node(qmp, IMAGE)?;
+                del_node(qmp, IMAGE_FILE)?;
+            }
+            // Its children are not admitted any more.
+            if objects(qmp)?.iter().any(|o| o == AUTHZ) {
+                let own = exports(qmp)?.iter().any(|e| e == LOCAL_EXPORT);
+                let who = subjects(qmp, relay.host, Some(&[]), own)?;
+                admit(qmp, &who)?;
+            }
         }
-        Desired::Target(TargetAttrs::Cache { .. }) => remove_export(qmp, TARGET_EXPORT)?,
         Desired::Session(_) => {
             for name in session_nodes(&nodes(qmp)?) {
                 del_node(qmp, &name)?;
@@ -633,6 +856,10 @@ fn teardown(
         }
         Desired::Cache(_) => {
             remove_export(qmp, LOCAL_EXPORT)?;
+            if objects(qmp)?.iter().any(|o| o == AUTHZ) {
+                let who = subjects(qmp, relay.host, None, false)?;
+                admit(qmp, &who)?;
+            }
             del_node(qmp, COR)?;
             let present = nodes(qmp)?;
             let file = cache_file_node(&present).and_then(|f| {
