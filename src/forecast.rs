@@ -279,7 +279,7 @@ mod tests {
 
     fn chain_spec() -> Spec {
         Spec::from_value(&serde_json::json!({
-            "version": 1, "cluster": "f", "backend": {"stack": "sim", "tls": false},
+            "version": 1, "cluster": "f", "backend": {"stack": "sim"},
             "hosts": [{"name": "src", "address": "10.0.0.1"}, {"name": "n01", "address": "10.0.0.2"},
                       {"name": "n02", "address": "10.0.0.3"}],
             "images": [{"name": "img", "source_host": "src", "path": "/i.raw", "format": "raw",

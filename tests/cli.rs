@@ -415,7 +415,7 @@ fn plan_json_out_and_show_agree() {
     assert_eq!(session["after"]["parent"], "node01");
     assert_eq!(
         session["depends_on"],
-        serde_json::json!(["target.node01.base"])
+        serde_json::json!(["target.node01.base", "cert.node03.tls"])
     );
 
     let saved = std::fs::read(dir.path().join("plans/lab.json")).unwrap();

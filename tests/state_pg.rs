@@ -435,11 +435,40 @@ fn a_qemu_apply_is_recorded_in_the_database_and_drift_by_hand_is_seen() {
     let url = database("qemu_apply");
     let c = Cluster::new(&common::spec(63, 2, 2, 1, false));
     let expected = planned(&c);
+    // TLS keys are secrets: the database takes them only sealed.
+    let out = at(&c, &url, &["apply", "-f", "spec.json", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("TLS (backend.tls) records the private keys")
+            && text(&out).contains("nothing was changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(c.processes(), Vec::<u32>::new());
+    let key = key_file(c.path(), "state.key");
+    let key = key.to_str().unwrap();
+    let at = |c: &Cluster, url: &str, args: &[&str]| {
+        c.run_env(
+            &[("VMTHUNDER_STATE", url), ("VMTHUNDER_STATE_KEY_FILE", key)],
+            args,
+        )
+    };
+    let drift_check = |c: &Cluster, url: &str| {
+        at(c, url, &["plan", "-f", "spec.json", "--detailed-exitcode"])
+            .status
+            .code()
+    };
     let out = at(&c, &url, &["apply", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!c.path().join("state").exists(), "no file state was made");
     let (n, _) = recorded("qemu_apply");
     assert_eq!(n, expected);
+    let docs = sql(
+        "qemu_apply",
+        "SELECT string_agg(convert_from(doc, 'UTF8'), '') FROM vmthunder.states",
+    );
+    assert!(docs.contains("\"private_key\":{\"data\""), "{docs}");
+    assert!(!docs.contains("PRIVATE KEY"), "a key in the clear: {docs}");
     assert_eq!(drift_check(&c, &url), Some(0));
     // A relay killed by hand: a second process's refresh finds it.
     let pid = std::fs::read_to_string(c.path().join(".vmthunder/t/node01/base/relay.pid")).unwrap();

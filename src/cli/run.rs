@@ -220,16 +220,24 @@ fn execute(
     saved: bool,
 ) -> Result<i32, Failure> {
     let destroying = plan.mode == Mode::Destroy;
-    let makes_secrets = plan
+    use crate::resource::Kind;
+    // What the plan would record a secret of, and what that secret is.
+    let secret = plan
         .changes
         .iter()
-        .any(|c| c.after.is_some() && c.addr.kind == crate::resource::Kind::Session);
-    if store.codec().refuses_secrets()
-        && spec.backend.stack == crate::spec::Stack::Linux
-        && makes_secrets
-    {
+        .filter(|c| c.after.is_some())
+        .find_map(|c| match c.addr.kind {
+            Kind::Session if spec.backend.stack == crate::spec::Stack::Linux => {
+                Some("the linux stack records a CHAP secret per session")
+            }
+            Kind::Ca | Kind::Cert => Some(
+                "TLS (backend.tls) records the private keys of the cluster CA and of each host",
+            ),
+            _ => None,
+        });
+    if let (true, Some(what)) = (store.codec().refuses_secrets(), secret) {
         return Err(fail(format!(
-            "cannot apply: the linux stack records a CHAP secret per session, and state `{}` keeps secrets only sealed, but no state key is configured; nothing was changed. Make a key (`head -c 32 /dev/urandom | base64 > state.key; chmod 600 state.key`) and pass it with --state-key-file, state.key_file or VMTHUNDER_STATE_KEY",
+            "cannot apply: {what}, and state `{}` keeps secrets only sealed, but no state key is configured; nothing was changed. Make a key (`head -c 32 /dev/urandom | base64 > state.key; chmod 600 state.key`) and pass it with --state-key-file, state.key_file or VMTHUNDER_STATE_KEY",
             store.name()
         )));
     }

@@ -1644,3 +1644,98 @@ fn a_thousand_hosts_lose_an_interior_one_with_at_most_degree_moves() {
             || c.action == Action::Update
             || c.addr.kind == Kind::Target));
 }
+
+fn tls_spec(hosts: &[&str], degree: u32) -> Spec {
+    spec_with(
+        hosts,
+        degree,
+        1,
+        serde_json::json!({"backend": {"stack": "qemu", "tls": true}}),
+    )
+}
+
+fn clients_of(p: &Plan, addr: &str) -> Vec<String> {
+    match p
+        .changes
+        .iter()
+        .find(|c| c.addr.to_string() == addr)
+        .and_then(|c| c.after.as_ref())
+    {
+        Some(Desired::Target(t)) => t.clients().to_vec(),
+        other => panic!("{addr}: {other:?}"),
+    }
+}
+
+#[test]
+fn with_tls_every_edge_needs_both_hosts_certificates_and_exports_admit_their_children() {
+    // Degree 2: src -> {a, b}; a -> {c}.
+    let s = tls_spec(&["a", "b", "c"], 2);
+    let p = plan(&s, &State::empty("t"));
+    let created: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
+    for a in ["ca.t.tls", "cert.src.tls", "cert.a.tls", "cert.b.tls", "cert.c.tls"] {
+        assert!(created.contains(&a.to_string()), "{a}: {created:?}");
+    }
+    let deps = |addr: &str| -> Vec<String> {
+        let c = p.changes.iter().find(|c| c.addr.to_string() == addr).unwrap();
+        c.deps.iter().map(Addr::to_string).collect()
+    };
+    assert_eq!(deps("cert.c.tls"), ["ca.t.tls"]);
+    assert_eq!(deps("session.c.base"), ["target.a.base", "cert.c.tls"]);
+    assert_eq!(deps("target.src.base"), ["cert.src.tls"]);
+    assert!(deps("cache.c.base").contains(&"cert.c.tls".to_string()));
+    assert!(deps("target.a.base").contains(&"cert.a.tls".to_string()));
+    assert_eq!(clients_of(&p, "target.src.base"), ["a", "b"]);
+    assert_eq!(clients_of(&p, "target.a.base"), ["c"]);
+    let state = p.applied(&State::empty("t"));
+    assert!(!plan(&s, &state).has_changes());
+
+    // Without TLS: none of it.
+    let plain = spec_with(&["a", "b", "c"], 2, 1, serde_json::json!({"backend": {"tls": false}}));
+    let p = plan(&plain, &State::empty("t"));
+    assert!(p.changes.iter().all(|c| !c.addr.kind.of_tls()));
+    assert!(clients_of(&p, "target.src.base").is_empty());
+}
+
+#[test]
+fn with_tls_a_moved_host_changes_who_exports_admit_in_place() {
+    // src -> {a, b}; a -> {c, d}. a leaves: c and d move, and the exports that adopt them
+    // admit them from then on; nothing that holds a clone's writes is touched.
+    let all = ["a", "b", "c", "d"];
+    let state = applied(&tls_spec(&all, 2));
+    let p = plan(&tls_spec(&["b", "c", "d"], 2), &state);
+    for (addr, action) in actions(&p) {
+        let host = addr.split('.').nth(1).unwrap();
+        match (host, action) {
+            ("a", Action::Delete) => {}
+            ("c" | "d", Action::Update) => assert!(addr.starts_with("session."), "{addr}"),
+            (_, Action::Update | Action::Create) if addr.starts_with("target.") => {}
+            other => panic!("{addr}: {other:?}"),
+        }
+    }
+    assert_eq!(p.summary().writes_destroyed, 0);
+    let mut admitted: Vec<String> = p
+        .changes
+        .iter()
+        .filter_map(|c| match &c.after {
+            Some(Desired::Target(t)) => Some(t.clients().to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    admitted.sort();
+    assert_eq!(admitted, ["b", "c", "d"], "every child admitted once, a nowhere");
+    let updated: Vec<&Change> = p
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Update && c.addr.kind == Kind::Target)
+        .collect();
+    assert!(!updated.is_empty());
+    for c in updated {
+        assert_eq!(
+            changed_paths(c.before.as_ref().unwrap(), c.after.as_ref().unwrap()),
+            ["clients"]
+        );
+    }
+    let next = plan(&tls_spec(&["b", "c", "d"], 2), &p.applied(&state));
+    assert!(!next.has_changes());
+}

@@ -276,9 +276,9 @@ impl Backend {
     }
 
     /// Whether the image tree's edges use TLS: the qemu stack with `tls` on (the linux
-    /// stack's iSCSI edges use per-child CHAP instead).
+    /// stack's iSCSI edges use per-child CHAP instead; the sim stack moves no bytes).
     pub fn uses_tls(&self) -> bool {
-        self.tls && self.stack != Stack::Linux
+        self.tls && self.stack == Stack::Qemu
     }
 }
 
