@@ -232,11 +232,7 @@ pub fn read_clone(c: &Cluster, host: &str, n: u32, out: &str) -> PathBuf {
             ),
         ]);
     }
-    let st = cmd
-        .arg(&overlay)
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let st = cmd.arg(&overlay).arg(&dst).output().unwrap();
     assert!(
         st.status.success(),
         "{}",
