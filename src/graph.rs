@@ -382,7 +382,9 @@ impl Graph {
                         vec![cache, cow],
                     );
                     let key = clone_key(&spec.cluster, &img, host, n);
+                    // With TLS the guest reads its disk as its host.
                     let mut deps = vec![snap];
+                    deps.extend(cert.iter().copied());
                     let seed = spec.clones.seeded().then(|| {
                         g.push(
                             Addr::new(Kind::Seed, host, &img, Some(n)),

@@ -236,6 +236,27 @@ fn only_the_tree_reads_the_image_and_reparenting_changes_who_is_admitted() {
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
+    // Renewing a host's certificate: its relay loads the new one in place (its server
+    // restarts with it, its session connects anew), and no guest restarts.
+    let old_cert = std::fs::read(tls_dir(&new_parent).join("server-cert.pem")).unwrap();
+    let renew = format!("cert.{new_parent}.tls");
+    let out = c.apply_with(&["--replace", &renew]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 replaced, 0 destroyed"), "{}", text(&out));
+    let new_cert = std::fs::read(tls_dir(&new_parent).join("server-cert.pem")).unwrap();
+    assert_ne!(old_cert, new_cert);
+    let renewed = c.state(CLUSTER);
+    let adopted = uri_of(&renewed, &format!("target.{new_parent}.tiny"));
+    let (ok, said) = probe("node02", &adopted, Some(&tls_dir("node02")));
+    assert!(ok, "the child reads from the renewed server: {said}");
+    assert_eq!(
+        ["node01", "node02", "node03"].map(pids).to_vec(),
+        guests_before,
+        "no clone restarted"
+    );
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
     // Destroy takes the key material off every host.
     let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));

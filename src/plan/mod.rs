@@ -354,6 +354,8 @@ pub fn diff(
         let mut new_content: Vec<bool> = Vec::with_capacity(resources.len());
         // Per resource: replaced because a refresh found it gone.
         let mut vanished: Vec<bool> = Vec::with_capacity(resources.len());
+        // Per resource: made anew under a new CA.
+        let mut new_trust: Vec<bool> = Vec::with_capacity(resources.len());
         let addrs: Vec<Addr> = resources.iter().map(|r| r.addr.clone()).collect();
         // Resources arrive in topological order, so every dependency's action is known.
         for r in resources {
@@ -401,9 +403,15 @@ pub fn diff(
                         .filter(|&d| rec.deps.contains(&addrs[d as usize]))
                         .collect();
                     let stuck = rebuilt.iter().copied().find(|&d| {
-                        !(can.follows.contains(&addrs[d as usize].kind)
-                            && vanished[d as usize]
-                            && !new_content[d as usize])
+                        let kind = addrs[d as usize].kind;
+                        let followed = match kind {
+                            // A renewed certificate; under a new CA, guests start afresh.
+                            Kind::Cert => {
+                                !(r.addr.kind == Kind::Domain && new_trust[d as usize])
+                            }
+                            _ => vanished[d as usize] && !new_content[d as usize],
+                        };
+                        !(can.follows.contains(&kind) && followed)
                     });
                     let in_place = || match repairs.get(&r.addr) {
                         Some((parent, why)) => Reason::Repair {
@@ -449,6 +457,12 @@ pub fn diff(
                     && matches!(r.desired, Desired::Target(TargetAttrs::Image { .. })))
                     || r.deps.iter().any(|&d| new_content[d as usize]));
             new_content.push(image_changed);
+            // The CA that certificates are checked against changes.
+            new_trust.push(
+                matches!(action, Action::Create | Action::Replace)
+                    && (r.addr.kind == Kind::Ca && recorded.is_some()
+                        || r.deps.iter().any(|&d| new_trust[d as usize])),
+            );
             vanished.push(reason == Some(Reason::Vanished));
             actions.push(action);
             let (before, prior_deps) = match (action, recorded) {
@@ -531,12 +545,19 @@ pub struct Updatable {
 ///   its upstream switches under it), and logs in again to its parent's rebuilt export;
 /// - a snapshot (the clone's writes) stays over its host's cache rebuilt after its relay
 ///   died: the cache is the same image's bytes at the same endpoint;
-/// - a TLS target changes the children it admits (its authorization list) in place.
+/// - a TLS target changes the children it admits (its authorization list) in place;
+/// - a host's relays load its renewed certificate in place (sessions connect anew, servers
+///   restart with it), and its guests keep running: their certificate is still the CA's.
+///   Only a new CA restarts the guests (it does not touch their disks).
 pub fn updatable(kind: Kind) -> Updatable {
     match kind {
         Kind::Session => Updatable {
             attrs: &["parent", "parent_address", "parent_port"],
-            follows: &[Kind::Target],
+            follows: &[Kind::Target, Kind::Cert],
+        },
+        Kind::Cache => Updatable {
+            attrs: &[],
+            follows: &[Kind::Cert],
         },
         Kind::Snapshot => Updatable {
             attrs: &[],
@@ -544,7 +565,11 @@ pub fn updatable(kind: Kind) -> Updatable {
         },
         Kind::Target => Updatable {
             attrs: &["clients"],
-            follows: &[],
+            follows: &[Kind::Cert],
+        },
+        Kind::Domain => Updatable {
+            attrs: &[],
+            follows: &[Kind::Cert],
         },
         _ => Updatable {
             attrs: &[],

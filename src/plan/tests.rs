@@ -1739,3 +1739,48 @@ fn with_tls_a_moved_host_changes_who_exports_admit_in_place() {
     let next = plan(&tls_spec(&["b", "c", "d"], 2), &p.applied(&state));
     assert!(!next.has_changes());
 }
+
+#[test]
+fn renewing_a_hosts_certificate_keeps_its_relays_and_clones_running() {
+    // src -> {a, b}; a -> {c}.
+    let s = tls_spec(&["a", "b", "c"], 2);
+    let state = applied(&s);
+    let opts = Options {
+        replace: vec!["cert.a.tls".parse().unwrap()],
+        ..Options::default()
+    };
+    let p = plan_of(&s, &state, &opts);
+    let mut got = actions(&p);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("cache.a.base".to_string(), Action::Update),
+            ("cert.a.tls".to_string(), Action::Replace),
+            ("domain.a.base.0".to_string(), Action::Update),
+            ("session.a.base".to_string(), Action::Update),
+            ("target.a.base".to_string(), Action::Update),
+        ]
+    );
+    assert_eq!(p.summary().writes_destroyed, 0);
+    let next = plan(&s, &p.applied(&state));
+    assert!(!next.has_changes());
+
+    // A new CA: every certificate is issued again, every relay loads its own in place, and
+    // the guests restart with theirs; no clone's disk is touched.
+    let opts = Options {
+        replace: vec!["ca.t.tls".parse().unwrap()],
+        ..Options::default()
+    };
+    let p = plan_of(&s, &state, &opts);
+    for (addr, action) in actions(&p) {
+        let kind = addr.split('.').next().unwrap();
+        let want = match kind {
+            "ca" | "cert" | "domain" => Action::Replace,
+            "session" | "cache" | "target" => Action::Update,
+            _ => panic!("{addr}: {action:?}"),
+        };
+        assert_eq!(action, want, "{addr}");
+    }
+    assert_eq!(p.summary().writes_destroyed, 0);
+}

@@ -393,7 +393,7 @@ impl Backend for QemuStack {
         deps: &[(Addr, Observed)],
     ) -> Result<Observed, BackendError> {
         match t.addr.kind {
-            Kind::Session | Kind::Target => relay::update(self, t, observed),
+            Kind::Session | Kind::Cache | Kind::Target => relay::update(self, t, observed, deps),
             Kind::Snapshot => disk::update_snapshot(self, t, observed, deps),
             Kind::Domain => guest::resume(self, t, observed),
             _ => Err(BackendError::new(format!(

@@ -31,23 +31,35 @@ const COR: &str = "cor";
 /// Export ids (and the local export's NBD name).
 const TARGET_EXPORT: &str = "target";
 const LOCAL_EXPORT: &str = "local";
-/// With TLS: the relay's server and client credentials and the NBD server's authorization
-/// list (object ids). Guests and `qemu-img` name their client credentials [`CLIENT_CREDS`].
-const SERVER_CREDS: &str = "tls-server";
+/// With TLS: the prefixes of the ids of the relay's server and client credentials (each
+/// followed by the start of its certificate's fingerprint, so that a renewed certificate is
+/// loaded as new objects beside the old), and its NBD server's authorization list. Guests
+/// and `qemu-img` name their client credentials [`CLIENT_CREDS`].
+const SERVER_CREDS: &str = "tls-server-";
+const RELAY_CLIENT_CREDS: &str = "tls-client-";
 const CLIENT_CREDS: &str = "vmthunder-tls";
 const AUTHZ: &str = "authz";
+
+/// The short form of the host's certificate (from the `cert` a resource depends on) that
+/// names the objects loaded from it.
+fn cert_tag(deps: &[(Addr, Observed)]) -> Result<String, BackendError> {
+    let fp = crate::backend::dep_attr(deps, Kind::Cert, "fingerprint")?;
+    Ok(fp.chars().take(12).collect())
+}
 
 pub(super) struct Relay<'a> {
     stack: &'a QemuStack,
     host: &'a str,
+    image: &'a str,
     dir: PathBuf,
 }
 
 impl<'a> Relay<'a> {
-    pub(super) fn new(stack: &'a QemuStack, host: &'a str, image: &str) -> Relay<'a> {
+    pub(super) fn new(stack: &'a QemuStack, host: &'a str, image: &'a str) -> Relay<'a> {
         Relay {
             stack,
             host,
+            image,
             dir: stack.dir(host, image),
         }
     }
@@ -310,23 +322,23 @@ fn subjects(
     Ok(out)
 }
 
-/// Starts the relay's NBD server unless it runs; with `tls`, it serves only TLS and admits
-/// the subjects of its authorization list.
+/// Starts the relay's NBD server unless it runs; with `tls` (the credentials' directory and
+/// object id), it serves only TLS and admits the subjects of its authorization list.
 fn start_server(
     qmp: &mut Qmp,
     host: &str,
     address: &str,
     port: u16,
-    tls: Option<&std::path::Path>,
+    tls: Option<(&std::path::Path, &str)>,
 ) -> Result<(), BackendError> {
     let mut args =
         json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } });
-    if let Some(dir) = tls {
-        ensure_creds(qmp, host, SERVER_CREDS, dir, true)?;
+    if let Some((dir, id)) = tls {
+        ensure_creds(qmp, host, id, dir, true)?;
         if !objects(qmp)?.iter().any(|o| o == AUTHZ) {
             admit(qmp, &[])?;
         }
-        args["tls-creds"] = SERVER_CREDS.into();
+        args["tls-creds"] = id.into();
         args["tls-authz"] = AUTHZ.into();
     }
     let r = qmp.execute("nbd-server-start", args);
@@ -338,6 +350,62 @@ fn start_server(
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The relay's NBD server serving with the certificate tagged `tag` (or plain). A server that
+/// still serves an older certificate (the host's was renewed) is restarted with the new one:
+/// its exports are added again at once, and its clients (children, the host's clones)
+/// reconnect.
+fn serve(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    address: &str,
+    port: u16,
+    tag: Option<&str>,
+) -> Result<(), BackendError> {
+    let host = relay.host;
+    let Some(tag) = tag else {
+        return start_server(qmp, host, address, port, None);
+    };
+    let id = format!("{SERVER_CREDS}{tag}");
+    let dir = relay.tls_dir();
+    let stale: Vec<String> = objects(qmp)?
+        .into_iter()
+        .filter(|o| o.starts_with(SERVER_CREDS) && *o != id)
+        .collect();
+    if stale.is_empty() {
+        return start_server(qmp, host, address, port, Some((&dir, &id)));
+    }
+    ensure_creds(qmp, host, &id, &dir, true)?;
+    let had = exports(qmp)?;
+    match qmp.execute("nbd-server-stop", json!({})) {
+        Ok(_) => {}
+        Err(QmpError::Command { desc, .. }) if desc.contains("not running") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let start = Instant::now();
+    while !exports(qmp)?.is_empty() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(BackendError::new(format!(
+                "on host {host}: the NBD server's exports still have clients 10 s after it stopped"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crate::failpoint::hit("server-stopped");
+    start_server(qmp, host, address, port, Some((&dir, &id)))?;
+    let present = nodes(qmp)?;
+    if had.iter().any(|e| e == TARGET_EXPORT) {
+        let source = if node(&present, IMAGE).is_some() { IMAGE } else { COR };
+        add_export(qmp, TARGET_EXPORT, source, relay.image)?;
+    }
+    if had.iter().any(|e| e == LOCAL_EXPORT) {
+        add_export(qmp, LOCAL_EXPORT, COR, LOCAL_EXPORT)?;
+    }
+    for o in stale {
+        let _ = qmp.execute("object-del", json!({ "id": o }));
+    }
+    Ok(())
 }
 
 fn add_export(qmp: &mut Qmp, id: &str, node_name: &str, name: &str) -> Result<(), BackendError> {
@@ -400,7 +468,24 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
         Desired::Target(_) => exports(&mut qmp)?.iter().any(|e| e == TARGET_EXPORT),
         _ => unreachable!("relay kinds only"),
     };
-    Ok(present.then(|| observed(&relay, t)))
+    if !present {
+        return Ok(None);
+    }
+    let mut o = observed(&relay, t);
+    session_in(&mut qmp, t, &mut o)?;
+    Ok(Some(o))
+}
+
+/// Records the session's node as the relay has it (with TLS its name is also the
+/// certificate's).
+fn session_in(qmp: &mut Qmp, t: Target<'_>, o: &mut Observed) -> Result<(), BackendError> {
+    if let Desired::Session(s) = t.desired {
+        let present = nodes(qmp)?;
+        if let Some(n) = session_to(&present, &endpoint(s)) {
+            o.insert("node".into(), n.into());
+        }
+    }
+    Ok(())
 }
 
 fn observed(relay: &Relay<'_>, t: Target<'_>) -> Observed {
@@ -455,13 +540,13 @@ pub(super) fn create(
         // objects state does not know about are removed now.
         let _ = teardown(&relay, &mut qmp, t, lv_size);
     }
-    r.map(|()| {
-        let mut o = observed(&relay, t);
-        if let Some(size) = lv_size {
-            o.insert("lv_size".into(), size.into());
-        }
-        o
-    })
+    r?;
+    let mut o = observed(&relay, t);
+    if let Some(size) = lv_size {
+        o.insert("lv_size".into(), size.into());
+    }
+    session_in(&mut qmp, t, &mut o)?;
+    Ok(o)
 }
 
 fn build(
@@ -473,15 +558,7 @@ fn build(
     let host = relay.host;
     let image = &*t.addr.image;
     match t.desired {
-        Desired::Target(
-            a @ TargetAttrs::Image {
-                path,
-                format,
-                address,
-                port,
-                ..
-            },
-        ) => {
+        Desired::Target(a @ TargetAttrs::Image { path, format, .. }) => {
             let present = nodes(qmp)?;
             if node(&present, IMAGE).is_none() {
                 let file = super::absolute(path);
@@ -511,19 +588,19 @@ fn build(
                     ))
                 })?;
             }
-            serve_children(relay, qmp, a, address, *port)?;
+            serve_children(relay, qmp, a, deps)?;
             add_export(qmp, TARGET_EXPORT, IMAGE, image)
         }
-        Desired::Target(a @ TargetAttrs::Cache { address, port, .. }) => {
+        Desired::Target(a @ TargetAttrs::Cache { .. }) => {
             if node(&nodes(qmp)?, COR).is_none() {
                 return Err(BackendError::new(format!(
                     "on host {host}: the relay has no cache to export; the cache was removed outside vmthunder (run `vmthunder apply` to rebuild it)"
                 )));
             }
-            serve_children(relay, qmp, a, address, *port)?;
+            serve_children(relay, qmp, a, deps)?;
             add_export(qmp, TARGET_EXPORT, COR, image)
         }
-        Desired::Session(s) => attach_session(relay, qmp, image, s),
+        Desired::Session(s) => attach_session(relay, qmp, image, s, deps),
         Desired::Cache(c) => {
             let present = nodes(qmp)?;
             if node(&present, COR).is_none() {
@@ -551,18 +628,26 @@ fn build(
                     json!({ "driver": "copy-on-read", "node-name": COR, "file": CACHE }),
                 )?;
             }
-            let tls = c.tls.then(|| relay.tls_dir());
-            if tls.is_some() {
-                let admit_now = subjects(qmp, host, None, true)?;
-                start_server(qmp, host, &c.address, c.port, tls.as_deref())?;
-                admit(qmp, &admit_now)?;
-            } else {
-                start_server(qmp, host, &c.address, c.port, None)?;
-            }
+            serve_clones(relay, qmp, c, deps)?;
             add_export(qmp, LOCAL_EXPORT, COR, LOCAL_EXPORT)
         }
         _ => unreachable!("relay kinds only"),
     }
+}
+
+/// Serves the host's clones (with TLS, admitting its own host beside its children).
+fn serve_clones(
+    relay: &Relay<'_>,
+    qmp: &mut Qmp,
+    c: &crate::resource::CacheAttrs,
+    deps: &[(Addr, Observed)],
+) -> Result<(), BackendError> {
+    if !c.tls {
+        return serve(relay, qmp, &c.address, c.port, None);
+    }
+    let who = subjects(qmp, relay.host, None, true)?;
+    serve(relay, qmp, &c.address, c.port, Some(&cert_tag(deps)?))?;
+    admit(qmp, &who)
 }
 
 /// Starts the server of a target (with TLS, admitting exactly its clients, and its own host
@@ -571,13 +656,13 @@ fn serve_children(
     relay: &Relay<'_>,
     qmp: &mut Qmp,
     a: &TargetAttrs,
-    address: &str,
-    port: u16,
+    deps: &[(Addr, Observed)],
 ) -> Result<(), BackendError> {
+    let (TargetAttrs::Image { address, port, .. } | TargetAttrs::Cache { address, port, .. }) = a;
     if !a.tls() {
-        return start_server(qmp, relay.host, address, port, None);
+        return serve(relay, qmp, address, *port, None);
     }
-    start_server(qmp, relay.host, address, port, Some(&relay.tls_dir()))?;
+    serve(relay, qmp, address, *port, Some(&cert_tag(deps)?))?;
     let own = exports(qmp)?.iter().any(|e| e == LOCAL_EXPORT);
     let who = subjects(qmp, relay.host, Some(a.clients()), own)?;
     admit(qmp, &who)
@@ -625,26 +710,40 @@ fn attach_session(
     qmp: &mut Qmp,
     image: &str,
     s: &SessionAttrs,
+    deps: &[(Addr, Observed)],
 ) -> Result<(), BackendError> {
     let host = relay.host;
     let want = endpoint(s);
     let present = nodes(qmp)?;
-    let name = match session_to(&present, &want) {
+    // With TLS the node is also the certificate's: a renewed one connects anew beside it.
+    let tag = if s.tls { Some(cert_tag(deps)?) } else { None };
+    let found = match &tag {
+        Some(tag) => {
+            let name = session_node(&format!("{want}#{tag}"));
+            node(&present, &name).map(|_| name)
+        }
+        None => session_to(&present, &want),
+    };
+    let name = match found {
         Some(name) => name,
         None => {
-            let name = session_node(&want);
-            let mut args = json!({ "driver": "nbd", "node-name": name, "read-only": true,
+            let mut args = json!({ "driver": "nbd", "read-only": true,
                                    "export": image,
                                    "server": { "type": "inet", "host": s.parent_address,
                                                "port": s.parent_port.to_string() } });
-            if s.tls {
-                ensure_creds(qmp, host, CLIENT_CREDS, &relay.tls_dir(), false)?;
-                args["tls-creds"] = CLIENT_CREDS.into();
-                args["tls-hostname"] = s.parent.clone().into();
-            }
+            let name = match &tag {
+                Some(tag) => {
+                    let creds = format!("{RELAY_CLIENT_CREDS}{tag}");
+                    ensure_creds(qmp, host, &creds, &relay.tls_dir(), false)?;
+                    args["tls-creds"] = creds.into();
+                    args["tls-hostname"] = s.parent.clone().into();
+                    session_node(&format!("{want}#{tag}"))
+                }
+                None => session_node(&want),
+            };
+            args["node-name"] = name.clone().into();
             // A node of that name to somewhere else cannot be: the name is the endpoint's.
-            qmp.execute("blockdev-add", args)
-            .map_err(|e| {
+            qmp.execute("blockdev-add", args).map_err(|e| {
                 BackendError::new(format!(
                     "on host {host}: cannot connect to {}'s export at {want}: {e}",
                     s.parent
@@ -656,7 +755,14 @@ fn attach_session(
     crate::failpoint::hit("session-attached");
     let present = nodes(qmp)?;
     if let Some(cache) = node(&present, CACHE) {
-        if cache["backing_file"].as_str().map(backing_endpoint) != Some(Some(want.clone())) {
+        // The cache reads through one of the session nodes: with TLS, any other than this
+        // one may be it; without, the one to another endpoint.
+        let elsewhere = if tag.is_some() {
+            session_nodes(&present).iter().any(|o| *o != name)
+        } else {
+            cache["backing_file"].as_str().map(backing_endpoint) != Some(Some(want.clone()))
+        };
+        if elsewhere {
             let file = cache_file_node(&present).ok_or_else(|| {
                 BackendError::new(format!(
                     "on host {host}: the relay's cache has no file node to keep"
@@ -693,6 +799,15 @@ fn attach_session(
     for other in session_nodes(&nodes(qmp)?) {
         if other != name {
             del_node(qmp, &other)?;
+        }
+    }
+    if let Some(tag) = &tag {
+        let keep = format!("{RELAY_CLIENT_CREDS}{tag}");
+        for o in objects(qmp)?
+            .into_iter()
+            .filter(|o| o.starts_with(RELAY_CLIENT_CREDS) && *o != keep)
+        {
+            let _ = qmp.execute("object-del", json!({ "id": o }));
         }
     }
     Ok(())
@@ -759,35 +874,27 @@ fn cache_file_node(present: &[Value]) -> Option<String> {
         .and_then(|n| n["node-name"].as_str().map(String::from))
 }
 
-/// Moves a relay's session to another parent in place (see the module's documentation), or
-/// changes which children a target admits.
+/// Moves a relay's session to another parent in place (see the module's documentation),
+/// changes which children a target admits, or loads the host's renewed certificate.
 pub(super) fn update(
     stack: &QemuStack,
     t: Target<'_>,
     observed: &Observed,
+    deps: &[(Addr, Observed)],
 ) -> Result<Observed, BackendError> {
-    if let Desired::Target(a) = t.desired {
-        let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
-        let lock = stack.relay_lock(&relay.dir);
-        let _g = lock.lock().expect("relay lock");
-        let mut qmp = relay.running()?.ok_or_else(|| not_running(t))?;
-        let (TargetAttrs::Image { address, port, .. } | TargetAttrs::Cache { address, port, .. }) =
-            a;
-        serve_children(&relay, &mut qmp, a, address, *port)?;
-        let mut o = observed.clone();
-        o.extend(self::observed(&relay, t));
-        return Ok(o);
-    }
-    let Desired::Session(s) = t.desired else {
-        unreachable!("only sessions and targets update in place")
-    };
     let relay = Relay::new(stack, &t.addr.host, &t.addr.image);
     let lock = stack.relay_lock(&relay.dir);
     let _g = lock.lock().expect("relay lock");
     let mut qmp = relay.running()?.ok_or_else(|| not_running(t))?;
-    attach_session(&relay, &mut qmp, &t.addr.image, s)?;
+    match t.desired {
+        Desired::Target(a) => serve_children(&relay, &mut qmp, a, deps)?,
+        Desired::Cache(c) => serve_clones(&relay, &mut qmp, c, deps)?,
+        Desired::Session(s) => attach_session(&relay, &mut qmp, &t.addr.image, s, deps)?,
+        _ => unreachable!("relay kinds only"),
+    }
     let mut o = observed.clone();
     o.extend(self::observed(&relay, t));
+    session_in(&mut qmp, t, &mut o)?;
     Ok(o)
 }
 
