@@ -351,7 +351,10 @@ impl Graph {
                         port,
                         tls,
                     }),
-                    [session, lv].into_iter().chain(cert.iter().copied()).collect(),
+                    [session, lv]
+                        .into_iter()
+                        .chain(cert.iter().copied())
+                        .collect(),
                 );
                 if has_children {
                     target_of[node as usize] = g.push(

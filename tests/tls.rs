@@ -118,7 +118,7 @@ fn only_the_tree_reads_the_image_and_reparenting_changes_who_is_admitted() {
         let cert = record(&state, &format!("cert.{h}.tls"));
         assert_eq!(cert["desired"]["subject"], format!("CN={h}"));
     }
-    let shown = c.run(&["state", "show", &format!("cert.node01.tls")]);
+    let shown = c.run(&["state", "show", "cert.node01.tls"]);
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(!text(&shown).contains("PRIVATE KEY"), "{}", text(&shown));
 
@@ -143,13 +143,19 @@ fn only_the_tree_reads_the_image_and_reparenting_changes_who_is_admitted() {
     let guest = common::repo().join("target/guest/base.raw");
     let base_sum = sha256(&guest);
     for h in ["node01", "node02", "node03"] {
-        let log = tb.on_host(h, &format!("/var/lib/vmthunder/{CLUSTER}/{h}/tiny/vm-0.log"));
+        let log = tb.on_host(
+            h,
+            &format!("/var/lib/vmthunder/{CLUSTER}/{h}/tiny/vm-0.log"),
+        );
         let console = std::fs::read_to_string(&log).unwrap_or_default();
         let ready = console
             .lines()
             .find(|l| l.contains("VMTHUNDER-READY"))
             .unwrap_or_else(|| panic!("no ready line from {h}: {console}"));
-        assert!(ready.contains(&format!("disk_sha256={base_sum}")), "{h}: {ready}");
+        assert!(
+            ready.contains(&format!("disk_sha256={base_sum}")),
+            "{h}: {ready}"
+        );
     }
 
     // node01's export admits its child node03, and nobody else.
@@ -190,9 +196,10 @@ fn only_the_tree_reads_the_image_and_reparenting_changes_who_is_admitted() {
     // Degree 1: node02 leaves src for another parent, in place. src admits only node01 from
     // then on; node02 reads on from its new parent.
     let pids = |h: &str| {
-        std::fs::read_to_string(
-            tb.on_host(h, &format!("/var/lib/vmthunder/{CLUSTER}/{h}/tiny/vm-0.pid")),
-        )
+        std::fs::read_to_string(tb.on_host(
+            h,
+            &format!("/var/lib/vmthunder/{CLUSTER}/{h}/tiny/vm-0.pid"),
+        ))
         .unwrap()
     };
     let guests_before: Vec<String> = ["node01", "node02", "node03"].map(pids).to_vec();
@@ -242,7 +249,11 @@ fn only_the_tree_reads_the_image_and_reparenting_changes_who_is_admitted() {
     let renew = format!("cert.{new_parent}.tls");
     let out = c.apply_with(&["--replace", &renew]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("1 replaced, 0 destroyed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 replaced, 0 destroyed"),
+        "{}",
+        text(&out)
+    );
     let new_cert = std::fs::read(tls_dir(&new_parent).join("server-cert.pem")).unwrap();
     assert_ne!(old_cert, new_cert);
     let renewed = c.state(CLUSTER);

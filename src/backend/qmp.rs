@@ -33,6 +33,8 @@ pub struct Qmp {
     path: String,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// Commands sent so far: each carries an id of this process and its number.
+    sent: u64,
 }
 
 impl Qmp {
@@ -51,6 +53,7 @@ impl Qmp {
             path: p.clone(),
             reader: BufReader::new(stream),
             writer,
+            sent: 0,
         };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
@@ -98,7 +101,12 @@ impl Qmp {
 
     /// Runs `command` with `arguments` (an object) and returns its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
-        let mut msg = json!({ "execute": command });
+        // The monitor answers whatever it was still running for a client that went away (a
+        // vmthunder killed mid-command) on the next connection: only the reply that carries
+        // this command's id is its answer.
+        self.sent += 1;
+        let id = format!("vmthunder-{}-{}", std::process::id(), self.sent);
+        let mut msg = json!({ "execute": command, "id": id });
         if arguments.as_object().is_some_and(|a| !a.is_empty()) {
             msg["arguments"] = arguments;
         }
@@ -112,7 +120,8 @@ impl Qmp {
             })?;
         loop {
             let mut reply = self.read_message()?;
-            if reply.get("event").is_some() {
+            if reply.get("event").is_some() || reply.get("id").and_then(Value::as_str) != Some(&id)
+            {
                 continue;
             }
             if let Some(ret) = reply.get_mut("return") {

@@ -56,7 +56,8 @@ pub fn create(
 ) -> Result<Observed, BackendError> {
     match target.desired {
         Desired::Ca(ca) => {
-            let made = pki::new_ca(&target.addr.host, ca.days).map_err(|e| pki_error(target.addr, e))?;
+            let made =
+                pki::new_ca(&target.addr.host, ca.days).map_err(|e| pki_error(target.addr, e))?;
             let mut o = described(target.addr, &made.cert_pem)?;
             o.insert("private_key".into(), made.key_pem.into());
             Ok(o)
@@ -65,14 +66,16 @@ pub fn create(
             let (_, ca) = deps
                 .iter()
                 .find(|(a, _)| a.kind == Kind::Ca)
-                .ok_or_else(|| BackendError::new(format!("internal error: {} has no CA", target.addr)))?;
+                .ok_or_else(|| {
+                    BackendError::new(format!("internal error: {} has no CA", target.addr))
+                })?;
             let ca = pki::Ca {
                 cert_pem: text(ca, "cert").unwrap_or_default().to_string(),
                 key_pem: text(ca, "private_key").unwrap_or_default().to_string(),
             };
             let host = &*target.addr.host;
-            let issued = pki::issue(&ca, host, &c.address, c.days)
-                .map_err(|e| pki_error(target.addr, e))?;
+            let issued =
+                pki::issue(&ca, host, &c.address, c.days).map_err(|e| pki_error(target.addr, e))?;
             let dir = dir(base, host);
             make_private_dir(t, host, &dir)?;
             for (name, pem) in FILES {
@@ -106,7 +109,9 @@ fn described(addr: &Addr, cert: &str) -> Result<Observed, BackendError> {
     o.insert("cert".into(), cert.into());
     o.insert(
         "fingerprint".into(),
-        pki::fingerprint(cert).map_err(|e| pki_error(addr, e))?.into(),
+        pki::fingerprint(cert)
+            .map_err(|e| pki_error(addr, e))?
+            .into(),
     );
     o.insert(
         "not_after".into(),
@@ -159,7 +164,9 @@ pub fn read(
                 };
                 let same = match pem {
                     Pem::Ca => {
-                        pki::fingerprint(&String::from_utf8_lossy(&found)).ok().as_deref()
+                        pki::fingerprint(&String::from_utf8_lossy(&found))
+                            .ok()
+                            .as_deref()
                             == text(observed, "ca_fingerprint")
                     }
                     Pem::Cert => found == cert.as_bytes(),

@@ -406,9 +406,7 @@ pub fn diff(
                         let kind = addrs[d as usize].kind;
                         let followed = match kind {
                             // A renewed certificate; under a new CA, guests start afresh.
-                            Kind::Cert => {
-                                !(r.addr.kind == Kind::Domain && new_trust[d as usize])
-                            }
+                            Kind::Cert => !(r.addr.kind == Kind::Domain && new_trust[d as usize]),
                             _ => vanished[d as usize] && !new_content[d as usize],
                         };
                         !(can.follows.contains(&kind) && followed)

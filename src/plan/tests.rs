@@ -1672,11 +1672,21 @@ fn with_tls_every_edge_needs_both_hosts_certificates_and_exports_admit_their_chi
     let s = tls_spec(&["a", "b", "c"], 2);
     let p = plan(&s, &State::empty("t"));
     let created: Vec<String> = actions(&p).into_iter().map(|(a, _)| a).collect();
-    for a in ["ca.t.tls", "cert.src.tls", "cert.a.tls", "cert.b.tls", "cert.c.tls"] {
+    for a in [
+        "ca.t.tls",
+        "cert.src.tls",
+        "cert.a.tls",
+        "cert.b.tls",
+        "cert.c.tls",
+    ] {
         assert!(created.contains(&a.to_string()), "{a}: {created:?}");
     }
     let deps = |addr: &str| -> Vec<String> {
-        let c = p.changes.iter().find(|c| c.addr.to_string() == addr).unwrap();
+        let c = p
+            .changes
+            .iter()
+            .find(|c| c.addr.to_string() == addr)
+            .unwrap();
         c.deps.iter().map(Addr::to_string).collect()
     };
     assert_eq!(deps("cert.c.tls"), ["ca.t.tls"]);
@@ -1690,7 +1700,12 @@ fn with_tls_every_edge_needs_both_hosts_certificates_and_exports_admit_their_chi
     assert!(!plan(&s, &state).has_changes());
 
     // Without TLS: none of it.
-    let plain = spec_with(&["a", "b", "c"], 2, 1, serde_json::json!({"backend": {"tls": false}}));
+    let plain = spec_with(
+        &["a", "b", "c"],
+        2,
+        1,
+        serde_json::json!({"backend": {"tls": false}}),
+    );
     let p = plan(&plain, &State::empty("t"));
     assert!(p.changes.iter().all(|c| !c.addr.kind.of_tls()));
     assert!(clients_of(&p, "target.src.base").is_empty());
@@ -1723,7 +1738,11 @@ fn with_tls_a_moved_host_changes_who_exports_admit_in_place() {
         .flatten()
         .collect();
     admitted.sort();
-    assert_eq!(admitted, ["b", "c", "d"], "every child admitted once, a nowhere");
+    assert_eq!(
+        admitted,
+        ["b", "c", "d"],
+        "every child admitted once, a nowhere"
+    );
     let updated: Vec<&Change> = p
         .changes
         .iter()

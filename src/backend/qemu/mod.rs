@@ -363,7 +363,9 @@ impl Backend for QemuStack {
             Kind::Session | Kind::Cache | Kind::Target => relay::read(self, t),
             Kind::Seed => seed::read(self, t),
             Kind::Bridge | Kind::Vxlan => super::net::read(self.transport.as_ref(), t),
-            Kind::Ca | Kind::Cert => super::tls::read(self.transport.as_ref(), &self.base, t, observed),
+            Kind::Ca | Kind::Cert => {
+                super::tls::read(self.transport.as_ref(), &self.base, t, observed)
+            }
         }
     }
 
@@ -381,7 +383,9 @@ impl Backend for QemuStack {
             Kind::Session | Kind::Cache | Kind::Target => relay::create(self, t, deps),
             Kind::Seed => seed::create(self, t),
             Kind::Bridge | Kind::Vxlan => super::net::create(self.transport.as_ref(), t),
-            Kind::Ca | Kind::Cert => super::tls::create(self.transport.as_ref(), &self.base, t, deps),
+            Kind::Ca | Kind::Cert => {
+                super::tls::create(self.transport.as_ref(), &self.base, t, deps)
+            }
         }
     }
 

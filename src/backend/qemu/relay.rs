@@ -221,7 +221,10 @@ fn tls_backing(address: &str, port: u16, export: &str, server_name: &str) -> Str
 /// The `--object` argument that defines [`CLIENT_CREDS`] from `dir` for `qemu-img` and
 /// guests.
 pub(super) fn client_creds_arg(dir: &str) -> String {
-    format!("tls-creds-x509,id={CLIENT_CREDS},dir={},endpoint=client", dir.replace(',', ",,"))
+    format!(
+        "tls-creds-x509,id={CLIENT_CREDS},dir={},endpoint=client",
+        dir.replace(',', ",,")
+    )
 }
 
 /// The ids of the relay's user-created objects.
@@ -309,11 +312,13 @@ fn subjects(
 ) -> Result<Vec<String>, BackendError> {
     let me = crate::pki::distinguished_name(host);
     let mut out: Vec<String> = match clients {
-        Some(c) => c.iter().map(|c| crate::pki::distinguished_name(c)).collect(),
-        None if objects(qmp)?.iter().any(|o| o == AUTHZ) => admitted(qmp)?
-            .into_iter()
-            .filter(|s| *s != me)
+        Some(c) => c
+            .iter()
+            .map(|c| crate::pki::distinguished_name(c))
             .collect(),
+        None if objects(qmp)?.iter().any(|o| o == AUTHZ) => {
+            admitted(qmp)?.into_iter().filter(|s| *s != me).collect()
+        }
         None => Vec::new(),
     };
     if own {
@@ -331,8 +336,7 @@ fn start_server(
     port: u16,
     tls: Option<(&std::path::Path, &str)>,
 ) -> Result<(), BackendError> {
-    let mut args =
-        json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } });
+    let mut args = json!({ "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } } });
     if let Some((dir, id)) = tls {
         ensure_creds(qmp, host, id, dir, true)?;
         if !objects(qmp)?.iter().any(|o| o == AUTHZ) {
@@ -396,7 +400,11 @@ fn serve(
     start_server(qmp, host, address, port, Some((&dir, &id)))?;
     let present = nodes(qmp)?;
     if had.iter().any(|e| e == TARGET_EXPORT) {
-        let source = if node(&present, IMAGE).is_some() { IMAGE } else { COR };
+        let source = if node(&present, IMAGE).is_some() {
+            IMAGE
+        } else {
+            COR
+        };
         add_export(qmp, TARGET_EXPORT, source, relay.image)?;
     }
     if had.iter().any(|e| e == LOCAL_EXPORT) {
@@ -851,7 +859,10 @@ fn backing_endpoint(backing: &str) -> Option<String> {
         let server = &v["server"];
         let (host, port) = match (&server["host"], &server["port"]) {
             (Value::String(h), Value::String(p)) => (h.clone(), p.clone()),
-            _ => (v["server.host"].as_str()?.into(), v["server.port"].as_str()?.into()),
+            _ => (
+                v["server.host"].as_str()?.into(),
+                v["server.port"].as_str()?.into(),
+            ),
         };
         return Some(format!("{host}:{port}"));
     }
