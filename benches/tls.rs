@@ -4,8 +4,8 @@
 //! One bed: `src -> mid -> leaf` (degree 1), each link capped at `RATE`. The source holds an
 //! `IMAGE_MIB` image of random bytes. Per round and mode (`tls`, `plain`, alternating), a
 //! fresh cluster is applied over ssh up to the leaf's clone disk (no guests), and the leaf
-//! reads that disk from end to end with `qemu-img bench` (1 MiB requests, 8 in flight, as
-//! the host: with its certificate when TLS is on): every block crosses both links cold and
+//! reads that disk from end to end with `qemu-img convert` into a null target (8 requests
+//! in flight, as the host: with its certificate when TLS is on): every block crosses both links cold and
 //! is stored in both caches on the way. Then the cluster is destroyed. Reported per mode: the
 //! median read rate, and CPU time per MiB read, of the three relays together and of the
 //! reader. Raw results go to `target/bench-tls/results.json`.
@@ -152,8 +152,9 @@ fn one(tb: &Testbed, mode: &'static str, image_mib: u64, tick: f64) -> Sample {
     };
     // The shell reports its waited children's CPU (cutime, cstime) after the read.
     let script = format!(
-        "qemu-img bench -f qcow2 {object} -c {image_mib} -s 1M -d 8 {} >/dev/null && cat /proc/$$/stat",
-        disk.display()
+        "qemu-img convert {object} -m 8 -f qcow2 -n {} --target-image-opts driver=null-co,size={} && cat /proc/$$/stat",
+        disk.display(),
+        image_mib << 20
     );
     let before = relay_cpu(tb, tick);
     let start = Instant::now();
@@ -172,7 +173,7 @@ fn one(tb: &Testbed, mode: &'static str, image_mib: u64, tick: f64) -> Sample {
             ]);
             c
         },
-        "qemu-img bench",
+        "qemu-img convert",
     );
     let secs = start.elapsed().as_secs_f64();
     let relay = relay_cpu(tb, tick) - before;
