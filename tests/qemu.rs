@@ -70,7 +70,14 @@ fn a_tree_of_relays_serves_the_image_caches_it_and_goes_away() {
         c.path().join(".vmthunder/t/node02/.tls").display()
     );
     let w = Command::new("qemu-io")
-        .args(["--object", &creds, "-f", "qcow2", "-c", "write -P 0xab 0 1M"])
+        .args([
+            "--object",
+            &creds,
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 0 1M",
+        ])
         .arg(&overlay)
         .output()
         .unwrap();

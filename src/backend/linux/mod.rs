@@ -414,7 +414,9 @@ impl Backend for LinuxStack {
                 &self.seed_path(t.addr),
             ),
             Kind::Bridge | Kind::Vxlan => crate::backend::net::delete(self.transport.as_ref(), t),
-            Kind::Ca | Kind::Cert => crate::backend::tls::delete(self.transport.as_ref(), &self.base, t),
+            Kind::Ca | Kind::Cert => {
+                crate::backend::tls::delete(self.transport.as_ref(), &self.base, t)
+            }
         }
     }
 
