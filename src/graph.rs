@@ -278,10 +278,19 @@ impl Graph {
                     .map(|c| c.of(&mut g, host, address))
                     .into_iter()
                     .collect();
-                // With TLS, an export admits exactly the host's children.
+                // With TLS, an export admits exactly the host's children; one whose host does
+                // not answer keeps what it admits (nothing is planned on it).
                 let clients = || -> Vec<String> {
                     if !tls {
                         return Vec::new();
+                    }
+                    if health.unreachable(host, &img) {
+                        if let Some(Desired::Target(t)) = prior
+                            .get(&Addr::new(Kind::Target, host, &img, None))
+                            .map(|r| &r.desired)
+                        {
+                            return t.clients().to_vec();
+                        }
                     }
                     tree.children[node as usize]
                         .iter()

@@ -204,7 +204,8 @@ fn a_cluster_across_seven_ssh_hosts_builds_survives_a_lost_host_and_leaves_nothi
     let records = state["resources"].as_array().unwrap();
     // The source's target; per host lv, cow lv, session, cache, snapshot, domain; the two
     // interior hosts' targets.
-    assert_eq!(records.len(), 1 + 6 * 6 + 2, "{state}");
+    // ... and with TLS the CA and the seven hosts' certificates.
+    assert_eq!(records.len(), 1 + 6 * 6 + 2 + 1 + 7, "{state}");
 
     // Every export listens on its own host's address, inside that host's namespace.
     for r in records {
@@ -260,10 +261,11 @@ fn a_cluster_across_seven_ssh_hosts_builds_survives_a_lost_host_and_leaves_nothi
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     let text = String::from_utf8_lossy(&plan.stdout);
-    // One line for the host's seven objects (it has children: a target too), then their addresses.
+    // One line for the host's eight objects (it has children: a target too; and its TLS
+    // certificate), then their addresses.
     assert!(
         text.contains(&format!(
-            "? 7 objects are unknown: cannot reach host {lost} over ssh"
+            "? 8 objects are unknown: cannot reach host {lost} over ssh"
         )),
         "{text}"
     );
@@ -474,14 +476,23 @@ fn replacing_every_lv_and_target_over_ssh_converges_and_leaves_nothing() {
     let p: Value = serde_json::from_slice(&plan.stdout).unwrap();
     let changes = p["resource_changes"].as_array().unwrap();
     // Per host 2 cow lvs and a cache lv; the source's target and the two interior hosts'.
-    let (mut lvs, mut targets) = (0, 0);
+    let (mut lvs, mut targets, mut tls) = (0, 0, 0);
     for r in changes {
         let addr = r["address"].as_str().unwrap();
+        // The CA and the hosts' certificates stay.
+        if addr.starts_with("ca.") || addr.starts_with("cert.") {
+            assert_eq!(r["actions"], json!(["no-op"]), "{addr}: {r}");
+            tls += 1;
+            continue;
+        }
         assert_eq!(r["actions"], json!(["delete", "create"]), "{addr}: {r}");
         lvs += addr.starts_with("lv.") as usize;
         targets += addr.starts_with("target.") as usize;
     }
-    assert_eq!((lvs, targets, changes.len()), (6 * 3, 3, 1 + 6 * 9 + 2));
+    assert_eq!(
+        (lvs, targets, tls, changes.len()),
+        (6 * 3, 3, 1 + 7, 1 + 6 * 9 + 2 + 1 + 7)
+    );
 
     apply(&c);
     converged(&c);
