@@ -467,8 +467,13 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
     let Some(mut qmp) = relay.running_within(READ_TIMEOUT)? else {
         return Ok(None);
     };
+    // The session's node, found once: its presence and its name.
+    let mut session = None;
     let present = match t.desired {
-        Desired::Session(s) => session_to(&nodes(&mut qmp)?, &endpoint(s)).is_some(),
+        Desired::Session(s) => {
+            session = session_to(&nodes(&mut qmp)?, &endpoint(s));
+            session.is_some()
+        }
         Desired::Cache(_) => {
             node(&nodes(&mut qmp)?, COR).is_some()
                 && exports(&mut qmp)?.iter().any(|e| e == LOCAL_EXPORT)
@@ -480,7 +485,9 @@ pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>,
         return Ok(None);
     }
     let mut o = observed(&relay, t);
-    session_in(&mut qmp, t, &mut o)?;
+    if let Some(n) = session {
+        o.insert("node".into(), n.into());
+    }
     Ok(Some(o))
 }
 
