@@ -109,6 +109,36 @@ fn observed(f: &Files, pid: u32, status: &str, accel: Option<&str>) -> Observed 
     o
 }
 
+/// How long a guest that runs under our pid file gets to open its monitor before a create
+/// stops it: a run killed while QEMU started leaves one whose monitor is not up yet.
+const MONITOR_STARTING: Duration = Duration::from_secs(15);
+
+/// [`read`] for a create: a guest whose monitor does not answer (yet) is waited for, then
+/// left to the caller to stop (`None`), instead of failing the create.
+fn adoptable(
+    stack: &QemuStack,
+    t: Target<'_>,
+    f: &Files,
+) -> Result<Option<Observed>, BackendError> {
+    let start = Instant::now();
+    loop {
+        match read(stack, t) {
+            Ok(found) => return Ok(found),
+            Err(e) if e.unreachable_host.is_some() => return Err(e),
+            Err(e) => {
+                if pid(stack, &t.addr.host, f)?.is_none() {
+                    return Ok(None);
+                }
+                if start.elapsed() > MONITOR_STARTING {
+                    tracing::info!(host = &*t.addr.host, error = %e, "a guest under our pid file does not answer; it is stopped");
+                    return Ok(None);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Running or stopped, from QMP; `None` when no guest of ours runs.
 pub(super) fn read(stack: &QemuStack, t: Target<'_>) -> Result<Option<Observed>, BackendError> {
     let host = &*t.addr.host;
@@ -138,7 +168,7 @@ pub(super) fn create(
     let host = &*t.addr.host;
     let d = attrs(t);
     let f = files(stack, t.addr);
-    if let Some(found) = read(stack, t)? {
+    if let Some(found) = adoptable(stack, t, &f)? {
         // Ours, already running: adopt it (and still wait for it to be ready).
         wait_ready(stack, host, &f, d)?;
         return Ok(found);
