@@ -12,6 +12,9 @@
 //!    scripts) and in plan order, against the lower bound max(longest weighted chain, work
 //!    that cannot start before time t / parallelism + t for every t, busiest host's work /
 //!    per-host limit).
+//! 3. Estimate against apply: 160 hosts x 1 and x 8 clones, degree 4, 1 Gbit/s links, the
+//!    model's default times, the command line's default limits (`--parallelism auto`):
+//!    `plan --estimate`'s forecast against a sim apply that takes the model's times for real.
 //!
 //! Run: `cargo bench --bench apply`.
 
@@ -21,8 +24,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{peak_mib, reset_peak};
-use vmthunder::apply::{self, Interrupt, Limits, Schedule};
+use vmthunder::apply::limits::DEFAULT_PER_HOST;
+use vmthunder::apply::{self, Interrupt, Limits, Parallelism, Schedule};
 use vmthunder::backend;
+use vmthunder::forecast;
 use vmthunder::graph::Graph;
 use vmthunder::plan::{self, Mode, OpGraph, OpKind, Options, Plan};
 use vmthunder::resource::Kind;
@@ -283,6 +288,35 @@ fn schedule_quality(hosts: usize, clones: u32, scale: f64, parallelism: usize) {
     }
 }
 
+/// The model's default times and 1 Gbit/s links (as `plan --estimate` of a spec that gives
+/// only the link rate), with the command line's default limits.
+fn estimate_against_apply(hosts: usize, clones: u32) {
+    let mut doc = serde_json::to_value(spec(hosts, clones, 4, serde_json::json!({}))).unwrap();
+    doc["estimate"] = serde_json::json!({"link_rate": "1gbit"});
+    let spec = Spec::from_value(&doc).unwrap();
+    let limits = Limits::for_spec(&spec, Parallelism::Auto, DEFAULT_PER_HOST);
+    let empty = State::empty("bench");
+    let p = make_plan(&spec, &empty, Mode::Normal);
+    let estimate = forecast::forecast(&spec, &p, limits).seconds;
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = State::empty("bench");
+    let o = execute(
+        &p,
+        &mut state,
+        &dir.path().join("bench.json"),
+        &spec,
+        limits,
+    );
+    let wall = o.wall.as_secs_f64();
+    println!(
+        "| {:>5} x {clones:<2} | {:>5} | {:>11} | {estimate:>10.1} | {wall:>8.1} | {:>+7.1}% |",
+        hosts + 1,
+        OpGraph::build(&p).ops.len(),
+        limits.parallelism,
+        (wall / estimate - 1.0) * 100.0
+    );
+}
+
 fn main() {
     if let Some(hosts) = common::child_size() {
         scale_child(hosts);
@@ -304,4 +338,9 @@ fn main() {
     schedule_quality(hosts, clones, scale, 1000);
     schedule_quality(hosts, clones, scale, 64);
     schedule_quality(hosts, clones, scale, 16);
+    println!("\nestimate against sim apply: degree 4, 1gbit, model default times, default limits (--parallelism auto, --per-host 4)");
+    println!("| hosts x clones | ops   | parallelism | estimate s | apply s  | apply/estimate |");
+    println!("|----------------|------:|------------:|-----------:|---------:|--------:|");
+    estimate_against_apply(160, 1);
+    estimate_against_apply(160, 8);
 }

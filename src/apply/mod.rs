@@ -8,6 +8,7 @@
 //! limit. A failed operation is reported once and everything that waits on it is skipped;
 //! independent branches run to completion.
 
+pub mod limits;
 pub mod order;
 
 use std::collections::VecDeque;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+pub use limits::{Limits, Parallelism};
 pub use order::Schedule;
 use order::{skip_after, Ready};
 
@@ -30,25 +32,6 @@ use crate::state::{Recorded, State, StateError, Status, Store};
 /// How often the coordinator wakes with nothing to do, to notice interrupts and let a live
 /// display tick.
 const TICK: Duration = Duration::from_millis(100);
-
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Operations running at once, overall.
-    pub parallelism: usize,
-    /// Operations running at once on one host.
-    pub per_host: usize,
-    pub schedule: Schedule,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            parallelism: 10,
-            per_host: 4,
-            schedule: Schedule::CriticalPath,
-        }
-    }
-}
 
 /// Interrupt requests (Ctrl-C), raised from a signal handler thread. The first stops new
 /// operations and lets running ones finish; the second stops waiting for them.

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::apply::Limits;
+use crate::apply::limits::DEFAULT_PER_HOST;
+use crate::apply::{Limits, Parallelism};
 use crate::forecast;
 use crate::graph::Graph;
 use crate::paint::Paint;
@@ -346,11 +347,12 @@ pub struct PlanArgs {
     /// finds fastest (as `tree.degree: "auto"` does). Save the plan with --out to apply it.
     #[arg(long, value_name = "N|auto", value_parser = Degree::parse)]
     pub degree: Option<Degree>,
-    /// With --estimate: operations the apply will run at once, overall.
-    #[arg(long, value_name = "N", default_value_t = 10, requires = "estimate", value_parser = clap::value_parser!(u32).range(1..))]
-    pub parallelism: u32,
+    /// With --estimate: operations the apply will run at once, overall (as apply's
+    /// --parallelism; `auto` computes the same limit apply will use).
+    #[arg(long, value_name = "N|auto", default_value_t = Parallelism::Auto, requires = "estimate")]
+    pub parallelism: Parallelism,
     /// With --estimate: operations the apply will run at once on one host.
-    #[arg(long, value_name = "N", default_value_t = 4, requires = "estimate", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PER_HOST, requires = "estimate", value_parser = clap::value_parser!(u32).range(1..))]
     pub per_host: u32,
     /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
@@ -379,11 +381,14 @@ pub struct RunArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
-    /// Operations running at once, overall.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    pub parallelism: u32,
+    /// Operations running at once, overall. `auto`: every host may use its --per-host
+    /// slots at once (hosts share nothing), bounded by this machine: at most 1024 worker
+    /// threads; over ssh, the open files its connections hold; with the local transport,
+    /// 4 per core (the hosts' relays and guests all run here).
+    #[arg(long, value_name = "N|auto", default_value_t = Parallelism::Auto)]
+    pub parallelism: Parallelism,
     /// Operations running at once on one host.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PER_HOST, value_parser = clap::value_parser!(u32).range(1..))]
     pub per_host: u32,
     /// How long to wait for the state lock, e.g. 30s, 2m [default: 0s: fail at once].
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
@@ -460,6 +465,7 @@ pub(crate) fn fail(message: impl Into<String>) -> Failure {
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::apply::limits::raise_open_files();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VMTHUNDER_LOG")
@@ -775,7 +781,11 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
     let store = store_of(&args.state, &spec)?;
     let (_lock, mut state) = locked_state(&*store, Some(&spec.cluster), "plan", args.lock_timeout)?;
     let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
-        run::refresh_state(&spec, &mut state, Default::default())?
+        run::refresh_state(
+            &spec,
+            &mut state,
+            Limits::for_spec(&spec, Parallelism::Auto, DEFAULT_PER_HOST),
+        )?
     } else {
         Refreshed::default()
     };
@@ -811,11 +821,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         plan.save(out)?;
     }
     let forecast = args.estimate.then(|| {
-        let limits = Limits {
-            parallelism: args.parallelism as usize,
-            per_host: args.per_host as usize,
-            ..Limits::default()
-        };
+        let limits = Limits::for_spec(&spec, args.parallelism, args.per_host);
         forecast::forecast(&spec, &plan, limits)
     });
     if args.json {

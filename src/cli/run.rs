@@ -9,7 +9,7 @@ use super::{
     emit, fail, load_spec, locked_state, render_options, store_of, ApplyArgs, DestroyArgs, Failure,
     RunArgs,
 };
-use crate::apply::{self, Interrupt, Limits, Schedule, Stop};
+use crate::apply::{self, Interrupt, Limits, Stop};
 use crate::backend;
 use crate::graph::Graph;
 use crate::plan::{self, Mode, OpGraph, Plan};
@@ -64,7 +64,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             store.settle(&mut state)?;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
-                refresh_state(&spec, &mut state, limits_of(&args.run))?
+                refresh_state(&spec, &mut state, limits_of(&spec, &args.run))?
             } else {
                 Refreshed::default()
             };
@@ -286,7 +286,7 @@ fn execute(
         );
         return Ok(1);
     }
-    let limits = limits_of(run);
+    let limits = limits_of(spec, run);
     let live = !run.json && std::io::stdout().is_terminal();
     let mut view = View::new(run.json, live, color, &plan);
     let interrupt = Arc::new(Interrupt::default());
@@ -364,12 +364,8 @@ fn watch(args: ApplyArgs, every: std::time::Duration, color: bool) -> Result<i32
     }
 }
 
-fn limits_of(run: &RunArgs) -> Limits {
-    Limits {
-        parallelism: run.parallelism as usize,
-        per_host: run.per_host as usize,
-        schedule: Schedule::CriticalPath,
-    }
+fn limits_of(spec: &Spec, run: &RunArgs) -> Limits {
+    Limits::for_spec(spec, run.parallelism, run.per_host)
 }
 
 /// The exit status of a run cut short by Ctrl-C (128 + SIGINT, as shells report it).

@@ -488,17 +488,24 @@ pub enum AutoWord {
     Auto,
 }
 
+/// A command-line value that is a number of at least 1 (`Some(Some(n))`) or `auto`
+/// (`Some(None)`); `None` for anything else.
+pub fn count_or_auto(text: &str) -> Option<Option<u32>> {
+    if text == "auto" {
+        return Some(None);
+    }
+    text.parse::<u32>().ok().filter(|n| *n >= 1).map(Some)
+}
+
 impl Degree {
     pub const AUTO: Degree = Degree::Auto(AutoWord::Auto);
 
     /// Parses a `--degree` value: a number of at least 1, or "auto".
     pub fn parse(text: &str) -> Result<Degree, String> {
-        if text == "auto" {
-            return Ok(Degree::AUTO);
-        }
-        match text.parse::<u32>() {
-            Ok(d) if d >= 1 => Ok(Degree::Fixed(d)),
-            _ => Err(format!(
+        match count_or_auto(text) {
+            Some(None) => Ok(Degree::AUTO),
+            Some(Some(d)) => Ok(Degree::Fixed(d)),
+            None => Err(format!(
                 "invalid degree {text:?}: expected a number of at least 1 or \"auto\""
             )),
         }
