@@ -46,9 +46,13 @@ impl Guests {
         g
     }
 
-    /// Runs a shell command on a guest; its output (stdout and stderr) and whether it succeeded.
+    /// Runs a shell command on a guest; its output (stdout and stderr) and whether it
+    /// succeeded. Bounded: a command that hangs (or leaves something holding the session
+    /// open) fails after 10 minutes instead of hanging the test.
     fn sh(&self, host: &str, cmd: &str) -> (bool, String) {
-        let out: Output = Command::new(script("linux-guests.sh"))
+        let out: Output = Command::new("timeout")
+            .args(["--kill-after=10", "600"])
+            .arg(script("linux-guests.sh"))
             .args(["ssh", "-b", BED, host, cmd])
             .output()
             .unwrap();
@@ -67,6 +71,104 @@ impl Drop for Guests {
         let _ = Command::new(script("linux-guests.sh"))
             .args(["down", "-b", BED])
             .status();
+    }
+}
+
+/// Logs every program a host starts, with its arguments as `/proc/PID/cmdline` shows them
+/// to any user, read the moment the kernel's process connector reports the exec (a poll of
+/// `/proc` would miss commands that last milliseconds). Run as root on each guest.
+const SAMPLER: &str = r#"use strict; use warnings; use Socket; use IO::Handle;
+my $out = shift;
+open(my $log, ">>", $out) or die "$out: $!";
+$log->autoflush(1);
+socket(my $s, 16, SOCK_DGRAM, 11) or die "netlink: $!";
+setsockopt($s, SOL_SOCKET, SO_RCVBUF, 1 << 22);
+bind($s, pack("SSLL", 16, 0, $$, 1)) or die "bind: $!";
+my $cn = pack("LLLLSS", 1, 1, 0, 0, 4, 0) . pack("L", 1);
+send($s, pack("LSSLL", 16 + length($cn), 3, 0, 0, $$) . $cn, 0) or die "send: $!";
+print $log "sampler ready\n";
+while (1) {
+  defined(recv($s, my $buf, 65536, 0)) or next;
+  next if length($buf) < 56;
+  next unless unpack("L", substr($buf, 36, 4)) == 2;
+  my $pid = unpack("L", substr($buf, 52, 4));
+  open(my $f, "<", "/proc/$pid/cmdline") or next;
+  local $/;
+  my $c = <$f>;
+  next unless defined $c && length $c;
+  $c =~ tr/\0/ /;
+  print $log "$c\n";
+}
+"#;
+
+const SAMPLES: &str = "/root/cmdlines.log";
+/// A short-lived command the sampler must see: it proves the sampler catches commands as
+/// brief as the tools vmthunder runs.
+const CONTROL: &str = "vmt-sampler-control";
+
+impl Guests {
+    /// Starts [`SAMPLER`] on every host and waits until it listens. `setsid -f` leaves it
+    /// none of the ssh session's descriptors (a backgrounded `&&` list keeps them, and ssh
+    /// waits for it to end).
+    fn sample_cmdlines(&self) {
+        use base64::Engine;
+        let code = base64::engine::general_purpose::STANDARD.encode(SAMPLER);
+        for h in HOSTS {
+            self.ok(
+                h,
+                &format!(
+                    "echo {code} | base64 -d > /root/sampler.pl && rm -f {SAMPLES} || exit 1; \
+                     setsid -f perl /root/sampler.pl {SAMPLES} </dev/null >/root/sampler.err 2>&1; \
+                     i=0; until grep -q 'sampler ready' {SAMPLES} 2>/dev/null; do \
+                     i=$((i+1)); [ $i -le 100 ] || {{ cat /root/sampler.err; exit 1; }}; sleep 0.1; done; \
+                     for i in 1 2 3 4 5 6 7 8 9 10; do sh -c : {CONTROL}; done"
+                ),
+            );
+        }
+    }
+
+    /// What the samplers logged on `host`.
+    fn samples(&self, host: &str) -> String {
+        self.ok(host, &format!("cat {SAMPLES}"))
+    }
+}
+
+/// The CHAP secrets state records.
+fn chap_secrets(c: &Cluster) -> Vec<String> {
+    c.state("e2e")["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["observed"]["chap_secret"].as_str().map(String::from))
+        .collect()
+}
+
+/// No command line sampled on any host carried one of `secrets`, while the samplers saw
+/// their control and the CHAP commands themselves (`what`, on the host named).
+fn assert_no_secret_sampled(g: &Guests, secrets: &[String], what: &[(&str, &str)]) {
+    for h in HOSTS {
+        let log = g.samples(h);
+        let lines = log.lines().count();
+        let control = log.lines().filter(|l| l.contains(CONTROL)).count();
+        eprintln!("{h}: {lines} command lines sampled, {control} of 10 controls");
+        assert!(
+            control > 0,
+            "the sampler on {h} missed every control:\n{log}"
+        );
+        for s in secrets {
+            let hits: Vec<&str> = log.lines().filter(|l| l.contains(s.as_str())).collect();
+            assert!(
+                hits.is_empty(),
+                "on {h}, a CHAP secret in a command line: {hits:#?}"
+            );
+        }
+    }
+    for (h, needle) in what {
+        let log = g.samples(h);
+        assert!(
+            log.lines().any(|l| l.contains(needle)),
+            "the sampler on {h} never saw `{needle}`:\n{log}"
+        );
     }
 }
 
@@ -155,6 +257,8 @@ fn linux_stack_end_to_end_in_guest_vms() {
         .unwrap();
     assert!(build.status.success(), "{}", text(&build));
     let g = Guests::up();
+    // Every command every host runs, from here to the end, is sampled for CHAP secrets.
+    g.sample_cmdlines();
     let c = Cluster::new(&spec("tgt"));
 
     // Apply: 14 resources on three hosts.
@@ -169,13 +273,7 @@ fn linux_stack_end_to_end_in_guest_vms() {
         &std::fs::metadata(&state_path).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let state = c.state("e2e");
-    let secrets: Vec<String> = state["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["observed"]["chap_secret"].as_str().map(String::from))
-        .collect();
+    let mut secrets = chap_secrets(&c);
     assert_eq!(secrets.len(), 2, "one per session");
     let show = c.run(&["state", "show", "session.node02.base", "-f", "spec.json"]);
     for s in &secrets {
@@ -269,6 +367,8 @@ fn linux_stack_end_to_end_in_guest_vms() {
     let c = Cluster::new(&spec("lio"));
     let out = c.apply();
     assert!(out.status.success(), "{}", text(&out));
+    secrets.extend(chap_secrets(&c));
+    assert_eq!(secrets.len(), 4, "one per session and run");
     let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let acls = g.ok("node01", &format!("targetcli ls /iscsi/{iqn}/tpg1/acls"));
@@ -322,6 +422,18 @@ fn linux_stack_end_to_end_in_guest_vms() {
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let out = c.run(&["destroy", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Two runs' accounts on tgt and LIO, four logins and two moves later: no secret was
+    // ever in a command line.
+    assert_no_secret_sampled(
+        &g,
+        &secrets,
+        &[
+            ("img0", "LLa64LlQQLLLLLL"),
+            ("node01", "iscsiadm -m node"),
+            ("node02", "iscsiadm -m node"),
+            ("node01", "tpgt_1/acls"),
+        ],
+    );
     for h in HOSTS {
         assert_eq!(leftovers(&g, h), "", "left on {h}");
         let lio = g.ok(h, "targetcli ls / | grep -c 'vmt\\.' || true");

@@ -486,8 +486,14 @@ fn transient(message: &str) -> bool {
 }
 
 impl Transport for SshTransport {
-    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
-        self.rt.block_on(self.run_async(host, argv, timeout, None))
+    fn run_with_input(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
+        self.rt.block_on(self.run_async(host, argv, timeout, input))
     }
 
     fn same_machine(&self) -> bool {

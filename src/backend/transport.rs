@@ -34,7 +34,19 @@ pub struct Output {
 pub trait Transport: Send + Sync {
     /// Runs `argv` on `host` and waits at most `timeout`; a non-zero exit is an error that
     /// carries stderr.
-    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError>;
+    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
+        self.run_with_input(host, argv, None, timeout)
+    }
+    /// [`Transport::run`] with `input`, if any, on the command's standard input (otherwise
+    /// it reads nothing): how a secret reaches a command without appearing in any argument
+    /// list (`/proc/*/cmdline` is world-readable).
+    fn run_with_input(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output, CommandError>;
     /// Whether every host is this machine (files and tools are checked once, here).
     fn same_machine(&self) -> bool {
         true
@@ -144,7 +156,13 @@ pub fn connect_unix_within(path: &Path, timeout: Duration) -> std::io::Result<Un
 }
 
 impl Transport for Local {
-    fn run(&self, host: &str, argv: &[String], timeout: Duration) -> Result<Output, CommandError> {
+    fn run_with_input(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
         let argv = self.wrap(host, argv);
         let err = |status: String, stderr: String| CommandError {
             host: host.to_string(),
@@ -158,11 +176,21 @@ impl Transport for Local {
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| err(format!("could not start: {e}"), String::new()))?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // On a thread of its own, as the output is read: a command that does not read
+            // it never blocks this one past the timeout (nor is its exit an error here).
+            let input = input.to_vec();
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+        }
         // Drain both pipes on their own threads so a chatty child never blocks.
         let mut out = child.stdout.take().expect("piped");
         let mut errp = child.stderr.take().expect("piped");

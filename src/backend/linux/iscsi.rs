@@ -14,6 +14,7 @@
 use std::io::Read;
 
 use super::names::{by_path, chap_user, TGT_LUN};
+use super::secret::{iscsi_password_argv, ISCSI_NODES};
 use super::{args, exit_code, LinuxStack};
 use crate::backend::{dep_attr, dep_value, BackendError, Observed, Target};
 use crate::resource::{Addr, Desired, Kind};
@@ -270,6 +271,8 @@ fn log_in(
     portal: &str,
 ) -> Result<(), BackendError> {
     let (host, parent, iqn) = (&*t.addr.host, parent_of(t), child.iqn);
+    let lock = stack.node_lock(host);
+    let _held = super::hold(&lock);
     let found = parse_discovery(&stack.run(host, &discovery_argv(portal))?);
     if !found.iter().any(|(_, i)| i == iqn) {
         return Err(BackendError::new(format!(
@@ -285,9 +288,10 @@ fn log_in(
     ] {
         stack.run(host, &node_update_argv(iqn, portal, key, value))?;
     }
-    stack.run_secret(
+    // In the record itself: `-o update -v` would put the secret in an argument list.
+    stack.run_with_secret(
         host,
-        &node_update_argv(iqn, portal, "node.session.auth.password", child.secret),
+        &iscsi_password_argv(ISCSI_NODES, iqn, portal),
         child.secret,
     )?;
     match stack.attempt(host, &login_argv(iqn, portal))? {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::dm::{create_argv, linear_table, ours, remove_argv};
 use super::iscsi::Child;
 use super::names::export_name;
+use super::secret::{lio_auth_argv, LIO_CONFIGFS};
 use super::{address, args, still_in_use, LinuxStack};
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::graph::ISCSI_PORT;
@@ -376,15 +377,10 @@ pub(super) fn admit(stack: &LinuxStack, host: &str, child: &Child) -> Result<boo
             "write_protect=1",
         ]),
     )?;
-    stack.run_secret(
+    // What `set auth userid= password=` writes, but with the secret on standard input.
+    stack.run_with_secret(
         host,
-        &targetcli(&[
-            &acl,
-            "set",
-            "auth",
-            &format!("userid={}", child.user),
-            &format!("password={}", child.secret),
-        ]),
+        &lio_auth_argv(LIO_CONFIGFS, child.iqn, child.initiator, child.user),
         child.secret,
     )?;
     Ok(true)

@@ -16,6 +16,7 @@ mod iscsi;
 mod lio;
 mod lvm;
 pub mod names;
+mod secret;
 mod tgt;
 mod virsh;
 
@@ -47,9 +48,9 @@ pub struct LinuxStack {
     vg: String,
     accel: Accel,
     iscsi_target: IscsiTarget,
-    /// One lock per host for its target daemon: target ids are picked from what it shows,
-    /// and accounts are made and bound in steps.
-    tgt_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per host, a lock for its target daemon (target ids are picked from what it shows,
+    /// and accounts are made and bound in steps) and one for its iSCSI node records.
+    host_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     times: crate::model::OpTimes,
 }
 
@@ -83,7 +84,7 @@ impl LinuxStack {
                 .ok_or_else(|| BackendError::new("the linux stack needs backend.volume_group"))?,
             accel: spec.backend.accel,
             iscsi_target: spec.backend.iscsi_target,
-            tgt_locks: Mutex::new(HashMap::new()),
+            host_locks: Mutex::new(HashMap::new()),
             times: crate::model::OpTimes::new(&spec.estimate),
         })
     }
@@ -118,24 +119,23 @@ impl LinuxStack {
         }
     }
 
-    /// Runs a command that carries `secret`: a failure shows it masked.
-    fn run_secret(&self, host: &str, argv: &[String], secret: &str) -> Result<(), BackendError> {
-        match self.attempt(host, argv)? {
-            Ok(_) => Ok(()),
-            Err(mut e) => {
-                e.command = e.command.replace(secret, "(sensitive)");
-                e.stderr = e.stderr.replace(secret, "(sensitive)");
-                Err(e.into())
-            }
-        }
-    }
-
     /// The lock of `host`'s target daemon.
     fn tgt_lock(&self, host: &str) -> Arc<Mutex<()>> {
-        self.tgt_locks
+        self.lock_of(host.to_string())
+    }
+
+    /// The lock of `host`'s open-iscsi node records: a discovery rewrites the records of
+    /// every target at the portal, so one session's settings are not made while another's
+    /// discovery runs.
+    fn node_lock(&self, host: &str) -> Arc<Mutex<()>> {
+        self.lock_of(format!("{host} iscsi nodes"))
+    }
+
+    fn lock_of(&self, key: String) -> Arc<Mutex<()>> {
+        self.host_locks
             .lock()
             .expect("lock")
-            .entry(host.to_string())
+            .entry(key)
             .or_default()
             .clone()
     }
@@ -198,9 +198,9 @@ fn still_in_use(t: Target<'_>, iqn: &str, who: &[String]) -> BackendError {
 fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
     match (kind, target) {
         (Kind::Lv, _) => &["lvs", "lvcreate", "lvremove"],
-        (Kind::Session, _) => &["iscsiadm", "udevadm"],
+        (Kind::Session, _) => &["iscsiadm", "udevadm", "awk"],
         (Kind::Cache | Kind::Snapshot, _) => &["dmsetup", "blockdev", "dd", "stat"],
-        (Kind::Target, IscsiTarget::Tgt) => &["tgtadm"],
+        (Kind::Target, IscsiTarget::Tgt) => &["tgtadm", "perl"],
         (Kind::Target, IscsiTarget::Lio) => &["targetcli", "dmsetup", "blockdev"],
         (Kind::Domain, _) => &["virsh"],
         (Kind::Seed, _) => &["genisoimage"],

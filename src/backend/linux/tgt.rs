@@ -7,6 +7,7 @@
 
 use super::iscsi::Child;
 use super::names::TGT_LUN;
+use super::secret::{tgt_new_account_argv, TGT_SOCKET};
 use super::{address, still_in_use, LinuxStack};
 use crate::backend::{dep_attr, BackendError, Observed, Target};
 use crate::graph::ISCSI_PORT;
@@ -112,19 +113,6 @@ pub fn initiator_argv(op: &str, tid: u32, initiator: &str) -> Vec<String> {
         &tid.to_string(),
         "--initiator-name",
         initiator,
-    ])
-}
-
-pub fn new_account_argv(user: &str, secret: &str) -> Vec<String> {
-    tgtadm(&[
-        "--op",
-        "new",
-        "--mode",
-        "account",
-        "--user",
-        user,
-        "--password",
-        secret,
     ])
 }
 
@@ -370,9 +358,10 @@ pub(super) fn admit(stack: &LinuxStack, host: &str, child: &Child) -> Result<boo
     };
     let _ = stack.attempt(host, &account_argv("unbind", tid, child.user))?;
     let _ = stack.attempt(host, &delete_account_argv(child.user))?;
-    stack.run_secret(
+    // Made over tgtd's socket: tgtadm takes the password only as an argument.
+    stack.run_with_secret(
         host,
-        &new_account_argv(child.user, child.secret),
+        &tgt_new_account_argv(child.user, TGT_SOCKET),
         child.secret,
     )?;
     stack.run(host, &account_argv("bind", tid, child.user))?;
@@ -432,10 +421,6 @@ mod tests {
         assert_eq!(
             delete_target_argv(3).join(" "),
             "tgtadm --lld iscsi --op delete --mode target --tid 3"
-        );
-        assert_eq!(
-            new_account_argv("u", "s3cret").join(" "),
-            "tgtadm --lld iscsi --op new --mode account --user u --password s3cret"
         );
         assert_eq!(
             delete_account_argv("u").join(" "),
