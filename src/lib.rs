@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod capacity;
 pub mod cli;
 pub mod cloudinit;
 pub mod dag;

@@ -189,6 +189,90 @@ fn parents(state: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `plan` discovers, over ssh, each host's CPUs, memory and free space under the backend's
+/// root as the host itself tells them; a spec whose clones exceed them (vCPUs x 4.0) is
+/// refused by plan and apply, naming the host and the figures, and nothing is made.
+fn discovered_capacity_is_each_hosts_own(tb: &Testbed, c: &Cluster, spec: &Value) {
+    let plan = c.run(&["plan", "-f", "spec.json", "--json", "--capacity"]);
+    assert!(plan.status.success());
+    let v: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let rows = v["capacity"]["hosts"]
+        .as_array()
+        .expect("plan --json has a capacity table");
+    assert_eq!(rows.len(), 7);
+    let mut cpus = 0;
+    for row in rows {
+        let host = row["host"].as_str().unwrap();
+        if host == "src" {
+            // No clone runs on the source: it is not asked.
+            assert_eq!(row["vcpus"]["source"], "unknown", "{row}");
+            continue;
+        }
+        assert_eq!(row["need"]["clones"], 1, "{row}");
+        for figure in ["vcpus", "memory", "disk"] {
+            assert_eq!(row[figure]["source"], "discovered", "{host}: {row}");
+        }
+        cpus = tb.in_ns(host, &["nproc"]).trim().parse::<u64>().unwrap();
+        assert_eq!(row["vcpus"]["value"], cpus, "{host}");
+        let meminfo = tb.in_ns(host, &["cat", "/proc/meminfo"]);
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|l| l.trim().strip_suffix(" kB"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(row["memory"]["value"], kib * 1024, "{host}");
+        // The host's /var/lib/vmthunder is a directory of the bed: df it from here.
+        let df = std::process::Command::new("df")
+            .args(["-P", "-B1"])
+            .arg(tb.on_host(host, "/var/lib/vmthunder"))
+            .output()
+            .unwrap();
+        let free: u64 = String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = row["disk"]["value"].as_u64().unwrap();
+        assert!(
+            got.abs_diff(free) < 256 << 20,
+            "{host}: discovered {got} bytes of disk, df says {free}"
+        );
+    }
+    // One vCPU more than node01..06 may carry at 4.0 per CPU.
+    let mut big = spec.clone();
+    big["clones"]["vcpus"] = (cpus * 4 + 1).into();
+    std::fs::write(c.path().join("big.json"), big.to_string()).unwrap();
+    let wanted = format!(
+        "node01: 1 clone needs {} vCPUs and 128 MiB; it has {cpus} vCPUs x 4.0 and",
+        cpus * 4 + 1
+    );
+    let plan = c.run(&["plan", "-f", "big.json"]);
+    assert_eq!(plan.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(out.contains("Capacity (needed of available"), "{out}");
+    let err = String::from_utf8_lossy(&plan.stderr);
+    assert!(err.contains("the clones do not fit on 6 hosts"), "{err}");
+    assert!(err.contains(&wanted), "{err}");
+    let apply = c.run(&["apply", "-f", "big.json", "--auto-approve"]);
+    assert_eq!(apply.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&apply.stderr);
+    assert!(
+        err.contains("cannot apply; nothing was changed") && err.contains(&wanted),
+        "{err}"
+    );
+    assert!(tb.files().is_empty(), "{:?}", tb.files());
+    let state = c.path().join("state/sshc.json");
+    assert!(
+        !state.exists() || c.state("sshc")["resources"].as_array().unwrap().is_empty(),
+        "a refused apply recorded something"
+    );
+}
+
 #[test]
 fn a_cluster_across_seven_ssh_hosts_builds_survives_a_lost_host_and_leaves_nothing() {
     let _turn = one_at_a_time();
@@ -196,7 +280,9 @@ fn a_cluster_across_seven_ssh_hosts_builds_survives_a_lost_host_and_leaves_nothi
         "src", "node01", "node02", "node03", "node04", "node05", "node06",
     ];
     let tb = Testbed::up("sc", 84, &names, None);
-    let c = Cluster::new(&tb.cluster_spec("sshc", 2, 1));
+    let spec = tb.cluster_spec("sshc", 2, 1);
+    let c = Cluster::new(&spec);
+    discovered_capacity_is_each_hosts_own(&tb, &c, &spec);
 
     let out = c.apply_with(&[]);
     assert!(out.status.success());

@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync {
     fn estimate(&self, _kind: Kind, _op: OpKind) -> Duration {
         Duration::from_millis(100)
     }
+    /// What `host` has for clones, for the capacity table (`crate::capacity`): its CPUs,
+    /// memory and the disk this cluster may use there. `None` when the stack runs nothing
+    /// real (the sim stack).
+    fn capacity(&self, _host: &str) -> Result<Option<crate::capacity::Figures>, BackendError> {
+        Ok(None)
+    }
     /// After an apply: removes per-host scaffolding (directories, namespaces) of hosts that
     /// `state` no longer records anything on.
     fn finish(&self, state: &State) -> Result<(), BackendError>;

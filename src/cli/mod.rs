@@ -360,6 +360,11 @@ pub struct PlanArgs {
     /// List every change even in very large plans.
     #[arg(long)]
     pub full: bool,
+    /// Also print each host's capacity: what its clones need of what it has (from
+    /// `hosts[].capacity`, the rest discovered on the host), also when nothing changes. It
+    /// is printed anyway when a host declares capacity or its clones do not fit.
+    #[arg(long, conflicts_with = "destroy")]
+    pub capacity: bool,
     #[command(flatten)]
     pub refresh: RefreshArgs,
 }
@@ -824,8 +829,15 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         let limits = Limits::for_spec(&spec, args.parallelism, args.per_host);
         forecast::forecast(&spec, &plan, limits)
     });
+    // Checked when the plan makes anything; shown when asked, declared, or short.
+    let report = (!args.destroy && (args.capacity || crate::capacity::grows(&plan)))
+        .then(|| run::capacity(&spec, args.refresh.refresh));
+    let short = report.as_ref().map(|r| r.shortages()).unwrap_or_default();
+    let declared = spec.hosts.iter().any(|h| h.capacity.is_some());
+    let capacity = report
+        .filter(|r| crate::capacity::known(r) && (args.capacity || declared || !short.is_empty()));
     if args.json {
-        if drift.drift.is_empty() && forecast.is_none() {
+        if drift.drift.is_empty() && forecast.is_none() && capacity.is_none() {
             emit(&plan.to_json())?;
         } else {
             let mut v: serde_json::Value =
@@ -839,11 +851,17 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
             if let Some(f) = &forecast {
                 v["estimate"] = serde_json::to_value(f).expect("forecasts serialize");
             }
+            if let Some(c) = &capacity {
+                v["capacity"] = serde_json::to_value(c).expect("reports serialize");
+            }
             emit(&serde_json::to_vec_pretty(&v).expect("plans serialize"))?;
         }
     } else {
         let mut text = refresh::render(&drift, color);
         text.push_str(&plan::render(&plan, render_options(color, args.full)));
+        if let Some(c) = &capacity {
+            text.push_str(&crate::capacity::render(c));
+        }
         if let Some(f) = &forecast {
             text.push_str(&forecast::render(f));
         }
@@ -855,6 +873,9 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
             ));
         }
         emit(text.as_bytes())?;
+    }
+    if !short.is_empty() {
+        return Err(fail(run::does_not_fit(&short)));
     }
     // Unknown objects count: a drift check must not pass while a host does not answer.
     Ok(

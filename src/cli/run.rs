@@ -129,6 +129,29 @@ pub(super) fn refresh_state(
     Ok(refresh::refresh(state, &backend, limits))
 }
 
+/// The capacity table of `spec`; with `discover`, what the hosts leave out of their
+/// `capacity` is asked of them (not on the sim stack, whose hosts run nothing).
+pub(super) fn capacity(spec: &Spec, discover: bool) -> crate::capacity::Report {
+    let backend = (discover && spec.backend.stack != crate::spec::Stack::Sim)
+        .then(|| backend::for_spec(spec).ok())
+        .flatten();
+    crate::capacity::assess(spec, backend.as_deref())
+}
+
+/// The error of hosts whose clones do not fit.
+pub(super) fn does_not_fit(problems: &[String]) -> String {
+    let mut m = format!(
+        "the clones do not fit on {} host{} (backend.overcommit allows vCPUs and memory beyond a host's capacity; disk never):",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        m.push_str("\n  ");
+        m.push_str(p);
+    }
+    m
+}
+
 /// The refresh's findings as a JSON array (`resource_drift` of `plan --json`).
 pub(super) fn drift_json(r: &Refreshed) -> Vec<u8> {
     let v: Vec<events::DriftInfo> = r.drift.iter().map(events::DriftInfo::of).collect();
@@ -254,6 +277,16 @@ fn execute(
             m.push_str(&p);
         }
         return Err(fail(m));
+    }
+    if !destroying && crate::capacity::grows(&plan) {
+        let report = crate::capacity::assess(spec, Some(&*backend));
+        let problems = report.shortages();
+        if !problems.is_empty() {
+            return Err(fail(format!(
+                "cannot apply; nothing was changed: {}",
+                does_not_fit(&problems)
+            )));
+        }
     }
     if run.json {
         for e in events::planned(&plan) {

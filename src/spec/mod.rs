@@ -160,6 +160,63 @@ pub struct Backend {
     /// field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<Ssh>,
+    /// How far the clones' vCPUs and memory may exceed each host's capacity
+    /// (`hosts[].capacity`, or what `plan` discovers).
+    #[serde(default, skip_serializing_if = "Overcommit::is_default")]
+    pub overcommit: Overcommit,
+}
+
+/// Allowed ratios of what a host's clones ask for to what the host has.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overcommit {
+    /// vCPUs per CPU (default 4.0).
+    #[serde(default = "Overcommit::default_vcpus")]
+    #[schemars(range(min = 0.01, max = 1000.0))]
+    pub vcpus: f64,
+    /// Guest memory per byte of the host's memory (default 1.0).
+    #[serde(default = "Overcommit::default_memory")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub memory: f64,
+}
+
+impl Overcommit {
+    fn default_vcpus() -> f64 {
+        4.0
+    }
+    fn default_memory() -> f64 {
+        1.0
+    }
+    fn is_default(&self) -> bool {
+        *self == Overcommit::default()
+    }
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit {
+            vcpus: Overcommit::default_vcpus(),
+            memory: Overcommit::default_memory(),
+        }
+    }
+}
+
+/// What a host has for clones; a field left out is discovered by `plan` through the
+/// transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// CPUs (threads) for guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub vcpus: Option<u32>,
+    /// Memory for guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// Space for caches and the clones' copy-on-write disks (the qemu stack: under
+    /// `backend.root`; the linux stack: in the volume group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Size>,
 }
 
 /// The provisioning model (`plan --estimate`, `tree.degree: "auto"`, the sim stack): each
@@ -295,6 +352,7 @@ impl Default for Backend {
             accel: Accel::Auto,
             tls: true,
             ssh: None,
+            overcommit: Overcommit::default(),
         }
     }
 }
@@ -310,6 +368,9 @@ pub struct Host {
     /// SSH settings, with `backend.transport: "ssh"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<Ssh>,
+    /// What the host has for clones (`plan` discovers what is left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
@@ -829,6 +890,7 @@ impl Spec {
         let draft = match draft.finish() {
             Some(mut spec) if diags.is_empty() => {
                 inputs::load(&mut spec, &mut diags);
+                crate::capacity::check_declared(&spec, &mut diags);
                 Some(spec)
             }
             other => other,

@@ -420,6 +420,15 @@ impl Backend for LinuxStack {
         }
     }
 
+    fn capacity(&self, host: &str) -> Result<Option<crate::capacity::Figures>, BackendError> {
+        let argv =
+            crate::capacity::discover_argv("vg", &self.vg, &names::cluster_tag(&self.cluster));
+        let out = self.run(host, &argv)?;
+        crate::capacity::parse_discovery(&out)
+            .map(Some)
+            .map_err(|e| BackendError::new(format!("on host {host}: {e}")))
+    }
+
     fn finish(&self, _state: &State) -> Result<(), BackendError> {
         // Every object is created and deleted by its own resource; there is no per-host
         // scaffolding to remove.
