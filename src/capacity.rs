@@ -9,10 +9,11 @@
 //! the spec's ratios; disk never is.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{in_parallel, Backend};
+use crate::backend::{in_parallel, Backend, BackendError, Transport};
 use crate::plan::{Action, Plan};
 use crate::spec::{Capacity, Overcommit, Spec};
 
@@ -111,8 +112,17 @@ pub fn needs(spec: &Spec) -> Vec<(String, Need)> {
 /// (per host: what the stack discovered, or why it could not). A host neither declares nor
 /// discovered is unknown, and not short.
 pub fn report(spec: &Spec, found: &HashMap<String, Result<Figures, String>>) -> Report {
+    table(spec, needs(spec), found)
+}
+
+/// [`report`] of the hosts' `needs` (in spec order).
+fn table(
+    spec: &Spec,
+    needs: Vec<(String, Need)>,
+    found: &HashMap<String, Result<Figures, String>>,
+) -> Report {
     let over = spec.backend.overcommit;
-    let hosts = needs(spec)
+    let hosts = needs
         .into_iter()
         .zip(&spec.hosts)
         .map(|((host, need), h)| {
@@ -274,8 +284,9 @@ pub fn grows(plan: &Plan) -> bool {
 /// The table for `spec`: what hosts with clones leave out of their `capacity` is discovered
 /// through `backend` (in parallel; a host that does not answer is unknown, not short).
 pub fn assess(spec: &Spec, backend: Option<&dyn Backend>) -> Report {
+    let needs = needs(spec);
     let ask: Vec<&str> = match backend {
-        Some(_) => needs(spec)
+        Some(_) => needs
             .iter()
             .zip(&spec.hosts)
             .filter(|((_, n), h)| n.clones > 0 && !complete(h.capacity.as_ref()))
@@ -299,7 +310,7 @@ pub fn assess(spec: &Spec, backend: Option<&dyn Backend>) -> Report {
         .zip(found)
         .filter_map(|(h, f)| Some((h.to_string(), f?)))
         .collect();
-    report(spec, &found)
+    table(spec, needs, &found)
 }
 
 /// Whether the table has anything to show: some host's figure is known, or unknown for a
@@ -334,8 +345,26 @@ vg)
 esac
 "#;
 
+/// Runs [`DISCOVER`] (`mode`, `a`, `b` as there) on `host` and parses what it printed: how
+/// both real stacks implement [`Backend::capacity`].
+pub fn discover(
+    transport: &dyn Transport,
+    host: &str,
+    mode: &str,
+    a: &str,
+    b: &str,
+) -> Result<Option<Figures>, BackendError> {
+    let out = transport.run(host, &discover_argv(mode, a, b), DISCOVER_TIMEOUT)?;
+    parse_discovery(&String::from_utf8_lossy(&out.stdout))
+        .map(Some)
+        .map_err(|e| BackendError::new(format!("on host {host}: {e}")))
+}
+
+/// How long a host may take to tell its CPUs, memory and free space (`du` of its files).
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The argument list of [`DISCOVER`].
-pub fn discover_argv(mode: &str, a: &str, b: &str) -> Vec<String> {
+fn discover_argv(mode: &str, a: &str, b: &str) -> Vec<String> {
     ["sh", "-c", DISCOVER, "sh", mode, a, b]
         .iter()
         .map(|s| s.to_string())
@@ -375,28 +404,18 @@ pub fn parse_discovery(out: &str) -> Result<Figures, String> {
 
 /// The table as text, for `plan`: per host, needed of available.
 pub fn render(r: &Report) -> String {
-    // A host without clones and without figures shows `-`.
-    let cell = |n: u64, need: String, f: &Figure, ratio: Option<f64>| match f.value {
+    // Need and figure in `show`'s unit; a host without clones and without figures shows `-`.
+    let cell = |n: u64, f: &Figure, ratio: Option<f64>, show: fn(u64) -> String| match f.value {
         Some(v) => {
             let of = match ratio {
-                Some(x) if x != 1.0 => format!(
-                    "{} x {x:.1}",
-                    if need.ends_with('B') {
-                        bytes(v)
-                    } else {
-                        v.to_string()
-                    }
-                ),
-                _ if need.ends_with('B') => bytes(v),
-                _ => v.to_string(),
+                Some(x) if x != 1.0 => format!("{} x {x:.1}", show(v)),
+                _ => show(v),
             };
-            format!(
-                "{need} of {of}{}",
-                if f.source == "spec" { "" } else { "*" }
-            )
+            let mark = if f.source == "spec" { "" } else { "*" };
+            format!("{} of {of}{mark}", show(n))
         }
         None if n == 0 => "-".to_string(),
-        None => format!("{need} of ?"),
+        None => format!("{} of ?", show(n)),
     };
     let mut rows = vec![[
         "host".to_string(),
@@ -409,19 +428,11 @@ pub fn render(r: &Report) -> String {
         rows.push([
             h.host.clone(),
             h.need.clones.to_string(),
-            cell(
-                h.need.vcpus,
-                h.need.vcpus.to_string(),
-                &h.vcpus,
-                Some(r.overcommit.vcpus),
-            ),
-            cell(
-                h.need.memory,
-                bytes(h.need.memory),
-                &h.memory,
-                Some(r.overcommit.memory),
-            ),
-            cell(h.need.disk, bytes(h.need.disk), &h.disk, None),
+            cell(h.need.vcpus, &h.vcpus, Some(r.overcommit.vcpus), |v| {
+                v.to_string()
+            }),
+            cell(h.need.memory, &h.memory, Some(r.overcommit.memory), bytes),
+            cell(h.need.disk, &h.disk, None, bytes),
         ]);
     }
     let mut width = [0usize; 5];

@@ -785,11 +785,14 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let store = store_of(&args.state, &spec)?;
     let (_lock, mut state) = locked_state(&*store, Some(&spec.cluster), "plan", args.lock_timeout)?;
+    // The refresh and the capacity discovery reach the hosts through one backend.
+    let mut hosts = None;
     let drift = if args.refresh.refresh_only || (args.refresh.refresh && !args.destroy) {
         run::refresh_state(
             &spec,
             &mut state,
             Limits::for_spec(&spec, Parallelism::Auto, DEFAULT_PER_HOST),
+            &mut hosts,
         )?
     } else {
         Refreshed::default()
@@ -831,7 +834,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
     });
     // Checked when the plan makes anything; shown when asked, declared, or short.
     let report = (!args.destroy && (args.capacity || crate::capacity::grows(&plan)))
-        .then(|| run::capacity(&spec, args.refresh.refresh));
+        .then(|| run::capacity(&spec, args.refresh.refresh, &mut hosts));
     let short = report.as_ref().map(|r| r.shortages()).unwrap_or_default();
     let declared = spec.hosts.iter().any(|h| h.capacity.is_some());
     let capacity = report

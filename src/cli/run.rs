@@ -64,7 +64,7 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             store.settle(&mut state)?;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
-                refresh_state(&spec, &mut state, limits_of(&spec, &args.run))?
+                refresh_state(&spec, &mut state, limits_of(&spec, &args.run), &mut None)?
             } else {
                 Refreshed::default()
             };
@@ -112,30 +112,47 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
     execute(&spec, plan, &mut state, &*store, &args.run, color, false)
 }
 
+/// The spec's backend, made on first use and kept in `slot`: a command's refresh and its
+/// capacity discovery share one transport (over ssh, one connection per host).
+fn backend_in<'a>(
+    spec: &Spec,
+    slot: &'a mut Option<Arc<dyn backend::Backend>>,
+) -> Result<&'a Arc<dyn backend::Backend>, backend::BackendError> {
+    if slot.is_none() {
+        *slot = Some(backend::for_spec(spec)?);
+    }
+    Ok(slot.as_ref().expect("just made"))
+}
+
 /// Reads every recorded object on its host and folds the findings into `state` (in memory).
 pub(super) fn refresh_state(
     spec: &Spec,
     state: &mut State,
     limits: Limits,
+    slot: &mut Option<Arc<dyn backend::Backend>>,
 ) -> Result<Refreshed, Failure> {
     if state.is_empty() {
         return Ok(Refreshed::default());
     }
-    let backend = backend::for_spec(spec).map_err(|e| {
+    let backend = backend_in(spec, slot).map_err(|e| {
         fail(format!(
             "cannot refresh: {e}\n  (pass --refresh=false to plan from the recorded state alone)"
         ))
     })?;
-    Ok(refresh::refresh(state, &backend, limits))
+    Ok(refresh::refresh(state, backend, limits))
 }
 
 /// The capacity table of `spec`; with `discover`, what the hosts leave out of their
 /// `capacity` is asked of them (not on the sim stack, whose hosts run nothing).
-pub(super) fn capacity(spec: &Spec, discover: bool) -> crate::capacity::Report {
+pub(super) fn capacity(
+    spec: &Spec,
+    discover: bool,
+    slot: &mut Option<Arc<dyn backend::Backend>>,
+) -> crate::capacity::Report {
     let backend = (discover && spec.backend.stack != crate::spec::Stack::Sim)
-        .then(|| backend::for_spec(spec).ok())
+        .then(|| backend_in(spec, slot).ok())
         .flatten();
-    crate::capacity::assess(spec, backend.as_deref())
+    crate::capacity::assess(spec, backend.map(|b| &**b))
 }
 
 /// The error of hosts whose clones do not fit.

@@ -421,12 +421,8 @@ impl Backend for LinuxStack {
     }
 
     fn capacity(&self, host: &str) -> Result<Option<crate::capacity::Figures>, BackendError> {
-        let argv =
-            crate::capacity::discover_argv("vg", &self.vg, &names::cluster_tag(&self.cluster));
-        let out = self.run(host, &argv)?;
-        crate::capacity::parse_discovery(&out)
-            .map(Some)
-            .map_err(|e| BackendError::new(format!("on host {host}: {e}")))
+        let tag = names::cluster_tag(&self.cluster);
+        crate::capacity::discover(self.transport.as_ref(), host, "vg", &self.vg, &tag)
     }
 
     fn finish(&self, _state: &State) -> Result<(), BackendError> {

@@ -40,9 +40,6 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(60);
 /// unknown, and the rest of the refresh goes on.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a host may take to tell its CPUs, memory and free space (`du` of its files).
-const DISCOVER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A host's accelerator, probed once: `kvm`, `tcg`, or why the probe could not be made.
 type AccelVerdict = OnceLock<Result<&'static str, BackendError>>;
 
@@ -436,15 +433,9 @@ impl Backend for QemuStack {
     }
 
     fn capacity(&self, host: &str) -> Result<Option<crate::capacity::Figures>, BackendError> {
-        let argv = crate::capacity::discover_argv(
-            "dir",
-            &self.base.to_string_lossy(),
-            &self.base.join(host).to_string_lossy(),
-        );
-        let out = self.transport.run(host, &argv, DISCOVER_TIMEOUT)?;
-        crate::capacity::parse_discovery(&String::from_utf8_lossy(&out.stdout))
-            .map(Some)
-            .map_err(|e| BackendError::new(format!("on host {host}: {e}")))
+        let (root, ours) = (self.base.to_string_lossy(), self.base.join(host));
+        let t = self.transport.as_ref();
+        crate::capacity::discover(t, host, "dir", &root, &ours.to_string_lossy())
     }
 
     fn finish(&self, state: &State) -> Result<(), BackendError> {
