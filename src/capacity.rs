@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::allot::Allotment;
 use crate::backend::{in_parallel, Backend, BackendError, Transport};
 use crate::plan::{Action, Plan};
 use crate::spec::{Capacity, Overcommit, Spec};
+use crate::state::State;
 
 /// What one host's clones ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -79,24 +81,47 @@ impl Report {
     }
 }
 
+/// What the stack found on each host it was asked about, or why it could not tell.
+pub type Found = HashMap<String, Result<Figures, String>>;
+
+impl Need {
+    /// Adds `n` times `each`.
+    pub(crate) fn add(&mut self, each: &Need, n: u64) {
+        self.clones += n * each.clones;
+        self.vcpus += n * each.vcpus;
+        self.memory += n * each.memory;
+        self.disk += n * each.disk;
+    }
+}
+
+/// What `host` has, figure by figure (vCPUs, memory, disk): declared, else what `found`
+/// says it has; `None` when neither tells.
+pub fn has(host: &crate::spec::Host, found: &Found) -> [Option<u64>; 3] {
+    let d = host.capacity.unwrap_or_default();
+    let f = match found.get(&host.name) {
+        Some(Ok(f)) => Some(*f),
+        _ => None,
+    };
+    [
+        d.vcpus.map(u64::from).or(f.map(|f| u64::from(f.vcpus))),
+        d.memory.map(|m| m.bytes()).or(f.map(|f| f.memory)),
+        d.disk.map(|m| m.bytes()).or(f.and_then(|f| f.disk)),
+    ]
+}
+
 /// What each host's clones need, for every host of the spec in spec order (hosts without
-/// clones need nothing).
-pub fn needs(spec: &Spec) -> Vec<(String, Need)> {
-    let at: HashMap<&str, usize> = spec
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.name.as_str(), i))
-        .collect();
+/// clones need nothing), with the clones `allotment` places.
+pub fn needs(spec: &Spec, allotment: &Allotment) -> Vec<(String, Need)> {
+    let at = spec.host_positions();
     let mut out: Vec<(String, Need)> = spec
         .hosts
         .iter()
         .map(|h| (h.name.clone(), Need::default()))
         .collect();
     let c = &spec.clones;
-    for image in &spec.images {
-        let n = u64::from(spec.clones_per_host(image));
+    for (index, image) in spec.images.iter().enumerate() {
         for host in spec.image_hosts(image) {
+            let n = u64::from(allotment.count(index, host));
             let Some(&i) = at.get(host) else { continue };
             let need = &mut out[i].1;
             need.clones += n;
@@ -109,18 +134,14 @@ pub fn needs(spec: &Spec) -> Vec<(String, Need)> {
 }
 
 /// The table from the spec's declared capacities and, for what they leave out, `found`
-/// (per host: what the stack discovered, or why it could not). A host neither declares nor
-/// discovered is unknown, and not short.
-pub fn report(spec: &Spec, found: &HashMap<String, Result<Figures, String>>) -> Report {
-    table(spec, needs(spec), found)
+/// (per host: what the stack discovered, or why it could not), with the clones `allotment`
+/// places. A host neither declares nor discovered is unknown, and not short.
+pub fn report(spec: &Spec, allotment: &Allotment, found: &Found) -> Report {
+    table(spec, needs(spec, allotment), found)
 }
 
 /// [`report`] of the hosts' `needs` (in spec order).
-fn table(
-    spec: &Spec,
-    needs: Vec<(String, Need)>,
-    found: &HashMap<String, Result<Figures, String>>,
-) -> Report {
+fn table(spec: &Spec, needs: Vec<(String, Need)>, found: &Found) -> Report {
     let over = spec.backend.overcommit;
     let hosts = needs
         .into_iter()
@@ -252,18 +273,33 @@ pub fn bytes(b: u64) -> String {
     format!("{b} B")
 }
 
-/// The spec's own check: hosts whose declared capacity is too small, at
-/// `/hosts/<i>/capacity`. Figures left out are not judged here (`plan` discovers them).
+/// The spec's own check: totals that do not fit on their hosts (at `/images/<i>/clones`) and
+/// hosts whose declared capacity is too small (at `/hosts/<i>/capacity`). Figures left out
+/// are not judged here (`plan` discovers them); nor is the recorded state, whose clones stay
+/// where they are.
 pub fn check_declared(spec: &Spec, diags: &mut crate::spec::Diagnostics) {
-    if spec.hosts.iter().all(|h| h.capacity.is_none()) {
+    let declared = spec.hosts.iter().any(|h| h.capacity.is_some());
+    if !declared && !Allotment::needs_figures(spec) {
         return;
     }
-    let r = report(spec, &HashMap::new());
+    let allotment = match Allotment::of(spec, &State::empty(&spec.cluster), &Found::new()) {
+        Ok(a) => a,
+        Err(errors) => {
+            for e in errors {
+                diags.push(e.at, e.message);
+            }
+            return;
+        }
+    };
+    if !declared {
+        return;
+    }
+    let r = report(spec, &allotment, &Found::new());
     for (i, row) in r.hosts.iter().enumerate() {
         if let Some(s) = &row.short {
             diags.push(
                 format!("/hosts/{i}/capacity"),
-                format!("{s}: give the host fewer clones (clones.per_host, images[].clones_per_host or images[].hosts), smaller clones, or raise backend.overcommit"),
+                format!("{s}: give the host fewer clones (clones.per_host, images[].clones_per_host, images[].clones or images[].hosts), smaller clones, or raise backend.overcommit"),
             );
         }
     }
@@ -281,36 +317,46 @@ pub fn grows(plan: &Plan) -> bool {
         .any(|c| matches!(c.action, Action::Create | Action::Replace))
 }
 
-/// The table for `spec`: what hosts with clones leave out of their `capacity` is discovered
-/// through `backend` (in parallel; a host that does not answer is unknown, not short).
-pub fn assess(spec: &Spec, backend: Option<&dyn Backend>) -> Report {
-    let needs = needs(spec);
-    let ask: Vec<&str> = match backend {
-        Some(_) => needs
+/// The table for `spec` with the clones `allotment` places: what hosts with clones leave out
+/// of their `capacity`, and `found` does not tell yet, is discovered through `backend` (and
+/// added to `found`).
+pub fn assess(
+    spec: &Spec,
+    allotment: &Allotment,
+    backend: Option<&dyn Backend>,
+    found: &mut Found,
+) -> Report {
+    let needs = needs(spec, allotment);
+    if let Some(b) = backend {
+        let ask: Vec<&str> = needs
             .iter()
             .zip(&spec.hosts)
-            .filter(|((_, n), h)| n.clones > 0 && !complete(h.capacity.as_ref()))
+            .filter(|((_, n), h)| {
+                n.clones > 0 && !complete(h.capacity.as_ref()) && !found.contains_key(&h.name)
+            })
             .map(|(_, h)| h.name.as_str())
-            .collect(),
-        None => Vec::new(),
-    };
-    let found = match backend {
-        Some(b) => in_parallel(&ask, |h| match b.capacity(h) {
-            Ok(Some(f)) => Some(Ok(f)),
-            Ok(None) => None,
-            Err(e) => Some(Err(match e.stderr.as_deref().map(str::trim) {
-                Some(s) if !s.is_empty() => format!("{}: {s}", e.message),
-                _ => e.message,
-            })),
-        }),
-        None => Vec::new(),
-    };
-    let found: HashMap<String, Result<Figures, String>> = ask
+            .collect();
+        found.extend(discover_on(b, &ask));
+    }
+    table(spec, needs, found)
+}
+
+/// What `backend` finds on each of `hosts`, in parallel. A host that does not answer is
+/// unknown, not short; one the stack cannot tell about (the sim stack) is left out.
+pub fn discover_on(backend: &dyn Backend, hosts: &[&str]) -> Found {
+    let found = in_parallel(hosts, |h| match backend.capacity(h) {
+        Ok(Some(f)) => Some(Ok(f)),
+        Ok(None) => None,
+        Err(e) => Some(Err(match e.stderr.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => format!("{}: {s}", e.message),
+            _ => e.message,
+        })),
+    });
+    hosts
         .iter()
         .zip(found)
         .filter_map(|(h, f)| Some((h.to_string(), f?)))
-        .collect();
-    table(spec, needs, &found)
+        .collect()
 }
 
 /// Whether the table has anything to show: some host's figure is known, or unknown for a
@@ -482,10 +528,14 @@ mod tests {
         Spec::from_value(&v).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn allotted(s: &Spec) -> Allotment {
+        Allotment::of(s, &State::empty(&s.cluster), &Found::new()).unwrap()
+    }
+
     #[test]
     fn needs_sum_clones_and_caches_per_host() {
         let s = spec(serde_json::json!({"vcpus": 8, "memory": "32GiB"}));
-        let n = needs(&s);
+        let n = needs(&s, &allotted(&s));
         assert_eq!(n[0].1, Need::default(), "the source runs no clone");
         assert_eq!(
             n[2].1,
@@ -562,7 +612,7 @@ mod tests {
             }),
         );
         found.insert("node03".to_string(), Err("host unreachable".to_string()));
-        let r = report(&s, &found);
+        let r = report(&s, &allotted(&s), &found);
         let n1 = &r.hosts[1];
         assert_eq!(n1.vcpus.source, "discovered");
         assert_eq!(

@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::allot::{AllotError, Allotment};
 use crate::health::Health;
 use crate::identity::{self, clone_key, mac_candidate, Pool};
 use crate::model;
@@ -185,6 +186,8 @@ pub struct Graph {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Allot(Vec<AllotError>),
     #[error("internal error: clone UUID {uuid} of {a} collides with {b}")]
     UuidCollision { uuid: String, a: Addr, b: Addr },
     #[error("/backend/base_port: no free port from {from} to 65535 on address {address:?} for the export of image {image:?} on host {host:?} (the state keeps the ports of existing exports): lower backend.base_port, or give hosts that share an address their own")]
@@ -250,7 +253,8 @@ impl Graph {
         let mut seeds: Vec<(u32, u32)> = Vec::new();
         let endpoints = Endpoints::new(spec, prior)?;
         let degree = model::degree(spec);
-        let networks = g.push_networks(spec)?;
+        let allotment = spec.allotment(prior).map_err(GraphError::Allot)?;
+        let networks = g.push_networks(spec, &allotment)?;
         let tls = spec.backend.uses_tls();
         let mut certs = tls.then(|| Certs::new(&mut g, spec));
         for (image_index, image) in spec.images.iter().enumerate() {
@@ -259,7 +263,6 @@ impl Graph {
                 model::image_tree_with(spec, image, degree, Some(&prior.placement), Some(health));
             let recorded = prior.placement.get(&image.name);
             let names: Vec<Arc<str>> = hosts.iter().map(|&h| Arc::<str>::from(h)).collect();
-            let clones = spec.clones_per_host(image);
             let mut target_of: Vec<u32> = vec![u32::MAX; names.len()];
             let mut parents = BTreeMap::new();
 
@@ -377,7 +380,7 @@ impl Graph {
                         [cache].into_iter().chain(cert.iter().copied()).collect(),
                     );
                 }
-                for n in 0..clones {
+                for n in 0..allotment.count(image_index, host) {
                     let cow = g.push(
                         Addr::new(Kind::Lv, host, &img, Some(n)),
                         Desired::Lv(LvAttrs {
@@ -459,15 +462,21 @@ impl Graph {
     /// Every host with clones gets a bridge per network its clones attach to (one bridge in
     /// all when the hosts share this machine's kernel), and with more than one such host a
     /// VXLAN device on it that floods to the others. Addresses are handed out later.
-    fn push_networks(&mut self, spec: &Spec) -> Result<Vec<NetworkIndex>, GraphError> {
+    fn push_networks(
+        &mut self,
+        spec: &Spec,
+        allotment: &Allotment,
+    ) -> Result<Vec<NetworkIndex>, GraphError> {
         if spec.clones.networks.is_empty() {
             return Ok(Vec::new());
         }
         let mut runs_clones: HashSet<&str> = HashSet::default();
-        for image in &spec.images {
-            if spec.clones_per_host(image) > 0 {
-                runs_clones.extend(spec.image_hosts(image));
-            }
+        for (i, image) in spec.images.iter().enumerate() {
+            runs_clones.extend(
+                spec.image_hosts(image)
+                    .into_iter()
+                    .filter(|h| allotment.count(i, h) > 0),
+            );
         }
         let hosts: Vec<&crate::spec::Host> = spec
             .hosts

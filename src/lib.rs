@@ -3,6 +3,7 @@
 //! Dependencies point one way: `cli` -> `plan` -> {`graph`, `state`} -> {`spec`, `resource`}.
 //! `plan` never talks to hosts, so the diff is testable from tables of cases.
 
+pub mod allot;
 pub mod apply;
 pub mod backend;
 pub mod capacity;

@@ -1341,3 +1341,151 @@ fn apply_watch_converges_in_rounds_until_interrupted() {
         "later rounds find nothing to do: {out}"
     );
 }
+
+/// A sim cluster whose image gives a total of `total` clones (2 vCPUs, 2 GiB each) placed by
+/// `placement` over hosts of the given declared (vCPUs, GiB).
+fn totals(dir: &Path, sizes: &[(u32, u32)], total: u64, placement: &str) {
+    let mut hosts = vec![serde_json::json!({"name": "img0", "address": "10.0.0.1"})];
+    for (i, (v, m)) in sizes.iter().enumerate() {
+        hosts.push(serde_json::json!({"name": format!("node{:02}", i + 1),
+            "address": format!("10.0.0.{}", i + 2),
+            "capacity": {"vcpus": v, "memory": format!("{m}GiB"), "disk": "1TiB"}}));
+    }
+    let doc = serde_json::json!({
+        "version": 1, "cluster": "tot",
+        "backend": {"stack": "sim", "overcommit": {"vcpus": 1.0}},
+        "hosts": hosts,
+        "images": [{"name": "base", "source_host": "img0", "path": "/srv/base.qcow2",
+                    "clones": total, "placement": placement}],
+        "clones": {"vcpus": 2, "memory": "2GiB"}
+    });
+    std::fs::write(dir.join("tot.json"), doc.to_string()).unwrap();
+}
+
+/// Clones per host in `plan --json --capacity`, in spec order (the source first).
+fn placed(dir: &Path) -> Vec<u64> {
+    let o = run(dir, &["plan", "-f", "tot.json", "--json", "--capacity"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["capacity"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["need"]["clones"].as_u64().unwrap())
+        .collect()
+}
+
+/// (host, clone index) of every recorded domain, sorted.
+fn domains(dir: &Path) -> Vec<(String, u32)> {
+    let s = State::load(&dir.join("state/tot.json"), "tot").unwrap();
+    let mut v: Vec<(String, u32)> = s
+        .resources
+        .iter()
+        .filter(|r| r.addr.kind == vmthunder::resource::Kind::Domain)
+        .map(|r| (r.addr.host.to_string(), r.addr.n.unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn totals_are_placed_by_free_capacity_and_placed_clones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Room for 8, 2 and 4 clones. Spread: the biggest host takes clones until its room is
+    // the others', then they take turns. Pack: the fullest host that fits fills first.
+    totals(d, &[(16, 16), (4, 4), (8, 8)], 9, "spread");
+    assert_eq!(placed(d), [0, 6, 1, 2]);
+    let text = stdout(&run(d, &["plan", "-f", "tot.json", "--capacity"]));
+    assert!(
+        text.contains("node01       6  12 of 16  12 GiB of 16 GiB"),
+        "{text}"
+    );
+    totals(d, &[(16, 16), (4, 4), (8, 8)], 9, "pack");
+    assert_eq!(placed(d), [0, 3, 2, 4]);
+    totals(d, &[(8, 8), (8, 8), (8, 8)], 7, "spread");
+    assert_eq!(placed(d), [0, 3, 2, 2]);
+
+    // Applied, then a fourth host, bigger than all: no clone moves, nothing is planned on
+    // the placed hosts, and the new host only joins the tree.
+    totals(d, &[(16, 16), (4, 4), (8, 8)], 9, "spread");
+    let o = run(d, &["apply", "-f", "tot.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = domains(d);
+    assert_eq!(before.len(), 9);
+    totals(d, &[(16, 16), (4, 4), (8, 8), (32, 32)], 9, "spread");
+    let o = run(d, &["plan", "-f", "tot.json", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let changes: Vec<String> = v["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["actions"] != serde_json::json!(["no-op"]))
+        .map(|c| c["address"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!changes.is_empty());
+    assert!(
+        changes.iter().all(|a| a.contains(".node04.")),
+        "{changes:?}"
+    );
+    let o = run(d, &["apply", "-f", "tot.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(domains(d), before);
+
+    // A bigger total: the new clones go where the room is (all three to node04).
+    totals(d, &[(16, 16), (4, 4), (8, 8), (32, 32)], 12, "spread");
+    let o = run(d, &["apply", "-f", "tot.json", "--auto-approve"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now = domains(d);
+    assert_eq!(now.len(), 12);
+    assert!(before.iter().all(|c| now.contains(c)), "{now:?}");
+    assert_eq!(now.iter().filter(|(h, _)| h == "node04").count(), 3);
+
+    // A smaller total removes clones from the host with the most, its highest first.
+    totals(d, &[(16, 16), (4, 4), (8, 8), (32, 32)], 10, "spread");
+    let o = run(d, &["plan", "-f", "tot.json"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("domain.node01.base.5 will be destroyed")
+            && text.contains("domain.node01.base.4 will be destroyed"),
+        "{text}"
+    );
+
+    // More than the hosts hold: refused at its path, naming the room, and nothing changes.
+    let state = std::fs::read(d.join("state/tot.json")).unwrap();
+    totals(d, &[(16, 16), (4, 4), (8, 8), (32, 32)], 40, "spread");
+    for args in [
+        &["plan", "-f", "tot.json"][..],
+        &["apply", "-f", "tot.json", "--auto-approve"],
+    ] {
+        let o = run(d, args);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("/images/0/clones: 40 clones of image \"base\" do not fit on its 4 hosts: there is room for 30"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(std::fs::read(d.join("state/tot.json")).unwrap(), state);
+}
+
+#[test]
+fn totals_are_refused_with_per_host_counts_or_without_a_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    totals(d, &[(8, 8)], 2, "spread");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("tot.json")).unwrap()).unwrap();
+    doc["images"][0]["clones_per_host"] = serde_json::json!(2);
+    std::fs::write(d.join("both.json"), doc.to_string()).unwrap();
+    doc["images"][0].as_object_mut().unwrap().remove("clones");
+    std::fs::write(d.join("placement.json"), doc.to_string()).unwrap();
+    for (file, want) in [
+        ("both.json", "/images/0/clones: give either clones (a total, placed over the image's hosts) or clones_per_host, not both"),
+        ("placement.json", "/images/0/placement: placement places a total: give images[].clones too"),
+    ] {
+        let o = run(d, &["validate", "-f", file]);
+        assert!(!o.status.success(), "{file}");
+        assert!(stderr(&o).contains(want), "{file}: {}", stderr(&o));
+    }
+}

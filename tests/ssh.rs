@@ -265,6 +265,39 @@ fn discovered_capacity_is_each_hosts_own(tb: &Testbed, c: &Cluster, spec: &Value
         err.contains("cannot apply; nothing was changed") && err.contains(&wanted),
         "{err}"
     );
+    // A total is placed by the discovered figures: clones of `cpus` vCPUs leave room for 4
+    // on each of the 6 hosts (at 4.0 per CPU), so 24 fit, 4 each, and 25 do not.
+    let mut total = spec.clone();
+    total["clones"]["vcpus"] = cpus.into();
+    total["images"][0]["clones"] = 24.into();
+    if let Some(img) = total["images"][0].as_object_mut() {
+        img.remove("clones_per_host");
+    }
+    std::fs::write(c.path().join("total.json"), total.to_string()).unwrap();
+    let plan = c.run(&["plan", "-f", "total.json", "--json", "--capacity"]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let v: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let placed: Vec<u64> = v["capacity"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["need"]["clones"].as_u64().unwrap())
+        .collect();
+    assert_eq!(placed, [0, 4, 4, 4, 4, 4, 4]);
+    total["images"][0]["clones"] = 25.into();
+    std::fs::write(c.path().join("total.json"), total.to_string()).unwrap();
+    let plan = c.run(&["plan", "-f", "total.json"]);
+    let err = String::from_utf8_lossy(&plan.stderr);
+    assert!(
+        !plan.status.success()
+            && err.contains("/images/0/clones: 25 clones of image")
+            && err.contains("do not fit on its 6 hosts: there is room for 24 (node01 4, node02 4"),
+        "{err}"
+    );
     assert!(tb.files().is_empty(), "{:?}", tb.files());
     let state = c.path().join("state/sshc.json");
     assert!(

@@ -811,6 +811,12 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
             0
         });
     }
+    let mut found = run::allot(
+        &mut spec,
+        &state,
+        args.refresh.refresh && !args.destroy,
+        &mut hosts,
+    )?;
     let graph = Graph::build_with(&spec, &state, &crate::health::Health::from_refresh(&drift))?;
     let opts = plan::Options {
         mode: Some(if args.destroy {
@@ -834,7 +840,8 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
     });
     // Checked when the plan makes anything; shown when asked, declared, or short.
     let report = (!args.destroy && (args.capacity || crate::capacity::grows(&plan)))
-        .then(|| run::capacity(&spec, args.refresh.refresh, &mut hosts));
+        .then(|| run::capacity(&spec, args.refresh.refresh, &mut hosts, &mut found))
+        .transpose()?;
     let short = report.as_ref().map(|r| r.shortages()).unwrap_or_default();
     let declared = spec.hosts.iter().any(|h| h.capacity.is_some());
     let capacity = report

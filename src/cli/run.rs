@@ -9,8 +9,10 @@ use super::{
     emit, fail, load_spec, locked_state, render_options, store_of, ApplyArgs, DestroyArgs, Failure,
     RunArgs,
 };
+use crate::allot::Allotment;
 use crate::apply::{self, Interrupt, Limits, Stop};
 use crate::backend;
+use crate::capacity::Found;
 use crate::graph::Graph;
 use crate::plan::{self, Mode, OpGraph, Plan};
 use crate::refresh::{self, Refreshed};
@@ -36,13 +38,15 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 ));
             }
             let saved = Plan::load(&file)?;
-            let spec = saved_spec(&saved, &file)?;
+            let mut spec = saved_spec(&saved, &file)?;
             let store = store_of(&args.state, &spec)?;
             let (_lock, mut state) =
                 locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             // The whole plan is checked before anything is touched (settling a journal
             // writes the state).
             saved.check_current(&state)?;
+            let mut slot = None;
+            let found = allot(&mut spec, &state, true, &mut slot)?;
             saved.verify_saved(&spec, &mut state).map_err(|r| {
                 fail(format!(
                     "plan `{}` is not the plan vmthunder makes from its spec and the state: {r}",
@@ -50,7 +54,13 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 ))
             })?;
             store.settle(&mut state)?;
-            execute(&spec, saved, &mut state, &*store, &args.run, color, true)
+            let run = Run {
+                store: &*store,
+                args: &args.run,
+                color,
+                saved: true,
+            };
+            execute(&spec, saved, &mut state, &run, found, slot)
         }
         None => {
             let Some(spec_file) = args.spec.file else {
@@ -58,13 +68,15 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                     "apply needs a spec (-f SPEC) or a saved plan (vmthunder apply PLANFILE)",
                 ));
             };
-            let spec = load_spec(&spec_file)?;
+            let mut spec = load_spec(&spec_file)?;
             let store = store_of(&args.state, &spec)?;
             let (_lock, mut state) =
                 locked_state(&*store, Some(&spec.cluster), "apply", args.run.lock_timeout)?;
             store.settle(&mut state)?;
+            // The refresh, the placement of totals and the apply share one backend.
+            let mut slot = None;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
-                refresh_state(&spec, &mut state, limits_of(&spec, &args.run), &mut None)?
+                refresh_state(&spec, &mut state, limits_of(&spec, &args.run), &mut slot)?
             } else {
                 Refreshed::default()
             };
@@ -84,9 +96,16 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
                 replace,
                 prevent_destroy: spec.clones.prevent_destroy,
             };
+            let found = allot(&mut spec, &state, args.refresh.refresh, &mut slot)?;
             let health = crate::health::Health::from_refresh(&drift);
             let plan = make_plan(&spec, &state, &opts, &health)?;
-            execute(&spec, plan, &mut state, &*store, &args.run, color, false)
+            let run = Run {
+                store: &*store,
+                args: &args.run,
+                color,
+                saved: false,
+            };
+            execute(&spec, plan, &mut state, &run, found, slot)
         }
     }
 }
@@ -109,7 +128,13 @@ pub(super) fn destroy(args: DestroyArgs, color: bool) -> Result<i32, Failure> {
         prevent_destroy: false,
     };
     let plan = make_plan(&spec, &state, &opts, &Default::default())?;
-    execute(&spec, plan, &mut state, &*store, &args.run, color, false)
+    let run = Run {
+        store: &*store,
+        args: &args.run,
+        color,
+        saved: false,
+    };
+    execute(&spec, plan, &mut state, &run, Found::new(), None)
 }
 
 /// The spec's backend, made on first use and kept in `slot`: a command's refresh and its
@@ -142,17 +167,74 @@ pub(super) fn refresh_state(
     Ok(refresh::refresh(state, backend, limits))
 }
 
-/// The capacity table of `spec`; with `discover`, what the hosts leave out of their
-/// `capacity` is asked of them (not on the sim stack, whose hosts run nothing).
+/// The capacity table of `spec` (its totals placed by [`allot`]); with `discover`, what the
+/// hosts leave out of their `capacity`, and `found` does not tell, is asked of them (not on
+/// the sim stack, whose hosts run nothing).
 pub(super) fn capacity(
     spec: &Spec,
     discover: bool,
     slot: &mut Option<Arc<dyn backend::Backend>>,
-) -> crate::capacity::Report {
+    found: &mut Found,
+) -> Result<crate::capacity::Report, Failure> {
+    let allotment = spec
+        .allotment(&State::empty(&spec.cluster))
+        .map_err(not_placed)?;
     let backend = (discover && spec.backend.stack != crate::spec::Stack::Sim)
         .then(|| backend_in(spec, slot).ok())
         .flatten();
-    crate::capacity::assess(spec, backend.map(|b| &**b))
+    Ok(crate::capacity::assess(
+        spec,
+        &allotment,
+        backend.map(|b| &**b),
+        found,
+    ))
+}
+
+/// Places the spec's totals (`images[].clones`) against `state` and keeps the placement in
+/// `spec`. What their hosts leave out of `capacity` is discovered first (with `discover`;
+/// not on the sim stack), through the backend in `slot`. Returns what was found, for the
+/// capacity table.
+pub(super) fn allot(
+    spec: &mut Spec,
+    state: &State,
+    discover: bool,
+    slot: &mut Option<Arc<dyn backend::Backend>>,
+) -> Result<Found, Failure> {
+    let mut found = Found::new();
+    if Allotment::needs_figures(spec) && discover && spec.backend.stack != crate::spec::Stack::Sim {
+        let mut ask: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for img in spec.images.iter().filter(|i| i.clones.is_some()) {
+            for h in spec.image_hosts(img) {
+                let declared = spec.hosts.iter().find(|x| x.name == h);
+                if !crate::capacity::complete(declared.and_then(|x| x.capacity.as_ref()))
+                    && seen.insert(h)
+                {
+                    ask.push(h);
+                }
+            }
+        }
+        if !ask.is_empty() {
+            let b = backend_in(spec, slot).map_err(|e| {
+                fail(format!(
+                    "cannot place images[].clones by the hosts' capacity: {e}\n  (declare hosts[].capacity, or pass --refresh=false to place by the declared figures alone)"
+                ))
+            })?;
+            found = crate::capacity::discover_on(&**b, &ask);
+        }
+    }
+    spec.allot(state, &found).map_err(not_placed)?;
+    Ok(found)
+}
+
+/// The error of totals that do not fit.
+fn not_placed(errors: Vec<crate::allot::AllotError>) -> Failure {
+    let mut m = String::from("cannot place the clones; nothing was changed:");
+    for e in errors {
+        m.push_str("\n  ");
+        m.push_str(&e.to_string());
+    }
+    fail(m)
 }
 
 /// The error of hosts whose clones do not fit.
@@ -250,15 +332,27 @@ fn saved_spec(saved: &Plan, file: &std::path::Path) -> Result<Spec, Failure> {
     Ok(spec)
 }
 
+/// Where and how a plan is executed.
+struct Run<'a> {
+    store: &'a dyn Store,
+    args: &'a RunArgs,
+    color: bool,
+    /// The plan was loaded from a file (it was shown when it was made).
+    saved: bool,
+}
+
+/// Runs `plan`. `found` is what the hosts were found to have so far, and `slot` the backend
+/// already made, if any.
 fn execute(
     spec: &Spec,
     plan: Plan,
     state: &mut State,
-    store: &dyn Store,
-    run: &RunArgs,
-    color: bool,
-    saved: bool,
+    run: &Run<'_>,
+    mut found: Found,
+    mut slot: Option<Arc<dyn backend::Backend>>,
 ) -> Result<i32, Failure> {
+    let (store, color, saved) = (run.store, run.color, run.saved);
+    let run = run.args;
     let destroying = plan.mode == Mode::Destroy;
     use crate::resource::Kind;
     // What the plan would record a secret of, and what that secret is.
@@ -281,7 +375,9 @@ fn execute(
             store.name()
         )));
     }
-    let backend = backend::for_spec(spec).map_err(|e| fail(e.to_string()))?;
+    let backend = backend_in(spec, &mut slot)
+        .map_err(|e| fail(e.to_string()))?
+        .clone();
     if let Err(problems) = backend.preflight(&plan) {
         let mut m = format!(
             "cannot {} ({} problem{}); nothing was changed:",
@@ -296,7 +392,8 @@ fn execute(
         return Err(fail(m));
     }
     if !destroying && crate::capacity::grows(&plan) {
-        let report = crate::capacity::assess(spec, Some(&*backend));
+        let allotment = spec.allotment(state).map_err(not_placed)?;
+        let report = crate::capacity::assess(spec, &allotment, Some(&*backend), &mut found);
         let problems = report.shortages();
         if !problems.is_empty() {
             return Err(fail(format!(

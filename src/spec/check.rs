@@ -145,6 +145,18 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                 );
             }
         }
+        if img.clones.is_some() && img.clones_per_host.is_some() {
+            diags.push(
+                format!("/images/{i}/clones"),
+                "give either clones (a total, placed over the image's hosts) or clones_per_host, not both",
+            );
+        }
+        if img.placement.is_some() && img.clones.is_none() {
+            diags.push(
+                format!("/images/{i}/placement"),
+                "placement places a total: give images[].clones too (with clones_per_host every host gets that many)",
+            );
+        }
         if let Some(list) = &img.hosts {
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(list.len());
             for (j, h) in list.iter().enumerate() {
@@ -231,13 +243,27 @@ fn check_totals(d: &Draft, diags: &mut Diagnostics) -> bool {
             .hosts
             .as_ref()
             .map_or(hosts.saturating_sub(1), |l| l.len() as u64);
-        let (per_host, at) = match img.clones_per_host {
-            Some(n) => (n, format!("/images/{i}/clones_per_host")),
-            None => (default_per_host, "/clones/per_host".to_string()),
+        let (these, at) = match (img.clones, img.clones_per_host) {
+            (Some(total), _) => {
+                terms.push(total.to_string());
+                (total, format!("/images/{i}/clones"))
+            }
+            (None, Some(n)) => {
+                terms.push(format!("{members} x {n}"));
+                (
+                    members * u64::from(n),
+                    format!("/images/{i}/clones_per_host"),
+                )
+            }
+            (None, None) => {
+                terms.push(format!("{members} x {default_per_host}"));
+                (
+                    members * u64::from(default_per_host),
+                    "/clones/per_host".to_string(),
+                )
+            }
         };
-        let these = members * u64::from(per_host);
         clones += these;
-        terms.push(format!("{members} x {per_host}"));
         if these > biggest.1 {
             biggest = (at, these);
         }
@@ -319,7 +345,13 @@ fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
                 .filter(|h| *h != img.source_host)
                 .collect(),
         };
-        let per_host = img.clones_per_host.unwrap_or(default_per_host);
+        // A total may put up to MAX_CLONES_PER_HOST of its clones on any of its hosts.
+        // (Bounded so that a huge total over very many hosts stays cheap to check.)
+        let per_host = match img.clones {
+            Some(total) => (total.min(4 * MAX_CLONES / members.len().max(1) as u64) as u32)
+                .min(super::MAX_CLONES_PER_HOST),
+            None => img.clones_per_host.unwrap_or(default_per_host),
+        };
         for host in members {
             for n in 0..per_host {
                 let name = render_template(template, cluster, &img.name, host, n);

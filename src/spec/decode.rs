@@ -90,6 +90,7 @@ impl Draft {
             networks: self.networks.into_iter().collect::<Option<_>>()?,
             estimate: self.estimate?,
             state: self.state?,
+            allotment: None,
         })
     }
 }

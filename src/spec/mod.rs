@@ -95,6 +95,11 @@ pub struct Spec {
     /// that seals its secrets.
     #[serde(default, skip_serializing_if = "StateSpec::is_default")]
     pub state: StateSpec,
+    /// How many clones of each image each host runs, once placed against a state
+    /// ([`Spec::allot`]); not part of the document.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub(crate) allotment: Option<std::sync::Arc<crate::allot::Allotment>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize)]
@@ -474,6 +479,17 @@ pub struct Image {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = MAX_CLONES_PER_HOST))]
     pub clones_per_host: Option<u32>,
+    /// Clones of this image in all, instead of a count per host: placed over the image's
+    /// hosts by `placement` and their free capacity. Clones already placed stay where they
+    /// are (adding a host moves none); only a smaller total removes clones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_CLONES))]
+    pub clones: Option<u64>,
+    /// How `clones` (the total) is placed: `spread` (default: each new clone goes to the host
+    /// with room for the most more) or `pack` (to the fullest host that still has room, so
+    /// whole hosts stay free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Spread>,
     /// The image's content version: lowercase letters, digits, `.` and `-`. The linux stack
     /// names its iSCSI targets after it (`iqn....:<cluster>.<image>.<version>`, default `1`),
     /// so a new version never meets a stale cache or an old session; changing it replaces
@@ -487,6 +503,21 @@ impl Image {
     fn default_format() -> ImageFormat {
         ImageFormat::Qcow2
     }
+}
+
+/// How an image's total of clones is placed over its hosts (`images[].placement`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, JsonSchema, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Each new clone goes to the host with room for the most more clones (ties: the host
+    /// with fewest of the image's clones, then spec order): equal hosts get equal shares.
+    #[default]
+    Spread,
+    /// Each new clone goes to the host with room for the fewest more clones that still fits
+    /// one (ties: spec order): hosts fill one after another.
+    Pack,
 }
 
 /// A cluster network: one layer-2 segment across the hosts, with addresses from its CIDR.
@@ -935,6 +966,15 @@ impl Spec {
             .map_or(defaults.clone(), |s| s.or(&defaults))
     }
 
+    /// Each host's position in `hosts`, by name.
+    pub fn host_positions(&self) -> std::collections::HashMap<&str, usize> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.as_str(), i))
+            .collect()
+    }
+
     /// Hosts that run clones of `image`, in spec order.
     pub fn image_hosts<'a>(&'a self, image: &'a Image) -> Vec<&'a str> {
         match &image.hosts {
@@ -948,8 +988,36 @@ impl Spec {
         }
     }
 
+    /// Clones per host of an image that gives no total (`images[].clones`).
     pub fn clones_per_host(&self, image: &Image) -> u32 {
         image.clones_per_host.unwrap_or(self.clones.per_host)
+    }
+
+    /// Places every image's total (`images[].clones`) against the recorded state `prior`,
+    /// with what the hosts were `found` to have, and keeps the result: the graph, the capacity
+    /// table and the model then count those clones.
+    pub fn allot(
+        &mut self,
+        prior: &crate::state::State,
+        found: &crate::capacity::Found,
+    ) -> Result<(), Vec<crate::allot::AllotError>> {
+        self.allotment = None;
+        let a = crate::allot::Allotment::of(self, prior, found)?;
+        self.allotment = Some(std::sync::Arc::new(a));
+        Ok(())
+    }
+
+    /// The clones of each image on each host: as [`Spec::allot`] placed them, else placed
+    /// now against `prior` and the declared capacities alone.
+    pub fn allotment(
+        &self,
+        prior: &crate::state::State,
+    ) -> Result<std::sync::Arc<crate::allot::Allotment>, Vec<crate::allot::AllotError>> {
+        match &self.allotment {
+            Some(a) => Ok(a.clone()),
+            None => crate::allot::Allotment::of(self, prior, &Default::default())
+                .map(std::sync::Arc::new),
+        }
     }
 
     /// The network named `name`.

@@ -169,16 +169,20 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
     let (mut clones_total, mut bridge_hosts) = (0u64, std::collections::HashSet::new());
     for img in d.images.iter().flatten() {
         let per_host = u64::from(img.clones_per_host.unwrap_or(clones.per_host));
-        if per_host == 0 {
+        if img.clones.unwrap_or(per_host) == 0 {
             continue;
         }
+        // A total needs an address per clone, and may put clones on any of its hosts.
+        let members = img
+            .hosts
+            .as_ref()
+            .map_or(hosts.saturating_sub(1), |l| l.len() as u64);
+        clones_total += img.clones.unwrap_or(members * per_host);
         match &img.hosts {
             Some(list) => {
-                clones_total += list.len() as u64 * per_host;
                 bridge_hosts.extend(list.iter().map(String::as_str));
             }
             None => {
-                clones_total += hosts.saturating_sub(1) * per_host;
                 bridge_hosts.extend(
                     d.hosts
                         .iter()
