@@ -8,7 +8,10 @@
 # Downloaded .debs are cached in OUTDIR/debs. Idempotent: finished outputs are kept unless
 # their inputs (package versions, the init script, this script) changed.
 #
-# Usage: scripts/build-guest.sh [OUTDIR]      (default OUTDIR: <repo>/target/guest)
+# Usage: scripts/build-guest.sh [OUTDIR]
+#   Default OUTDIR: ${VMTHUNDER_CACHE:-/var/cache/vmthunder}/guest, built once per machine
+#   outside the git clone (one build at a time, under a lock), with <repo>/target/guest made
+#   a symlink to it; the keys above decide what is rebuilt there.
 # Environment: VMTHUNDER_BASE_MIB (size of a NEW base.raw, default 64),
 #              VMTHUNDER_KERNEL_PKG (a linux-image-* package to use instead of the current
 #              linux-image-cloud-amd64 dependency).
@@ -16,7 +19,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-out=${1:-$repo/target/guest}
+if [ $# -ge 1 ]; then
+    out=$1
+    link=
+else
+    out=$(realpath -m "${VMTHUNDER_CACHE:-/var/cache/vmthunder}")/guest
+    link=$repo/target/guest
+fi
 init_src=$here/guest-init.sh
 base_mib=${VMTHUNDER_BASE_MIB:-64}
 # Wanted modules; their dependencies are added from each module's .modinfo.
@@ -33,6 +42,15 @@ done
 mkdir -p "$out/debs"
 out=$(cd "$out" && pwd)
 debs=$out/debs
+# One build in OUTDIR at a time (checkouts of one machine share the cached one).
+exec 8>"$out/.lock"
+flock 8
+if [ -n "$link" ] && [ "$(readlink "$link" 2>/dev/null)" != "$out" ]; then
+    # A directory left by an older version of this script is a build output: replace it.
+    if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$out" "$link"
+fi
 
 work=
 cleanup() { [ -z "$work" ] || rm -rf "$work"; }

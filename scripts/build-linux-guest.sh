@@ -15,24 +15,58 @@
 #                  (every host needs its own; a shared one knocks sessions off)
 #   vmt.ip=A/N     the address of its first Ethernet interface, vmt.gw=G its default route
 #
-# Usage: scripts/build-linux-guest.sh [OUTDIR]     (root; about 5-10 minutes, ~1.5 GB)
+# Usage: scripts/build-linux-guest.sh [OUTDIR]     (root; about 3-10 minutes, ~1.5 GB)
+#   Default OUTDIR: ${VMTHUNDER_CACHE:-/var/cache/vmthunder}/linux-guest/KEY, built once per
+#   machine outside the git clone, KEY the first 16 hex digits of the SHA-256 of this script
+#   and the apt sources the packages come from; <repo>/target/linux-guest is made a symlink
+#   to it. One build per KEY at a time (a second run waits on a lock, then finds it done).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/../target/linux-guest}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
 log() { echo "build-linux-guest: $*"; }
 die() { echo "build-linux-guest: error: $*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root (mmdebstrap's root mode)"
-if [ -s "$out/rootfs.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] \
-    && [ -s "$out/id_ed25519" ] && [ "$out/rootfs.img" -nt "$0" ]; then
+sources_file=/etc/apt/sources.list.d/debian.sources
+[ -r "$sources_file" ] || sources_file=/etc/apt/sources.list
+if [ $# -ge 1 ]; then
+    out=$1
+    link=
+else
+    key=$({ sha256sum <"$0"; cat "$sources_file" 2>/dev/null || true; } | sha256sum | cut -c1-16)
+    out=$(realpath -m "${VMTHUNDER_CACHE:-/var/cache/vmthunder}")/linux-guest/$key
+    link=$(cd "$here/.." && pwd)/target/linux-guest
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# link: target/linux-guest -> the cached build (a directory an older version of this script
+# built there is a build output, and is replaced).
+link() {
+    [ -n "$link" ] || return 0
+    [ "$(readlink "$link" 2>/dev/null)" != "$out" ] || return 0
+    if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$out" "$link"
+}
+built() {
+    [ -s "$out/rootfs.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] \
+        && [ -s "$out/id_ed25519" ] && [ -s "$out/versions.txt" ]
+}
+
+# A keyed build is current by its key; one in a given OUTDIR while newer than this script.
+if built && { [ -n "$link" ] || [ "$out/rootfs.img" -nt "$0" ]; }; then
+    link
     log "up to date in $out"
     exit 0
 fi
-
+[ "$(id -u)" = 0 ] || die "run as root (mmdebstrap's root mode)"
+exec 9>"$out/.lock"
+flock 9
+if built && [ -n "$link" ]; then
+    link
+    log "up to date in $out (built meanwhile)"
+    exit 0
+fi
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
@@ -123,5 +157,6 @@ rm -f "$out/rootfs.img.tmp"
 truncate -s 3G "$out/rootfs.img.tmp"
 mkfs.ext4 -q -F -L vmt-root -d "$root" "$out/rootfs.img.tmp"
 mv "$out/rootfs.img.tmp" "$out/rootfs.img"
+link
 log "done: $out ($(du -sh --apparent-size "$out/rootfs.img" | cut -f1) apparent, $(du -sh "$out/rootfs.img" | cut -f1) used)"
 cat "$out/versions.txt"
