@@ -48,11 +48,14 @@ shift $((OPTIND - 1))
 dir=/var/tmp/vmthunder-linux-guests/$bed
 br=vmtl-$bed
 
+# ssh_to ADDR CMD...: runs CMD on the guest at ADDR. Once a guest answers, commands share one
+# connection per guest (a key exchange costs a TCG guest about 2 s); `down` ends them.
 ssh_to() {
     local addr=$1
     shift
     ssh -i "$guest/id_ed25519" -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 \
         -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile="$dir/known_hosts" \
+        -o ControlMaster=auto -o ControlPath="$dir/mux-%C" -o ControlPersist=300 \
         -o LogLevel=ERROR "root@$addr" "$@"
 }
 
@@ -62,6 +65,10 @@ address_of() {
 
 down() {
     if [ -d "$dir" ]; then
+        for m in "$dir"/mux-*; do
+            [ -S "$m" ] || continue
+            ssh -o ControlPath="$m" -O exit x >/dev/null 2>&1 || true
+        done
         for p in "$dir"/*.pid; do
             [ -e "$p" ] || continue
             pid=$(cat "$p" 2>/dev/null || true)

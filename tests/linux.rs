@@ -4,11 +4,16 @@
 //! booted on a bridge of this machine by scripts/linux-guests.sh.
 //!
 //! img0 (the image) -> node01 -> node02 (degree 1: node01 is a relay), one clone on each node,
-//! started by libvirt with the test guest's kernel (nested TCG: its boot is not waited for);
-//! with tgt, then again with LIO, where node01's export is then deleted by hand: node02 moves
-//! onto img0 in place, and back once node01 serves again.
+//! a libvirt domain over its snapshot; with tgt, then again with LIO, where node01's export is
+//! then deleted by hand: node02 moves onto img0 in place, and back once node01 serves again.
 //!
-//! Takes about 10 minutes (15 when the guest image is built first). Root only; set
+//! The clones boot their firmware only (their disk, the test image, holds no boot sector, so
+//! SeaBIOS idles): what is checked is the domain's lifecycle and the data under it. A guest
+//! kernel under TCG inside a TCG guest took about 65% of its host's vCPU for as long as the
+//! domain ran and never got past 0.2 s of its own boot; the direct kernel boot's XML is
+//! checked by the libvirt builder's tests, and real kernels boot on the qemu stack's tests.
+//!
+//! Takes about 15 minutes (3 more when the guest image is built first). Root only; set
 //! VMTHUNDER_SKIP_LINUX_E2E=1 to skip it.
 
 mod common;
@@ -197,13 +202,7 @@ fn spec(iscsi_target: &str) -> serde_json::Value {
         }],
         "tree": { "degree": 1 },
         "cache": { "size": "32MiB" },
-        "clones": {
-            "per_host": 1, "memory": "128MiB", "cow_size": "32MiB",
-            "boot": {
-                "kernel": "/srv/boot/vmlinuz", "initrd": "/srv/boot/initrd.img",
-                "append": "console=ttyS0 panic=-1 quiet no_timer_check vmthunder.name={name}"
-            }
-        }
+        "clones": { "per_host": 1, "memory": "128MiB", "cow_size": "32MiB" }
     })
 }
 
@@ -307,7 +306,8 @@ fn linux_stack_end_to_end_in_guest_vms() {
     assert_read_only(&g, "node01", &address(0), iqn, 1);
 
     // Data read through node02's clone disk (its snapshot, over its cache, over node01's
-    // cache, over the image) is the image. The clone may write its last MiB as it boots.
+    // cache, over the image) is the image (the last MiB is left out, as a booting clone may
+    // write there).
     let image = digest(&g, "img0", "/srv/images/base.raw", 63);
     assert_eq!(
         digest(&g, "node02", "/dev/mapper/vmt.e2e.base.snap0", 63),

@@ -384,6 +384,43 @@ mod tests {
         }
     }
 
+    /// A direct kernel boot: kernel, initrd and the command line with the clone's name and
+    /// first address put in, escaped; no boot device and no EFI firmware then.
+    #[test]
+    fn builds_the_domain_xml_of_a_direct_kernel_boot() {
+        let mut d = attrs();
+        d.firmware = crate::resource::Firmware::Uefi;
+        d.boot = Some(crate::spec::Boot {
+            kernel: "/srv/boot/vmlinuz".into(),
+            initrd: Some("/srv/boot/initrd.img".into()),
+            append: "console=ttyS0 vmthunder.name={name} ip={address} a&b".into(),
+        });
+        d.nics = vec![crate::resource::Nic {
+            network: "lab".into(),
+            bridge: "vb0".into(),
+            mac: d.mac.clone(),
+            address: "10.60.0.5/16".into(),
+        }];
+        let xml = domain_xml(&d, "/dev/mapper/s", None, "qemu");
+        let os: Vec<&str> = xml
+            .lines()
+            .skip_while(|l| !l.contains("<os"))
+            .take_while(|l| !l.contains("</os>"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            os,
+            [
+                "<os>",
+                "<type arch='x86_64'>hvm</type>",
+                "<kernel>/srv/boot/vmlinuz</kernel>",
+                "<initrd>/srv/boot/initrd.img</initrd>",
+                "<cmdline>console=ttyS0 vmthunder.name=base-node01-0 ip=10.60.0.5/16 a&amp;b</cmdline>",
+            ],
+            "{xml}"
+        );
+    }
+
     /// Captured from libvirt 9.0.0 (Debian 12) in the test guest: `virsh dumpxml` of a domain
     /// vmthunder defined and started.
     #[test]
