@@ -9,6 +9,10 @@
 //! cloud-init seed: a bridge and a VXLAN per host and a seed per clone more, and an address
 //! per clone and bridge.
 //!
+//! `VMTHUNDER_BENCH_TOTALS=1` gives the image a total of N x 10 clones instead
+//! (`images[].clones`, `placement: spread`) over hosts that declare their capacity, so every
+//! clone is placed by room (by the spec check and again by the plan).
+//!
 //! Run: `cargo bench --bench plan` (release build).
 
 mod common;
@@ -28,13 +32,24 @@ fn networked() -> bool {
     std::env::var("VMTHUNDER_BENCH_NETWORK").is_ok_and(|v| v == "1")
 }
 
+fn totals() -> bool {
+    std::env::var("VMTHUNDER_BENCH_TOTALS").is_ok_and(|v| v == "1")
+}
+
 fn spec_json(hosts: usize) -> Vec<u8> {
     let mut list = vec![serde_json::json!({"name": "img0", "address": "10.0.0.1"})];
     for i in 0..hosts {
-        list.push(serde_json::json!({
+        let mut h = serde_json::json!({
             "name": format!("node{i:06}"),
             "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-        }));
+        });
+        if totals() {
+            // Hosts of three sizes, room for 16, 12 and 8 clones.
+            let gib = [16, 12, 8][i % 3];
+            h["capacity"] =
+                serde_json::json!({"vcpus": gib, "memory": format!("{gib}GiB"), "disk": "1TiB"});
+        }
+        list.push(h);
     }
     let mut doc = serde_json::json!({
         "version": 1,
@@ -46,6 +61,12 @@ fn spec_json(hosts: usize) -> Vec<u8> {
         "cache": {"size": "4GiB"},
         "clones": {"per_host": CLONES, "cow_size": "2GiB", "memory": "1GiB"}
     });
+    if totals() {
+        let img = doc["images"][0].as_object_mut().unwrap();
+        img.insert("clones".into(), (hosts as u64 * u64::from(CLONES)).into());
+        img.insert("placement".into(), "spread".into());
+        doc["clones"].as_object_mut().unwrap().remove("per_host");
+    }
     if networked() {
         // 100.64.0.0/10 holds 4M addresses, apart from the hosts' 10.0.0.0/8.
         doc["networks"] = serde_json::json!([{"name": "lab", "cidr": "100.64.0.0/10"}]);
@@ -115,7 +136,8 @@ fn main() {
     }
     let sizes = common::sizes("100", "1000,10000,100000");
     println!(
-        "plan benchmark: N hosts x {CLONES} clones, degree {DEGREE}{}; times in seconds, memory in MiB (peak RSS of the phase)",
+        "plan benchmark: N hosts x {CLONES} clones{}, degree {DEGREE}{}; times in seconds, memory in MiB (peak RSS of the phase)",
+        if totals() { " (as one total placed by spread over hosts with room for 16, 12 and 8)" } else { "" },
         if networked() { ", a network and a seed per clone" } else { "" }
     );
     println!("| hosts   | resources | empty: s | peak MiB | match: s | load: s | peak MiB | state MiB | persist: s |");
