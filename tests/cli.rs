@@ -1480,9 +1480,17 @@ fn totals_are_refused_with_per_host_counts_or_without_a_total() {
     std::fs::write(d.join("both.json"), doc.to_string()).unwrap();
     doc["images"][0].as_object_mut().unwrap().remove("clones");
     std::fs::write(d.join("placement.json"), doc.to_string()).unwrap();
+    doc["images"][0]["clones"] = serde_json::json!(2);
+    doc["images"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("clones_per_host");
+    doc["clones"]["name"] = serde_json::json!("{image}-{host}");
+    std::fs::write(d.join("names.json"), doc.to_string()).unwrap();
     for (file, want) in [
         ("both.json", "/images/0/clones: give either clones (a total, placed over the image's hosts) or clones_per_host, not both"),
         ("placement.json", "/images/0/placement: placement places a total: give images[].clones too"),
+        ("names.json", "gives the same name \"base-node01\" to clone 0 of image \"base\" on host \"node01\" and clone 1"),
     ] {
         let o = run(d, &["validate", "-f", file]);
         assert!(!o.status.success(), "{file}");

@@ -345,11 +345,14 @@ fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
                 .filter(|h| *h != img.source_host)
                 .collect(),
         };
-        // A total may put up to MAX_CLONES_PER_HOST of its clones on any of its hosts.
-        // (Bounded so that a huge total over very many hosts stays cheap to check.)
+        // A total's clones on a host are not known before placement: its names are checked
+        // for an even share per host, and at least two (so a template without {n} is caught),
+        // which keeps the check linear in the total.
         let per_host = match img.clones {
-            Some(total) => (total.min(4 * MAX_CLONES / members.len().max(1) as u64) as u32)
-                .min(super::MAX_CLONES_PER_HOST),
+            Some(total) => {
+                let share = total.div_ceil(members.len().max(1) as u64);
+                (share.max(2).min(total) as u32).min(super::MAX_CLONES_PER_HOST)
+            }
             None => img.clones_per_host.unwrap_or(default_per_host),
         };
         for host in members {
