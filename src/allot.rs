@@ -113,13 +113,7 @@ impl Allotment {
         found: &Found,
         mut images: Vec<Counts>,
     ) -> Result<Allotment, Vec<AllotError>> {
-        let c = &spec.clones;
-        let clone = Need {
-            clones: 1,
-            vcpus: u64::from(c.vcpus),
-            memory: c.memory.bytes(),
-            disk: c.cow_size.bytes(),
-        };
+        let clone = Need::per_clone(spec);
         // What every host carries before any total is placed: caches, and the clones of
         // images counted per host.
         let mut used: Vec<Need> = vec![Need::default(); spec.hosts.len()];

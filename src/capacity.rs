@@ -85,6 +85,18 @@ impl Report {
 pub type Found = HashMap<String, Result<Figures, String>>;
 
 impl Need {
+    /// What one clone of `spec` takes: `clones.vcpus`, `clones.memory` and its full
+    /// copy-on-write disk.
+    pub(crate) fn per_clone(spec: &Spec) -> Need {
+        let c = &spec.clones;
+        Need {
+            clones: 1,
+            vcpus: u64::from(c.vcpus),
+            memory: c.memory.bytes(),
+            disk: c.cow_size.bytes(),
+        }
+    }
+
     /// Adds `n` times `each`.
     pub(crate) fn add(&mut self, each: &Need, n: u64) {
         self.clones += n * each.clones;
@@ -118,16 +130,13 @@ pub fn needs(spec: &Spec, allotment: &Allotment) -> Vec<(String, Need)> {
         .iter()
         .map(|h| (h.name.clone(), Need::default()))
         .collect();
-    let c = &spec.clones;
+    let clone = Need::per_clone(spec);
     for (index, image) in spec.images.iter().enumerate() {
         for host in spec.image_hosts(image) {
-            let n = u64::from(allotment.count(index, host));
             let Some(&i) = at.get(host) else { continue };
             let need = &mut out[i].1;
-            need.clones += n;
-            need.vcpus += n * u64::from(c.vcpus);
-            need.memory += n * c.memory.bytes();
-            need.disk += n * c.cow_size.bytes() + spec.cache.size.bytes();
+            need.add(&clone, u64::from(allotment.count(index, host)));
+            need.disk += spec.cache.size.bytes();
         }
     }
     out
@@ -148,38 +157,23 @@ fn table(spec: &Spec, needs: Vec<(String, Need)>, found: &Found) -> Report {
         .zip(&spec.hosts)
         .map(|((host, need), h)| {
             let declared = h.capacity.unwrap_or_default();
-            let (discovered, unknown) = match found.get(&host) {
-                Some(Ok(f)) => (Some(*f), None),
-                Some(Err(e)) => (None, Some(e.clone())),
-                None => (None, None),
+            let unknown = match found.get(&host) {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
             };
-            let figure = |spec: Option<u64>, disc: Option<u64>| match (spec, disc) {
-                (Some(v), _) => Figure {
-                    value: Some(v),
-                    source: "spec",
-                },
-                (None, Some(v)) => Figure {
-                    value: Some(v),
-                    source: "discovered",
-                },
-                (None, None) => Figure {
-                    value: None,
-                    source: "unknown",
+            let [vcpus, memory, disk] = has(h, found);
+            let figure = |declared: bool, value: Option<u64>| Figure {
+                value,
+                source: match (declared, value) {
+                    (true, _) => "spec",
+                    (false, Some(_)) => "discovered",
+                    (false, None) => "unknown",
                 },
             };
             let mut row = Row {
-                vcpus: figure(
-                    declared.vcpus.map(u64::from),
-                    discovered.map(|f| u64::from(f.vcpus)),
-                ),
-                memory: figure(
-                    declared.memory.map(|m| m.bytes()),
-                    discovered.map(|f| f.memory),
-                ),
-                disk: figure(
-                    declared.disk.map(|d| d.bytes()),
-                    discovered.and_then(|f| f.disk),
-                ),
+                vcpus: figure(declared.vcpus.is_some(), vcpus),
+                memory: figure(declared.memory.is_some(), memory),
+                disk: figure(declared.disk.is_some(), disk),
                 short: None,
                 unknown,
                 need,

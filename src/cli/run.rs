@@ -202,18 +202,23 @@ pub(super) fn allot(
 ) -> Result<Found, Failure> {
     let mut found = Found::new();
     if Allotment::needs_figures(spec) && discover && spec.backend.stack != crate::spec::Stack::Sim {
-        let mut ask: Vec<&str> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // The hosts of totals that leave a figure out, each once, in spec order.
+        let at = spec.host_positions();
+        let mut asked = vec![false; spec.hosts.len()];
         for img in spec.images.iter().filter(|i| i.clones.is_some()) {
             for h in spec.image_hosts(img) {
-                let declared = spec.hosts.iter().find(|x| x.name == h);
-                if !crate::capacity::complete(declared.and_then(|x| x.capacity.as_ref()))
-                    && seen.insert(h)
-                {
-                    ask.push(h);
+                if let Some(&i) = at.get(h) {
+                    asked[i] = !crate::capacity::complete(spec.hosts[i].capacity.as_ref());
                 }
             }
         }
+        let ask: Vec<&str> = spec
+            .hosts
+            .iter()
+            .zip(&asked)
+            .filter(|(_, &a)| a)
+            .map(|(h, _)| h.name.as_str())
+            .collect();
         if !ask.is_empty() {
             let b = backend_in(spec, slot).map_err(|e| {
                 fail(format!(
