@@ -301,6 +301,15 @@ impl Graph {
                         .collect()
                 };
                 let Some(parent) = tree.parent[node as usize] else {
+                    // An imported image's file is made first.
+                    let mut deps = cert;
+                    if let Some(a) = crate::backend::import::attrs(image) {
+                        deps.push(g.push(
+                            Addr::new(Kind::Image, host, &img, None),
+                            Desired::Image(a),
+                            Vec::new(),
+                        ));
+                    }
                     target_of[0] = g.push(
                         Addr::new(Kind::Target, host, &img, None),
                         Desired::Target(TargetAttrs::Image {
@@ -313,7 +322,7 @@ impl Graph {
                             tls,
                             clients: clients(),
                         }),
-                        cert,
+                        deps,
                     );
                     continue;
                 };

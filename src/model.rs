@@ -221,17 +221,20 @@ impl Model {
 }
 
 /// Seconds per create when the spec names none for a kind, in `Kind::ALL` order (lv, session,
-/// cache, target, snapshot, seed, bridge, vxlan, domain): a qemu-stack host on local disks, the guest's boot to its
-/// ready line included in `domain`.
-pub const DEFAULT_CREATE: [f64; Kind::ALL.len()] =
-    [0.05, 0.3, 0.15, 0.3, 0.05, 0.2, 0.05, 0.05, 4.0, 0.01, 0.1];
+/// cache, target, snapshot, seed, bridge, vxlan, domain, ca, cert, image): a qemu-stack host
+/// on local disks, the guest's boot to its ready line included in `domain`, an import's copy
+/// added to `image` by its size ([`Model::secs`]).
+pub const DEFAULT_CREATE: [f64; Kind::ALL.len()] = [
+    0.05, 0.3, 0.15, 0.3, 0.05, 0.2, 0.05, 0.05, 4.0, 0.01, 0.1, 0.3,
+];
 /// Seconds per in-place update: a session's move to another parent (a new NBD node, the
 /// cache's backing switched, the old node removed; measured on the qemu stack). Only sessions
 /// update in place.
 pub const DEFAULT_UPDATE: [f64; Kind::ALL.len()] =
-    [0.0, 0.1, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-pub const DEFAULT_DELETE: [f64; Kind::ALL.len()] =
-    [0.02, 0.1, 0.05, 0.1, 0.02, 0.02, 0.05, 0.05, 0.5, 0.0, 0.05];
+    [0.0, 0.1, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+pub const DEFAULT_DELETE: [f64; Kind::ALL.len()] = [
+    0.02, 0.1, 0.05, 0.1, 0.02, 0.02, 0.05, 0.05, 0.5, 0.0, 0.05, 0.02,
+];
 
 /// The hosts of `image`'s tree (index 0 the source) and the tree: as `placement` records it
 /// where it can, else fresh at `degree`.

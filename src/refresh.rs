@@ -58,11 +58,22 @@ impl Refreshed {
 /// `limits.parallelism` at a time and at most `limits.per_host` per host, and records the
 /// findings in `state`. Nothing is written to disk.
 pub fn refresh(state: &mut State, backend: &Arc<dyn Backend>, limits: Limits) -> Refreshed {
+    refresh_with(state, backend, limits, false)
+}
+
+/// [`refresh`]; with `deep`, contents are checked in full (the checksums of imported
+/// images), not only cheaply (their sizes and modification times).
+pub fn refresh_with(
+    state: &mut State,
+    backend: &Arc<dyn Backend>,
+    limits: Limits,
+    deep: bool,
+) -> Refreshed {
     let start = Instant::now();
     let todo: Vec<u32> = (0..state.len() as u32)
         .filter(|&i| state.resources[i as usize].status == Status::Ready)
         .collect();
-    let results = read_all(state, &todo, backend.as_ref(), limits);
+    let results = read_all(state, &todo, backend.as_ref(), limits, deep);
     let mut out = Refreshed {
         read: todo.len(),
         ..Refreshed::default()
@@ -81,6 +92,11 @@ pub fn refresh(state: &mut State, backend: &Arc<dyn Backend>, limits: Limits) ->
                 }
                 for (k, _, v) in &diff {
                     r.observed.insert(k.clone(), v.clone());
+                }
+                // Other bytes than those everything above it was built on.
+                let content = crate::resource::content_attrs(r.addr.kind);
+                if diff.iter().any(|(k, _, _)| content.contains(&k.as_str())) {
+                    r.status = Status::Changed;
                 }
                 Finding::Changed(crate::backend::redact_changes(diff))
             }
@@ -137,7 +153,13 @@ impl<'a> Shared<'a> {
 }
 
 /// The reads, in parallel under the limits; results in the order of `todo`.
-fn read_all(state: &State, todo: &[u32], backend: &dyn Backend, limits: Limits) -> Vec<ReadResult> {
+fn read_all(
+    state: &State,
+    todo: &[u32],
+    backend: &dyn Backend,
+    limits: Limits,
+    deep: bool,
+) -> Vec<ReadResult> {
     // Queue per host, taken round-robin, so one big host does not hold the others back.
     let mut per_host: HashMap<&str, VecDeque<usize>> = HashMap::default();
     let mut hosts: Vec<&str> = Vec::new();
@@ -180,8 +202,8 @@ fn read_all(state: &State, todo: &[u32], backend: &dyn Backend, limits: Limits) 
                 };
                 let r = &state.resources[todo[k] as usize];
                 let target = Target {
-                    addr: &r.addr,
-                    desired: &r.desired,
+                    deep,
+                    ..Target::new(&r.addr, &r.desired)
                 };
                 // A panic must not leave the host's count raised (and the others waiting).
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -49,10 +49,13 @@ pub enum Kind {
     /// A host's TLS key and certificate (`cert.<host>.tls`), signed by the cluster CA, in a
     /// root-only directory on the host: its relays serve and connect with it.
     Cert,
+    /// An image brought in by `images[].import`: the source converted into the image's file
+    /// on its source host (P2V, V2V). Kept last, like the TLS kinds, for older states' order.
+    Image,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Lv,
         Kind::Session,
         Kind::Cache,
@@ -64,6 +67,7 @@ impl Kind {
         Kind::Domain,
         Kind::Ca,
         Kind::Cert,
+        Kind::Image,
     ];
 
     /// Whether the address's middle part names a network, not an image.
@@ -89,6 +93,7 @@ impl Kind {
             Kind::Domain => "domain",
             Kind::Ca => "ca",
             Kind::Cert => "cert",
+            Kind::Image => "image",
         }
     }
 }
@@ -106,7 +111,7 @@ impl FromStr for Kind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot, seed, bridge, vxlan, domain, ca or cert)")
+                format!("unknown resource kind {s:?} (expected lv, session, cache, target, snapshot, seed, bridge, vxlan, domain, ca, cert or image)")
             })
     }
 }
@@ -197,7 +202,7 @@ impl JsonSchema for Addr {
         schemars::json_schema!({
             "type": "string",
             "description": "A resource address: <kind>.<host>.<image>[.<n>]",
-            "pattern": "^(lv|session|cache|target|snapshot|seed|bridge|vxlan|domain|ca|cert)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
+            "pattern": "^(lv|session|cache|target|snapshot|seed|bridge|vxlan|domain|ca|cert|image)\\.[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*(\\.[0-9]+)?$"
         })
     }
 }
@@ -423,6 +428,34 @@ pub struct CertAttrs {
     pub days: u32,
 }
 
+/// An imported image (`images[].import`): where it comes from and what it becomes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageAttrs {
+    /// The source: a file or block device on `from_host`.
+    pub from: String,
+    pub source_format: crate::spec::SourceFormat,
+    /// The host that holds the source, when it is not the image's source host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_host: Option<String>,
+    /// The image file written on the source host.
+    pub path: String,
+    pub format: ImageFormat,
+    /// The image's virtual size (`images[].size`): a smaller source is padded to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+}
+
+/// The observed attributes that tell an object's contents: a refresh that finds one of them
+/// changed marks the object [`crate::state::Status::Changed`], and the plan replaces it and
+/// everything built on it.
+pub fn content_attrs(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Image => &["bytes", "mtime", "sha256"],
+        _ => &[],
+    }
+}
+
 /// The middle part of the addresses of the TLS resources.
 pub const TLS: &str = "tls";
 
@@ -441,6 +474,7 @@ pub enum Desired {
     Domain(DomainAttrs),
     Ca(CaAttrs),
     Cert(CertAttrs),
+    Image(ImageAttrs),
 }
 
 impl Desired {
@@ -457,6 +491,7 @@ impl Desired {
             Desired::Domain(_) => Kind::Domain,
             Desired::Ca(_) => Kind::Ca,
             Desired::Cert(_) => Kind::Cert,
+            Desired::Image(_) => Kind::Image,
         }
     }
 
@@ -474,6 +509,7 @@ impl Desired {
             Kind::Domain => Desired::Domain(serde_json::from_str(json)?),
             Kind::Ca => Desired::Ca(serde_json::from_str(json)?),
             Kind::Cert => Desired::Cert(serde_json::from_str(json)?),
+            Kind::Image => Desired::Image(serde_json::from_str(json)?),
         })
     }
 
@@ -497,6 +533,7 @@ impl Serialize for Desired {
             Desired::Domain(a) => a.serialize(s),
             Desired::Ca(a) => a.serialize(s),
             Desired::Cert(a) => a.serialize(s),
+            Desired::Image(a) => a.serialize(s),
         }
     }
 }
@@ -518,6 +555,7 @@ impl JsonSchema for Desired {
             g.subschema_for::<DomainAttrs>(),
             g.subschema_for::<CaAttrs>(),
             g.subschema_for::<CertAttrs>(),
+            g.subschema_for::<ImageAttrs>(),
         ];
         schemars::json_schema!({
             "description": "The attributes of a resource; which shape applies depends on its kind.",

@@ -79,6 +79,13 @@ pub enum Progress<'a> {
         hard: bool,
         running: usize,
     },
+    /// A running operation tells how far it is (an import's bytes).
+    Advanced {
+        addr: &'a Addr,
+        kind: OpKind,
+        done: u64,
+        total: u64,
+    },
     /// Nothing happened for a while.
     Tick,
     /// The executor is about to wait for news: a moment to flush buffered output.
@@ -135,6 +142,12 @@ enum Msg {
         op: u32,
         elapsed: Duration,
         result: Result<Observed, BackendError>,
+    },
+    /// A running operation's progress: bytes done of bytes in all.
+    Progress {
+        op: u32,
+        done: u64,
+        total: u64,
     },
     /// Journal lines up to this sequence number are on disk.
     Durable(u64),
@@ -421,6 +434,17 @@ pub fn run(
                     error,
                 });
             }
+            Msg::Progress { op, done, total } => {
+                if running.contains(&op) {
+                    let o = graph.ops[op as usize];
+                    report(Progress::Advanced {
+                        addr: &plan.changes[o.change as usize].addr,
+                        kind: o.kind,
+                        done,
+                        total,
+                    });
+                }
+            }
             Msg::Durable(seq) => durable = seq,
             Msg::JournalFailed(e) => {
                 journal_error = Some(e);
@@ -603,9 +627,13 @@ fn spawn_workers(
                     Err(_) => return,
                 };
                 let t0 = Instant::now();
+                let op = job.op;
+                let progress = |done: u64, total: u64| {
+                    let _ = tx.send(Msg::Progress { op, done, total });
+                };
                 let target = Target {
-                    addr: &job.addr,
-                    desired: &job.desired,
+                    progress: Some(&progress),
+                    ..Target::new(&job.addr, &job.desired)
                 };
                 // A panic in a backend is that operation's failure, not a run that never ends.
                 let result =

@@ -6,6 +6,7 @@
 //! Each returns the observed attributes that state records and dependents consume (an
 //! export's endpoint, a file path, a pid). Stacks reach hosts through a [`Transport`].
 
+pub mod import;
 pub mod linux;
 pub mod net;
 pub mod netns;
@@ -34,10 +35,42 @@ pub use transport::{CommandError, Transport};
 pub type Observed = serde_json::Map<String, Value>;
 
 /// The resource an operation works on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub addr: &'a Addr,
     pub desired: &'a Desired,
+    /// A read checks contents in full (an imported image's checksum), not only cheaply.
+    pub deep: bool,
+    /// A long operation tells here how far it is: (bytes done, bytes in all).
+    pub progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(addr: &'a Addr, desired: &'a Desired) -> Target<'a> {
+        Target {
+            addr,
+            desired,
+            deep: false,
+            progress: None,
+        }
+    }
+
+    /// Reports progress, when someone listens.
+    pub fn advance(&self, done: u64, total: u64) {
+        if let Some(p) = self.progress {
+            p(done, total);
+        }
+    }
+}
+
+impl fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", self.addr)
+            .field("desired", self.desired)
+            .field("deep", &self.deep)
+            .finish()
+    }
 }
 
 /// A failed operation: a message, and the command and its stderr when one failed.

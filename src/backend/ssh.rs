@@ -382,6 +382,131 @@ impl SshTransport {
         }
     }
 
+    /// [`Transport::run_streaming`] on the runtime: `feed` brings the command's input in
+    /// chunks (from a thread that reads the caller's reader).
+    async fn stream_async(
+        &self,
+        host: &str,
+        argv: &[String],
+        feed: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        output: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let command = transport::display_command(argv);
+        let fail = |status: String, stderr: String, unreachable: bool| CommandError {
+            host: host.to_string(),
+            command: command.clone(),
+            status,
+            stderr,
+            unreachable,
+        };
+        let r = self
+            .remote(host)
+            .map_err(|Unreachable(m)| fail(m, String::new(), true))?;
+        let _permit = r.slots.acquire().await.expect("semaphore open");
+        let secs = timeout.as_secs().max(1);
+        let line = format!("timeout -k 5 {secs} {command}");
+        let conn = self
+            .conn(r)
+            .await
+            .map_err(|Unreachable(m)| fail(m, String::new(), true))?;
+        let mut child = match conn
+            .session
+            .raw_command(&line)
+            .stdin(if feed.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let gone = conn.session.check().await.is_err();
+                if gone {
+                    self.drop_conn(r, &conn).await;
+                }
+                return Err(fail(
+                    format!("could not start over ssh: {}", connect_error_text(&e)),
+                    String::new(),
+                    gone,
+                ));
+            }
+        };
+        let stdin = child.stdin().take();
+        let mut stdout = child.stdout().take().expect("piped");
+        let mut stderr = child.stderr().take().expect("piped");
+        let write_in = async move {
+            if let (Some(mut rx), Some(mut stdin)) = (feed, stdin) {
+                while let Some(chunk) = rx.recv().await {
+                    if stdin.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let read_err = async move {
+            let mut b = Vec::new();
+            let _ = stderr.read_to_end(&mut b).await;
+            b
+        };
+        // Owns the command's output, so that when it stops early the pipe closes and the
+        // command ends instead of blocking on a full pipe.
+        let read_out = async move {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match stdout.read(&mut buf).await {
+                    Ok(0) => return None,
+                    Ok(n) => {
+                        if let Err(e) = output(&buf[..n]) {
+                            return Some(e);
+                        }
+                    }
+                    Err(e) => return Some(e),
+                }
+            }
+        };
+        let limit = timeout + Duration::from_secs(10);
+        let Ok(((), stopped, err_bytes)) =
+            tokio::time::timeout(limit, async { tokio::join!(write_in, read_out, read_err) }).await
+        else {
+            return Err(fail(
+                format!("timed out after {secs}s"),
+                String::new(),
+                false,
+            ));
+        };
+        let stderr = String::from_utf8_lossy(&err_bytes).trim_end().to_string();
+        let status = match tokio::time::timeout(limit, child.wait()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let gone = conn.session.check().await.is_err();
+                if gone {
+                    self.drop_conn(r, &conn).await;
+                }
+                return Err(fail(format!("was cut off ({e})"), stderr, gone));
+            }
+            Err(_) => return Err(fail(format!("timed out after {secs}s"), stderr, false)),
+        };
+        if let Some(e) = stopped {
+            return Err(fail(format!("was stopped: {e}"), stderr, false));
+        }
+        match status.code() {
+            Some(0) => Ok(Output {
+                stdout: Vec::new(),
+                stderr: stderr.into_bytes(),
+            }),
+            Some(124) | Some(137) => Err(fail(format!("timed out after {secs}s"), stderr, false)),
+            Some(c) => Err(fail(format!("exited with status {c}"), stderr, false)),
+            None => Err(fail(format!("was killed ({status})"), stderr, false)),
+        }
+    }
+
     async fn forward(&self, host: &str, remote_path: &Path) -> io::Result<PathBuf> {
         let r = self.remote(host).map_err(unreachable_io)?;
         let conn = self.conn(r).await.map_err(unreachable_io)?;
@@ -494,6 +619,42 @@ impl Transport for SshTransport {
         timeout: Duration,
     ) -> Result<Output, CommandError> {
         self.rt.block_on(self.run_async(host, argv, timeout, input))
+    }
+
+    fn run_streaming(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&mut (dyn io::Read + Send)>,
+        output: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
+        std::thread::scope(|s| {
+            // The caller's reader blocks: it is read on a thread of its own, in chunks
+            // handed to the runtime.
+            let feed = input.map(|input| {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        match input.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            // The reader knows and reports its own failure.
+                            Err(_) => return,
+                        }
+                    }
+                });
+                rx
+            });
+            self.rt
+                .block_on(self.stream_async(host, argv, feed, output, timeout))
+        })
     }
 
     fn same_machine(&self) -> bool {

@@ -47,6 +47,19 @@ pub trait Transport: Send + Sync {
         input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output, CommandError>;
+    /// Runs `argv` on `host` for a long copy: its standard input read from `input` (else it
+    /// reads nothing) and its standard output handed to `output` chunk by chunk as it comes,
+    /// so nothing is held whole in memory. An error from `output` stops the command. A
+    /// non-zero exit is an error with stderr; the returned stdout is empty. Never retried:
+    /// what it read cannot be read again.
+    fn run_streaming(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&mut (dyn Read + Send)>,
+        output: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+        timeout: Duration,
+    ) -> Result<Output, CommandError>;
     /// Whether every host is this machine (files and tools are checked once, here).
     fn same_machine(&self) -> bool {
         true
@@ -128,6 +141,35 @@ pub fn display_command(argv: &[String]) -> String {
         .map(|a| shell_word(a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `argv` under coreutils' `timeout`: a TERM after `timeout`, a KILL 5 s later.
+pub fn timed_argv(argv: &[String], timeout: Duration) -> Vec<String> {
+    ["timeout", "-k", "5", &timeout.as_secs().max(1).to_string()]
+        .into_iter()
+        .map(String::from)
+        .chain(argv.iter().cloned())
+        .collect()
+}
+
+/// Hands what `from` yields to `output` until its end; the error that stopped it, if any.
+pub fn pump(
+    from: &mut dyn Read,
+    output: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+) -> Option<std::io::Error> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                if let Err(e) = output(&buf[..n]) {
+                    return Some(e);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(e),
+        }
+    }
 }
 
 /// How long a connect to a monitor socket may wait.
@@ -232,6 +274,83 @@ impl Transport for Local {
                 },
                 String::from_utf8_lossy(&stderr).trim_end().to_string(),
             )),
+        }
+    }
+
+    fn run_streaming(
+        &self,
+        host: &str,
+        argv: &[String],
+        input: Option<&mut (dyn Read + Send)>,
+        output: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+        timeout: Duration,
+    ) -> Result<Output, CommandError> {
+        // `timeout` ends it (and, 5 s after a TERM, kills it) however its pipes stand.
+        let timed = timed_argv(argv, timeout);
+        let argv = self.wrap(host, &timed);
+        let err = |status: String, stderr: String| CommandError {
+            host: host.to_string(),
+            command: display_command(&argv),
+            status,
+            stderr,
+            unreachable: false,
+        };
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("could not start: {e}"), String::new()))?;
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("piped");
+        let mut errp = child.stderr.take().expect("piped");
+        let pid = child.id();
+        let (stopped, stderr) = std::thread::scope(|s| {
+            if let (Some(input), Some(mut stdin)) = (input, stdin) {
+                // Its end closes when the copy ends, which is the command's end of input.
+                s.spawn(move || std::io::copy(input, &mut stdin));
+            }
+            let errs = s.spawn(move || {
+                let mut b = Vec::new();
+                let _ = errp.read_to_end(&mut b);
+                b
+            });
+            let stopped = pump(&mut out, output);
+            if stopped.is_some() {
+                // What it writes is not wanted any more: ask it to stop (`timeout` passes
+                // the signal on).
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            drop(out);
+            (stopped, errs.join().unwrap_or_default())
+        });
+        let status = child
+            .wait()
+            .map_err(|e| err(format!("could not wait: {e}"), String::new()))?;
+        let stderr = String::from_utf8_lossy(&stderr).trim_end().to_string();
+        if let Some(e) = stopped {
+            return Err(err(format!("was stopped: {e}"), stderr));
+        }
+        match status.code() {
+            Some(0) => Ok(Output {
+                stdout: Vec::new(),
+                stderr: stderr.into_bytes(),
+            }),
+            Some(124) | Some(137) => Err(err(
+                format!("timed out after {}s", timeout.as_secs().max(1)),
+                stderr,
+            )),
+            Some(c) => Err(err(format!("exited with status {c}"), stderr)),
+            None => Err(err(format!("was killed ({status})"), stderr)),
         }
     }
 

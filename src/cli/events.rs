@@ -2,7 +2,7 @@
 //! `schemas/events.schema.json` (generated from these types: `vmthunder schema events`).
 //!
 //! The order of a run: `resource_drift` per object the refresh found changed, `planned_change` per change, `change_summary` (operation `plan`), then
-//! `apply_start` / `apply_complete` / `apply_errored` / `apply_skipped` as operations run,
+//! `apply_start` / `apply_progress` / `apply_complete` / `apply_errored` / `apply_skipped` as operations run,
 //! `interrupt` if one was received, and a final `change_summary` (operation `apply` or
 //! `destroy`) with what was done. Errors that stop the command early are `diagnostic`s.
 
@@ -42,6 +42,12 @@ pub enum Body {
     ChangeSummary { changes: Summary },
     /// An operation started.
     ApplyStart { hook: Hook },
+    /// A running operation's progress (an import's bytes), at most once a second each.
+    ApplyProgress {
+        hook: Hook,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
     /// An operation finished and is recorded in state.
     ApplyComplete { hook: Hook, elapsed_seconds: f64 },
     /// An operation failed; `skipped` operations that wait on it will not run.

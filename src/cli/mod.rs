@@ -379,6 +379,12 @@ pub struct RefreshArgs {
     /// without touching any host (apply).
     #[arg(long, conflicts_with = "refresh")]
     pub refresh_only: bool,
+    /// Also compare each imported image's SHA-256 (`images[].import`) with the one recorded
+    /// when it was imported, reading every such file whole; without it the refresh compares
+    /// their sizes and modification times. A changed image is imported again, and everything
+    /// built on it is replaced.
+    #[arg(long)]
+    pub checksum: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -792,6 +798,7 @@ fn plan_command(args: PlanArgs, color: bool) -> Result<i32, Failure> {
             &spec,
             &mut state,
             Limits::for_spec(&spec, Parallelism::Auto, DEFAULT_PER_HOST),
+            args.refresh.checksum,
             &mut hosts,
         )?
     } else {

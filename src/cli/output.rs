@@ -367,6 +367,7 @@ fn status_word(s: Status) -> &'static str {
         Status::Ready => "ready",
         Status::Tainted => "tainted",
         Status::Missing => "missing",
+        Status::Changed => "changed",
     }
 }
 
@@ -418,7 +419,7 @@ fn table(clones: &[RecordedClone<'_>], paint: Paint) -> String {
         let status = match c.rec.status {
             Status::Ready => paint.green(&r[4]),
             Status::Tainted => paint.red(&r[4]),
-            Status::Missing => paint.yellow(&r[4]),
+            Status::Missing | Status::Changed => paint.yellow(&r[4]),
         };
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]], status));
     }

@@ -17,9 +17,64 @@ use crate::resource::{Addr, Kind};
 const LIST_LIMIT: usize = 500;
 
 pub(super) enum View {
-    Plain { color: bool, out: BufWriter<Stdout> },
+    Plain {
+        color: bool,
+        out: BufWriter<Stdout>,
+        told: Told,
+    },
     Live(Box<Live>),
-    Json { out: BufWriter<Stdout> },
+    Json {
+        out: BufWriter<Stdout>,
+        told: Told,
+    },
+}
+
+/// When each running operation's progress was last told (plain lines every 10 s, JSON
+/// events every second), and when it started.
+#[derive(Default)]
+pub(super) struct Told {
+    at: HashMap<Addr, (Instant, Option<Instant>)>,
+}
+
+impl Told {
+    /// Whether progress of `addr` is due, `every` after the last; the time it has run.
+    fn due(&mut self, addr: &Addr, every: Duration) -> Option<Duration> {
+        let (started, last) = self
+            .at
+            .entry(addr.clone())
+            .or_insert((Instant::now(), None));
+        if last.is_some_and(|l| l.elapsed() < every) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(started.elapsed())
+    }
+
+    fn on(&mut self, p: &Progress<'_>) {
+        match p {
+            Progress::Started { addr, .. } => {
+                self.at.insert((*addr).clone(), (Instant::now(), None));
+            }
+            Progress::Finished { addr, .. } | Progress::Failed { addr, .. } => {
+                self.at.remove(*addr);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// "42% (27.0MiB of 64.0MiB)".
+fn share(done: u64, total: u64) -> String {
+    let pct = if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    format!(
+        "{pct:.0}% ({} of {})",
+        crate::size::Size(done),
+        crate::size::Size(total)
+    )
 }
 
 impl View {
@@ -29,26 +84,61 @@ impl View {
         // one write per line and a slow one shows each line at once.
         let out = || BufWriter::with_capacity(1 << 16, std::io::stdout());
         if json {
-            View::Json { out: out() }
+            View::Json {
+                out: out(),
+                told: Told::default(),
+            }
         } else if live {
             View::Live(Box::new(Live::new(plan, color)))
         } else {
-            View::Plain { color, out: out() }
+            View::Plain {
+                color,
+                out: out(),
+                told: Told::default(),
+            }
         }
     }
 
     pub fn on(&mut self, p: Progress<'_>) {
         match self {
-            View::Plain { out, .. } | View::Json { out } if matches!(p, Progress::Idle) => {
+            View::Plain { out, .. } | View::Json { out, .. } if matches!(p, Progress::Idle) => {
                 let _ = out.flush();
             }
-            View::Plain { color, out } => {
-                if let Some(line) = text(&p, *color, true) {
+            View::Plain { color, out, told } => {
+                told.on(&p);
+                if let Progress::Advanced {
+                    addr,
+                    kind,
+                    done,
+                    total,
+                } = p
+                {
+                    // Like Terraform's "Still creating...", every 10 s.
+                    if let Some(ran) = told.due(addr, Duration::from_secs(10)) {
+                        let verb = match kind {
+                            OpKind::Create => "creating",
+                            OpKind::Update => "modifying",
+                            OpKind::Delete => "destroying",
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{addr}: Still {verb}... {} [{} elapsed]",
+                            share(done, total),
+                            secs(ran)
+                        );
+                    }
+                } else if let Some(line) = text(&p, *color, true) {
                     let _ = writeln!(out, "{line}");
                 }
             }
             View::Live(live) => live.on(p),
-            View::Json { out } => {
+            View::Json { out, told } => {
+                told.on(&p);
+                if let Progress::Advanced { addr, .. } = p {
+                    if told.due(addr, Duration::from_secs(1)).is_none() {
+                        return;
+                    }
+                }
                 if let Some(e) = event(&p) {
                     let _ = out.write_all(&e.line());
                 }
@@ -59,7 +149,7 @@ impl View {
     /// The closing summary.
     pub fn finish(&mut self, o: &Outcome, destroying: bool) {
         let color = match self {
-            View::Plain { color, out } => {
+            View::Plain { color, out, .. } => {
                 let _ = out.flush();
                 *color
             }
@@ -67,7 +157,7 @@ impl View {
                 live.clear();
                 live.color
             }
-            View::Json { out } => {
+            View::Json { out, .. } => {
                 let _ = out.flush();
                 let first = summary(o, destroying, false);
                 let first = first.lines().find(|l| !l.is_empty()).unwrap_or_default();
@@ -175,9 +265,22 @@ fn event(p: &Progress<'_>) -> Option<Event> {
             cause: cause.to_string(),
         },
         Progress::Interrupted { hard, running } => Body::Interrupt { hard, running },
+        Progress::Advanced {
+            addr,
+            kind,
+            done,
+            total,
+        } => Body::ApplyProgress {
+            hook: events::hook(addr, kind),
+            bytes_done: done,
+            bytes_total: total,
+        },
         Progress::Tick | Progress::Idle => return None,
     };
     let message = match p {
+        Progress::Advanced {
+            addr, done, total, ..
+        } => format!("{addr}: {}", share(*done, *total)),
         Progress::Skipped { addr, cause, .. } => {
             format!("{addr}: Skipped because {cause} failed")
         }
@@ -260,6 +363,8 @@ pub(super) struct Live {
     /// Per kind: operations done, operations planned.
     kinds: [(usize, usize); Kind::ALL.len()],
     running: HashMap<(Addr, OpKind), Instant>,
+    /// Running operations' progress: bytes done, bytes in all.
+    advanced: HashMap<Addr, (u64, u64)>,
     failed: usize,
     /// List every completion above the display (small runs only).
     verbose: bool,
@@ -291,6 +396,7 @@ impl Live {
             status,
             kinds,
             running: HashMap::default(),
+            advanced: HashMap::default(),
             failed: 0,
             verbose: ops.len() <= LIST_LIMIT,
             color,
@@ -305,6 +411,7 @@ impl Live {
             }
             Progress::Finished { addr, kind, .. } | Progress::Failed { addr, kind, .. } => {
                 self.running.remove(&((*addr).clone(), *kind));
+                self.advanced.remove(*addr);
                 self.kinds[addr.kind as usize].0 += 1;
                 self.bar.inc(1);
                 if matches!(p, Progress::Failed { .. }) {
@@ -314,6 +421,11 @@ impl Live {
             Progress::Skipped { addr, .. } => {
                 self.kinds[addr.kind as usize].0 += 1;
                 self.bar.inc(1);
+            }
+            Progress::Advanced {
+                addr, done, total, ..
+            } => {
+                self.advanced.insert((*addr).clone(), (*done, *total));
             }
             Progress::Interrupted { .. } | Progress::Tick | Progress::Idle => {}
         }
@@ -347,7 +459,12 @@ impl Live {
         let shown: Vec<String> = now
             .iter()
             .take(4)
-            .map(|((a, _), t)| format!("{a} {}", secs(t.elapsed())))
+            .map(|((a, _), t)| match self.advanced.get(a) {
+                Some(&(done, total)) => {
+                    format!("{a} {} {}", share(done, total), secs(t.elapsed()))
+                }
+                None => format!("{a} {}", secs(t.elapsed())),
+            })
             .collect();
         let more = now.len().saturating_sub(shown.len());
         self.status.set_message(format!(

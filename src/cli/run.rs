@@ -76,7 +76,13 @@ pub(super) fn apply(args: ApplyArgs, color: bool) -> Result<i32, Failure> {
             // The refresh, the placement of totals and the apply share one backend.
             let mut slot = None;
             let drift = if args.refresh.refresh || args.refresh.refresh_only {
-                refresh_state(&spec, &mut state, limits_of(&spec, &args.run), &mut slot)?
+                refresh_state(
+                    &spec,
+                    &mut state,
+                    limits_of(&spec, &args.run),
+                    args.refresh.checksum,
+                    &mut slot,
+                )?
             } else {
                 Refreshed::default()
             };
@@ -149,11 +155,13 @@ fn backend_in<'a>(
     Ok(slot.as_ref().expect("just made"))
 }
 
-/// Reads every recorded object on its host and folds the findings into `state` (in memory).
+/// Reads every recorded object on its host and folds the findings into `state` (in memory);
+/// with `checksums`, imported images are read whole.
 pub(super) fn refresh_state(
     spec: &Spec,
     state: &mut State,
     limits: Limits,
+    checksums: bool,
     slot: &mut Option<Arc<dyn backend::Backend>>,
 ) -> Result<Refreshed, Failure> {
     if state.is_empty() {
@@ -164,7 +172,7 @@ pub(super) fn refresh_state(
             "cannot refresh: {e}\n  (pass --refresh=false to plan from the recorded state alone)"
         ))
     })?;
-    Ok(refresh::refresh(state, backend, limits))
+    Ok(refresh::refresh_with(state, backend, limits, checksums))
 }
 
 /// The capacity table of `spec` (its totals placed by [`allot`]); with `discover`, what the

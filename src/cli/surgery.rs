@@ -124,10 +124,7 @@ pub(super) fn import(
         )));
     }
     let backend = backend::for_spec(spec).map_err(|e| fail(e.to_string()))?;
-    let target = Target {
-        addr: &addr,
-        desired: &res.desired,
-    };
+    let target = Target::new(&addr, &res.desired);
     let observed = match backend.read(target, &Observed::new()) {
         Ok(Some(o)) => o,
         Ok(None) => {

@@ -62,6 +62,9 @@ pub enum Reason {
     Tainted,
     /// A refresh found the object gone (deleted outside vmthunder).
     Vanished,
+    /// A refresh found its contents changed (an imported image's file written outside
+    /// vmthunder).
+    ContentChanged,
     /// Desired attributes changed; all of them force replacement.
     AttributesChanged,
     /// `--replace` named it.
@@ -99,6 +102,7 @@ impl Reason {
         match self {
             Reason::Tainted => "replace_because_tainted",
             Reason::Vanished => "replace_because_vanished",
+            Reason::ContentChanged => "replace_because_content_changed",
             Reason::AttributesChanged => "replace_because_cannot_update",
             Reason::ByRequest => "replace_by_request",
             Reason::DependencyReplaced(_) => "replace_because_dependency_replaced",
@@ -369,6 +373,9 @@ pub fn diff(
                 Some(rec) if rec.status == Status::Missing => {
                     (Action::Replace, Some(Reason::Vanished), Vec::new())
                 }
+                Some(rec) if rec.status == Status::Changed => {
+                    (Action::Replace, Some(Reason::ContentChanged), Vec::new())
+                }
                 Some(rec) => {
                     let can = updatable(r.addr.kind);
                     let changed = if rec.desired != r.desired {
@@ -449,10 +456,13 @@ pub fn diff(
                 }
             };
             // The image's bytes change under it: the source's image replaced because its
-            // attributes (path, format, size, version) changed, or anything rebuilt on such.
+            // attributes (path, format, size, version) changed, an imported image made
+            // again (whatever the reason: its source is read anew), or anything rebuilt on
+            // such.
             let image_changed = action == Action::Replace
                 && ((recorded.is_some_and(|rec| rec.desired != r.desired)
                     && matches!(r.desired, Desired::Target(TargetAttrs::Image { .. })))
+                    || r.addr.kind == Kind::Image
                     || r.deps.iter().any(|&d| new_content[d as usize]));
             new_content.push(image_changed);
             // The CA that certificates are checked against changes.

@@ -126,6 +126,12 @@ fn render_change(out: &mut String, c: &Change, p: &Paint) {
         Some(Reason::Vanished) => {
             let _ = writeln!(out, "  # (it vanished outside vmthunder)");
         }
+        Some(Reason::ContentChanged) => {
+            let _ = writeln!(
+                out,
+                "  # (its file was changed outside vmthunder: it is imported again)"
+            );
+        }
         Some(Reason::ByRequest) => {
             let _ = writeln!(out, "  # (replacement requested with --replace)");
         }

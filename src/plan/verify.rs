@@ -316,13 +316,18 @@ fn operations(plan: &Plan, problems: &mut Problems) {
 
 /// Makes the plan again from `spec` and `state` and names every difference.
 fn made_again(plan: &Plan, spec: &Spec, state: &mut State, problems: &mut Problems) {
-    // What the refresh at plan time found gone: missing while the plan is made again.
-    let vanished: Vec<u32> = plan
+    // What the refresh at plan time found gone or changed: so while the plan is made again.
+    let vanished: Vec<(u32, Status)> = plan
         .changes
         .iter()
-        .filter(|c| c.action == Action::Replace && c.reason == Some(Reason::Vanished))
-        .filter_map(|c| state.position(&c.addr))
-        .filter(|&i| state.resources[i as usize].status == Status::Ready)
+        .filter(|c| c.action == Action::Replace)
+        .filter_map(|c| match c.reason {
+            Some(Reason::Vanished) => Some((c, Status::Missing)),
+            Some(Reason::ContentChanged) => Some((c, Status::Changed)),
+            _ => None,
+        })
+        .filter_map(|(c, s)| Some((state.position(&c.addr)?, s)))
+        .filter(|&(i, _)| state.resources[i as usize].status == Status::Ready)
         .collect();
     // ... and guests it found paused on an I/O error.
     let paused: Vec<(u32, Option<serde_json::Value>)> = plan
@@ -337,8 +342,8 @@ fn made_again(plan: &Plan, spec: &Spec, state: &mut State, problems: &mut Proble
             )
         })
         .collect();
-    for &i in &vanished {
-        state.resources[i as usize].status = Status::Missing;
+    for &(i, status) in &vanished {
+        state.resources[i as usize].status = status;
     }
     for (i, _) in &paused {
         state.resources[*i as usize]
@@ -346,7 +351,7 @@ fn made_again(plan: &Plan, spec: &Spec, state: &mut State, problems: &mut Proble
             .insert("status".into(), super::PAUSED_ON_IO_ERROR.into());
     }
     let again = make(plan, spec, state);
-    for &i in &vanished {
+    for &(i, _) in &vanished {
         state.resources[i as usize].status = Status::Ready;
     }
     for (i, old) in paused {

@@ -445,6 +445,7 @@ fn change_from_wire(c: ChangeIn) -> Result<(Change, Option<String>), String> {
         None => None,
         Some("replace_because_tainted") => Some(Reason::Tainted),
         Some("replace_because_vanished") => Some(Reason::Vanished),
+        Some("replace_because_content_changed") => Some(Reason::ContentChanged),
         Some("replace_because_cannot_update") => Some(Reason::AttributesChanged),
         Some("replace_by_request") => Some(Reason::ByRequest),
         Some("replace_because_dependency_replaced") => Some(Reason::DependencyReplaced(address()?)),

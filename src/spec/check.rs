@@ -157,6 +157,9 @@ pub(crate) fn check(d: &Draft, diags: &mut Diagnostics) {
                 "placement places a total: give images[].clones too (with clones_per_host every host gets that many)",
             );
         }
+        if let Some(imp) = &img.import {
+            check_import(img, imp, i, over_ssh, &host_known, hosts_complete, diags);
+        }
         if let Some(list) = &img.hosts {
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(list.len());
             for (j, h) in list.iter().enumerate() {
@@ -393,6 +396,56 @@ fn check_template(d: &Draft, template: &str, diags: &mut Diagnostics) {
 }
 
 /// SSH settings: nothing in them may reach the ssh command line as an option or shell syntax.
+/// An image's `import`: where it reads from, and that it does not read the file it writes.
+fn check_import(
+    img: &super::Image,
+    imp: &super::Import,
+    i: usize,
+    over_ssh: bool,
+    host_known: &dyn Fn(&str) -> bool,
+    hosts_complete: bool,
+    diags: &mut Diagnostics,
+) {
+    let at = format!("/images/{i}/import");
+    if imp.from.trim().is_empty() {
+        diags.push(format!("{at}/from"), "must not be empty");
+        return;
+    }
+    if let Some(h) = &imp.from_host {
+        if hosts_complete && !host_known(h) {
+            diags.push(
+                format!("{at}/from_host"),
+                format!("unknown host {h:?}: list the machine you import from in hosts (with how to reach it)"),
+            );
+        }
+    }
+    let remote = imp
+        .from_host
+        .as_ref()
+        .is_some_and(|h| *h != img.source_host);
+    if (over_ssh || remote) && !imp.from.starts_with('/') {
+        diags.push(
+            format!("{at}/from"),
+            format!(
+                "{:?} is relative: the source is a file on host {:?}; give an absolute path",
+                imp.from,
+                img.import_host().unwrap_or_default()
+            ),
+        );
+    }
+    if !remote
+        && crate::backend::qemu::absolute(&imp.from) == crate::backend::qemu::absolute(&img.path)
+    {
+        diags.push(
+            format!("{at}/from"),
+            format!(
+                "{:?} is the image's own path: an import writes a new file at /images/{i}/path; give another path there",
+                imp.from
+            ),
+        );
+    }
+}
+
 fn check_ssh(ssh: &super::Ssh, at: &str, diags: &mut Diagnostics) {
     if let Some(u) = &ssh.user {
         let mut chars = u.chars();

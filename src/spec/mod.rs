@@ -455,6 +455,16 @@ pub enum ImageFormat {
     Raw,
 }
 
+impl ImageFormat {
+    /// The name `qemu-img` and QEMU's block layer use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
@@ -497,11 +507,67 @@ pub struct Image {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]*$"))]
     pub version: Option<String>,
+    /// Bring the image in from a disk of another format or machine (P2V, V2V): `from` is
+    /// converted with `qemu-img convert` into `path` in `format` on the source host, before
+    /// anything of the image's tree is built. Its checksum and size are recorded; a changed
+    /// file is drift, and its replacement rebuilds the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<Import>,
+}
+
+/// Where an imported image comes from (`images[].import`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Import {
+    /// The disk to import: a file or a block device on `from_host`.
+    #[schemars(regex(pattern = PATH_PATTERN))]
+    pub from: String,
+    /// What `from` holds: `raw` (a `dd` image or a block device), `qcow2`, `vmdk`, `vhdx`,
+    /// `vpc` (VHD) or `vdi`. Checked against the file before anything is touched.
+    pub format: SourceFormat,
+    /// The host that holds `from` (the physical machine or the V2V source), streamed from
+    /// there to the source host over the transport; default: the image's source host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_host: Option<String>,
+}
+
+/// The format of an import's source, as `qemu-img` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    Raw,
+    Qcow2,
+    Vmdk,
+    Vhdx,
+    /// VHD (Virtual PC, Hyper-V's first format).
+    Vpc,
+    Vdi,
+}
+
+impl SourceFormat {
+    /// The name `qemu-img` uses (`-f`, and `format` in `qemu-img info`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Raw => "raw",
+            SourceFormat::Qcow2 => "qcow2",
+            SourceFormat::Vmdk => "vmdk",
+            SourceFormat::Vhdx => "vhdx",
+            SourceFormat::Vpc => "vpc",
+            SourceFormat::Vdi => "vdi",
+        }
+    }
 }
 
 impl Image {
     fn default_format() -> ImageFormat {
         ImageFormat::Qcow2
+    }
+
+    /// The host an import reads from.
+    pub fn import_host(&self) -> Option<&str> {
+        self.import
+            .as_ref()
+            .map(|i| i.from_host.as_deref().unwrap_or(&self.source_host))
     }
 }
 

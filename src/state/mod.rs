@@ -46,6 +46,9 @@ pub enum Status {
     /// Found gone by a refresh (deleted outside vmthunder): the next plan recreates it and
     /// everything built on it.
     Missing,
+    /// Found with other contents than it was made with (an imported image's file changed
+    /// outside vmthunder): the next plan replaces it and everything built on it.
+    Changed,
 }
 
 /// One recorded object.

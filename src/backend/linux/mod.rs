@@ -52,6 +52,7 @@ pub struct LinuxStack {
     /// and accounts are made and bound in steps) and one for its iSCSI node records.
     host_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     times: crate::model::OpTimes,
+    imports: crate::backend::import::Imports,
 }
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -86,6 +87,7 @@ impl LinuxStack {
             iscsi_target: spec.backend.iscsi_target,
             host_locks: Mutex::new(HashMap::new()),
             times: crate::model::OpTimes::new(&spec.estimate),
+            imports: crate::backend::import::Imports::new(spec),
         })
     }
 
@@ -207,10 +209,16 @@ fn tools(kind: Kind, target: IscsiTarget) -> &'static [&'static str] {
         (Kind::Bridge, _) => &["ip"],
         (Kind::Vxlan, _) => &["ip", "bridge"],
         (Kind::Ca | Kind::Cert, _) => &[],
+        (Kind::Image, _) => &["qemu-img", "sha256sum", "stat"],
     }
 }
 
 impl LinuxStack {
+    /// Where an import's record lives on its host.
+    fn import_dir(&self, a: &Addr) -> std::path::PathBuf {
+        self.base.join(&*a.host).join(&*a.image)
+    }
+
     /// Where a clone's seed lives on its host (libvirt's QEMU reads it from there).
     fn seed_path(&self, a: &Addr) -> std::path::PathBuf {
         self.base
@@ -323,6 +331,7 @@ impl Backend for LinuxStack {
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        problems.extend(self.imports.preflight(self.transport.as_ref(), plan));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -349,6 +358,7 @@ impl Backend for LinuxStack {
             Kind::Ca | Kind::Cert => {
                 crate::backend::tls::read(self.transport.as_ref(), &self.base, t, observed)
             }
+            Kind::Image => crate::backend::import::read(self.transport.as_ref(), t),
         }
     }
 
@@ -378,6 +388,12 @@ impl Backend for LinuxStack {
             Kind::Ca | Kind::Cert => {
                 crate::backend::tls::create(self.transport.as_ref(), &self.base, t, deps)
             }
+            Kind::Image => crate::backend::import::create(
+                &self.imports,
+                self.transport.as_ref(),
+                t,
+                &self.import_dir(t.addr),
+            ),
         }
     }
 
@@ -416,6 +432,21 @@ impl Backend for LinuxStack {
             Kind::Bridge | Kind::Vxlan => crate::backend::net::delete(self.transport.as_ref(), t),
             Kind::Ca | Kind::Cert => {
                 crate::backend::tls::delete(self.transport.as_ref(), &self.base, t)
+            }
+            Kind::Image => {
+                let dir = self.import_dir(t.addr);
+                crate::backend::import::delete(self.transport.as_ref(), t, &dir)?;
+                // The record's directories are the import's own (when nothing else is there).
+                let host = &*t.addr.host;
+                if self
+                    .transport
+                    .remove_dir_if_empty(host, &dir)
+                    .unwrap_or(false)
+                {
+                    let parent = dir.parent().expect("a host directory");
+                    let _ = self.transport.remove_dir_if_empty(host, parent);
+                }
+                Ok(())
             }
         }
     }

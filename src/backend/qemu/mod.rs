@@ -66,6 +66,7 @@ pub struct QemuStack {
     relay_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// The model's seconds per kind (the spec's `estimate`), for the executor's priorities.
     times: crate::model::OpTimes,
+    imports: super::import::Imports,
 }
 
 /// A path from a spec: relative paths are relative to vmthunder's working directory.
@@ -110,6 +111,7 @@ impl QemuStack {
             resolved_accel: Mutex::new(HashMap::new()),
             relay_locks: Mutex::new(HashMap::new()),
             times: crate::model::OpTimes::new(&spec.estimate),
+            imports: super::import::Imports::new(spec),
         })
     }
 
@@ -286,7 +288,13 @@ impl Backend for QemuStack {
             match &c.after {
                 Some(Desired::Target(TargetAttrs::Image { path, .. })) => {
                     n.tools.insert("qemu-storage-daemon");
-                    n.file("image file", &c.addr, path);
+                    // An imported image's file is made by its import, before the target.
+                    if !self.imports.has(&c.addr.image) {
+                        n.file("image file", &c.addr, path);
+                    }
+                }
+                Some(Desired::Image(_)) => {
+                    n.tools.insert("sha256sum");
                 }
                 Some(Desired::Domain(d)) => {
                     n.tools.insert("qemu-system-x86_64");
@@ -348,6 +356,7 @@ impl Backend for QemuStack {
         let hosts: Vec<(&str, &Needs)> = needs.iter().map(|(h, n)| (*h, n)).collect();
         let found = in_parallel(&hosts, |(h, n)| self.check_host(h, n));
         problems.extend(found.into_iter().flatten());
+        problems.extend(self.imports.preflight(self.transport.as_ref(), plan));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -366,6 +375,7 @@ impl Backend for QemuStack {
             Kind::Ca | Kind::Cert => {
                 super::tls::read(self.transport.as_ref(), &self.base, t, observed)
             }
+            Kind::Image => super::import::read(self.transport.as_ref(), t),
         }
     }
 
@@ -386,6 +396,12 @@ impl Backend for QemuStack {
             Kind::Ca | Kind::Cert => {
                 super::tls::create(self.transport.as_ref(), &self.base, t, deps)
             }
+            Kind::Image => super::import::create(
+                &self.imports,
+                self.transport.as_ref(),
+                t,
+                &self.dir(&t.addr.host, &t.addr.image),
+            ),
         }
     }
 
@@ -421,6 +437,11 @@ impl Backend for QemuStack {
             Kind::Ca => return Ok(()),
             // Its directory goes now (it is its own), the host's in `finish`.
             Kind::Cert => super::tls::delete(self.transport.as_ref(), &self.base, t),
+            Kind::Image => super::import::delete(
+                self.transport.as_ref(),
+                t,
+                &self.dir(&t.addr.host, &t.addr.image),
+            ),
         };
         if r.is_ok() {
             // Its directories go in `finish`, not now: creates may be running beside it.
@@ -531,10 +552,7 @@ mod tests {
         // n01 is in the spec; "old" was removed from it, and its lv is being destroyed.
         for host in ["n01", "old"] {
             let (addr, desired) = lv(host, 0);
-            let t = Target {
-                addr: &addr,
-                desired: &desired,
-            };
+            let t = Target::new(&addr, &desired);
             stack.create(t, &[]).unwrap();
             assert!(base.join(host).join("img/lv-cow-0.img").exists());
             stack.delete(t, &Observed::new()).unwrap();
