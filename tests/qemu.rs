@@ -402,3 +402,216 @@ fn with_netns_each_host_serves_from_its_own_namespace() {
     assert_eq!(c.files(), Vec::<String>::new());
     assert_eq!(c.processes(), Vec::<u32>::new());
 }
+
+/// What `qemu-img` makes of `from`, in `format` (with `-o options`), at `to`.
+fn qemu_img_convert(from: &Path, format: &str, options: &str, to: &Path) {
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", format, "-o", options])
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// The `disk_sha256=` each domain's guest printed on its ready line (it reads its whole disk).
+fn disk_sums(state: &Value) -> Vec<(String, String)> {
+    state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["address"].as_str().unwrap().starts_with("domain."))
+        .map(|d| {
+            let console =
+                std::fs::read_to_string(d["observed"]["console"].as_str().unwrap()).unwrap();
+            let sum = console
+                .split("disk_sha256=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no disk_sha256 from {}: {console}", d["address"]))
+                .to_string();
+            (d["address"].as_str().unwrap().to_string(), sum)
+        })
+        .collect()
+}
+
+#[test]
+fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
+    let base = PathBuf::from(guest("base.raw"));
+    let base_sum = sha256(&base);
+    let mut s = spec(27, 1, 2, 1, true);
+    let c = Cluster::new(&s);
+    let dir = c.path().to_path_buf();
+    let p = |f: &str| dir.join(f).display().to_string();
+    qemu_img_convert(
+        &base,
+        "vmdk",
+        "subformat=streamOptimized",
+        &dir.join("web01.vmdk"),
+    );
+    qemu_img_convert(&base, "vhdx", "subformat=dynamic", &dir.join("lab.vhdx"));
+    // Without force_size a VHD's size is rounded up to whole cylinders, as Virtual PC does.
+    qemu_img_convert(
+        &base,
+        "vpc",
+        "subformat=fixed,force_size=on",
+        &dir.join("old.vhd"),
+    );
+    s["images"] = json!([
+        { "name": "web", "source_host": "img0", "path": p("web.raw"), "format": "raw",
+          "size": "64MiB", "import": { "from": p("web01.vmdk"), "format": "vmdk" } },
+        { "name": "lab", "source_host": "img0", "path": p("lab.qcow2"), "format": "qcow2",
+          "import": { "from": p("lab.vhdx"), "format": "vhdx" } },
+        { "name": "old", "source_host": "img0", "path": p("old.raw"), "format": "raw",
+          "size": "64MiB", "import": { "from": p("old.vhd"), "format": "vpc" } },
+    ]);
+    let write = |s: &Value| {
+        std::fs::write(dir.join("spec.json"), serde_json::to_vec_pretty(s).unwrap()).unwrap()
+    };
+
+    // Bad input, each at its place in the spec, and nothing touched.
+    let mut bad = s.clone();
+    bad["images"][0]["import"]["from"] = json!(p("missing.vmdk"));
+    bad["images"][1]["import"]["format"] = json!("vmdk");
+    bad["images"][2]["size"] = json!("32MiB");
+    write(&bad);
+    let out = c.apply();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for want in [
+        format!(
+            "/images/0/import/from: `{}` cannot be read on host img0",
+            p("missing.vmdk")
+        ),
+        format!(
+            "/images/1/import/format: `{}` on host img0 is not a vmdk image",
+            p("lab.vhdx")
+        ),
+        format!(
+            "/images/2/import/from: `{}` on host img0 holds 64MiB (67108864 bytes), more than the image's size 32MiB",
+            p("old.vhd")
+        ),
+        "nothing was changed".to_string(),
+    ] {
+        assert!(t.contains(&want), "{want}\n{t}");
+    }
+    // A disk image declared raw would be imported as its container's bytes.
+    bad = s.clone();
+    bad["images"][0]["import"]["format"] = json!("raw");
+    write(&bad);
+    let out = c.apply();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a raw image (it holds a vmdk image"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.join(".vmthunder").exists());
+    assert!(!dir.join("state/t.json").exists());
+    for f in ["web.raw", "lab.qcow2", "old.raw"] {
+        assert!(!dir.join(f).exists(), "{f}");
+    }
+
+    // The three import, and each image's clone reads the original's bytes.
+    write(&s);
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    let state = c.state("t");
+    let sums = disk_sums(&state);
+    assert_eq!(sums.len(), 3, "{sums:?}");
+    for (addr, sum) in &sums {
+        assert_eq!(sum, &base_sum, "{addr}");
+    }
+    let recorded = |image: &str| {
+        let r = state["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == format!("image.img0.{image}"))
+            .unwrap_or_else(|| panic!("no image.img0.{image} in {state}"));
+        r["observed"].clone()
+    };
+    // Raw images hold exactly the original; the qcow2 one the same disk.
+    assert_eq!(recorded("web")["sha256"], json!(base_sum));
+    assert_eq!(recorded("old")["sha256"], json!(base_sum));
+    assert_eq!(sha256(&dir.join("web.raw")), base_sum);
+    assert_eq!(
+        recorded("lab")["sha256"],
+        json!(sha256(&dir.join("lab.qcow2")))
+    );
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(dir.join("lab.qcow2"))
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // A byte changed in place, its time put back: only the checksum tells.
+    let web = dir.join("web.raw");
+    let mtime = std::fs::metadata(&web).unwrap().modified().unwrap();
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&web).unwrap();
+        f.seek(std::io::SeekFrom::Start(4096)).unwrap();
+        f.write_all(b"changed outside vmthunder").unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let plan = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--detailed-exitcode",
+        "--checksum",
+    ]);
+    let t = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{t}");
+    for want in [
+        "image.img0.web must be replaced",
+        "its file was changed outside vmthunder: it is imported again",
+        "destroys the writes of clone web-node01-0",
+        "Plan: 0 to add, 0 to change, 6 to replace, 0 to destroy. 1 clone loses its writes.",
+    ] {
+        assert!(t.contains(want), "{want}\n{t}");
+    }
+    // A grown file is seen without reading it.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&web)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let plan = c.run(&["plan", "-f", "spec.json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    let out = c.apply_with(&["--checksum"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&web), base_sum);
+    let plan = c.run(&[
+        "plan",
+        "-f",
+        "spec.json",
+        "--detailed-exitcode",
+        "--checksum",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let sums = disk_sums(&c.state("t"));
+    assert!(sums.iter().all(|(_, s)| *s == base_sum), "{sums:?}");
+
+    destroy_leaves_nothing(&c);
+    for f in ["web.raw", "lab.qcow2", "old.raw"] {
+        assert!(!dir.join(f).exists(), "{f}");
+    }
+    assert!(dir.join("web01.vmdk").exists(), "the sources stay");
+}

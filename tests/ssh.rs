@@ -589,6 +589,14 @@ fn replacing_every_lv_and_target_over_ssh_converges_and_leaves_nothing() {
     spec["cache"]["size"] = json!("96MiB");
     spec["clones"]["cow_size"] = json!("96MiB");
     spec["images"][0]["version"] = json!("2");
+    // ... and the image now comes from a raw disk on node06 (whose /srv is its own), streamed
+    // over ssh through this machine to the source host.
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/base.raw");
+    let base_sum = common::sha256(&base);
+    tb.stage("node06", "/srv/p2v/web01.raw", &base);
+    spec["images"][0]["path"] = json!("/srv/images/web01.raw");
+    spec["images"][0]["import"] =
+        json!({ "from": "/srv/p2v/web01.raw", "format": "raw", "from_host": "node06" });
     std::fs::write(c.path().join("spec.json"), spec.to_string()).unwrap();
     let plan = c.run_within(RUN_LIMIT, &["plan", "-f", "spec.json", "--json"]);
     assert!(plan.status.success(), "{}", common::text(&plan));
@@ -604,28 +612,53 @@ fn replacing_every_lv_and_target_over_ssh_converges_and_leaves_nothing() {
             tls += 1;
             continue;
         }
+        if addr.starts_with("image.") {
+            assert_eq!(addr, "image.src.tiny");
+            assert_eq!(r["actions"], json!(["create"]), "{addr}: {r}");
+            continue;
+        }
         assert_eq!(r["actions"], json!(["delete", "create"]), "{addr}: {r}");
         lvs += addr.starts_with("lv.") as usize;
         targets += addr.starts_with("target.") as usize;
     }
     assert_eq!(
         (lvs, targets, tls, changes.len()),
-        (6 * 3, 3, 1 + 7, 1 + 6 * 9 + 2 + 1 + 7)
+        (6 * 3, 3, 1 + 7, 1 + 6 * 9 + 2 + 1 + 7 + 1)
     );
 
     apply(&c);
     converged(&c);
     assert_eq!(guests(&tb), 12);
     let state = c.state("sshr");
+    let mut ready = 0;
     for r in state["resources"].as_array().unwrap() {
         let addr = r["address"].as_str().unwrap();
         if addr.starts_with("lv.") {
             assert_eq!(r["desired"]["size"], "96MiB", "{r}");
         }
+        if addr == "image.src.tiny" {
+            assert_eq!(r["observed"]["sha256"], json!(base_sum), "{r}");
+        }
+        // Every clone read the imported disk whole, and found the original's bytes.
+        if addr.starts_with("domain.") {
+            let host = addr.split('.').nth(1).unwrap();
+            let console = r["observed"]["console"].as_str().unwrap();
+            let text = std::fs::read_to_string(tb.on_host(host, console)).unwrap();
+            assert!(
+                text.contains(&format!("disk_sha256={base_sum}")),
+                "{addr}: {text}"
+            );
+            ready += 1;
+        }
     }
+    assert_eq!(ready, 12);
+    let imported = tb.on_host("src", "/srv/images/web01.raw");
+    assert_eq!(common::sha256(&imported), base_sum);
 
     let out = c.run_within(RUN_LIMIT, &["destroy", "-f", "spec.json", "--auto-approve"]);
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(tb.files(), Vec::<String>::new());
     assert_eq!(tb.processes(), Vec::<(String, String)>::new());
+    assert!(!imported.exists(), "destroy removes the imported file");
+    assert!(tb.on_host("node06", "/srv/p2v/web01.raw").exists());
 }
