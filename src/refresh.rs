@@ -381,4 +381,60 @@ mod tests {
         assert!(text.contains("pid = 1 -> 2"), "{text}");
         assert!(text.contains("lv.d.img is unknown"), "{text}");
     }
+    /// Reads an imported image as the qemu stack does: size and time, the checksum when deep.
+    struct Image;
+
+    impl Backend for Image {
+        fn preflight(&self, _: &Plan) -> Result<(), Vec<String>> {
+            Ok(())
+        }
+        fn read(&self, t: Target<'_>, _: &Observed) -> ReadResult {
+            let mut o: Observed = [("bytes".to_string(), Value::from(1))]
+                .into_iter()
+                .collect();
+            if t.deep {
+                o.insert("sha256".into(), "new".into());
+            }
+            Ok(Some(o))
+        }
+        fn create(&self, _: Target<'_>, _: &[(Addr, Observed)]) -> Result<Observed, BackendError> {
+            unreachable!()
+        }
+        fn delete(&self, _: Target<'_>, _: &Observed) -> Result<(), BackendError> {
+            unreachable!()
+        }
+        fn finish(&self, _: &State) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_image_with_other_bytes_is_changed_and_only_a_deep_read_sees_its_checksum() {
+        let mut s = State::empty("lab");
+        let mut r = lv("lv.src.img", &[]);
+        r.addr = "image.src.img".parse().unwrap();
+        r.desired = crate::resource::Desired::Image(crate::resource::ImageAttrs {
+            from: "/dev/sdb".into(),
+            source_format: crate::spec::SourceFormat::Raw,
+            from_host: None,
+            path: "/srv/img.raw".into(),
+            format: crate::spec::ImageFormat::Raw,
+            size: None,
+        });
+        r.observed.insert("bytes".into(), 1.into());
+        r.observed.insert("sha256".into(), "old".into());
+        s.upsert(r);
+        let backend: Arc<dyn Backend> = Arc::new(Image);
+        let addr = "image.src.img".parse().unwrap();
+        let r = refresh(&mut s, &backend, Limits::default());
+        assert!(r.drift.is_empty(), "{:?}", r.drift);
+        assert_eq!(s.get(&addr).unwrap().status, Status::Ready);
+        let r = refresh_with(&mut s, &backend, Limits::default(), true);
+        assert!(
+            matches!(&r.drift[0].finding, Finding::Changed(d) if d[0].0 == "sha256"),
+            "{:?}",
+            r.drift
+        );
+        assert_eq!(s.get(&addr).unwrap().status, Status::Changed);
+    }
 }

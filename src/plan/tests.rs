@@ -1803,3 +1803,67 @@ fn renewing_a_hosts_certificate_keeps_its_relays_and_clones_running() {
     }
     assert_eq!(p.summary().writes_destroyed, 0);
 }
+
+#[test]
+fn an_imported_image_comes_first_and_a_changed_one_rebuilds_its_tree() {
+    let s = spec_with(
+        &["a", "b", "c"],
+        2,
+        1,
+        serde_json::json!({"images": [{"name": "base", "source_host": "src",
+            "path": "/srv/base.raw", "format": "raw",
+            "import": {"from": "/dev/sdb", "format": "raw", "from_host": "a"}}]}),
+    );
+    let empty = State::empty("t");
+    let p = plan(&s, &empty);
+    let image: Addr = "image.src.base".parse().unwrap();
+    let target = p
+        .changes
+        .iter()
+        .find(|c| c.addr.to_string() == "target.src.base")
+        .unwrap();
+    assert!(target.deps.contains(&image), "{:?}", target.deps);
+    let pos = op_positions(&p);
+    assert!(
+        pos[&(OpKind::Create, "image.src.base".into())]
+            < pos[&(OpKind::Create, "target.src.base".into())]
+    );
+    let Some(Desired::Image(a)) = &p.changes.iter().find(|c| c.addr == image).unwrap().after else {
+        panic!("image attributes")
+    };
+    assert_eq!(
+        (a.from.as_str(), a.from_host.as_deref(), a.path.as_str()),
+        ("/dev/sdb", Some("a"), "/srv/base.raw")
+    );
+    let state = p.applied(&empty);
+    assert_eq!(actions(&plan(&s, &state)), []);
+
+    // Its file changed: imported again, and every export, cache and clone on it rebuilt.
+    let mut refreshed = state.clone();
+    let i = refreshed.position(&image).unwrap();
+    refreshed.resources[i as usize].status = Status::Changed;
+    let p = plan(&s, &refreshed);
+    // Everything but the volumes (space, not bytes of the image) is made anew.
+    for c in &p.changes {
+        let want = if c.addr.kind == Kind::Lv {
+            Action::NoOp
+        } else {
+            Action::Replace
+        };
+        assert_eq!(c.action, want, "{}", c.addr);
+    }
+    assert_eq!(p.summary().writes_destroyed, 3);
+    assert!(p.changes.iter().all(|c| c.action != Action::Update));
+    assert_eq!(
+        p.changes.iter().find(|c| c.addr == image).unwrap().reason,
+        Some(Reason::ContentChanged)
+    );
+    assert_eq!(
+        verdict(&saved(&s, &refreshed, &Options::default()), &s, &state),
+        Ok(())
+    );
+    // ... and so when it vanished (its source is read anew: the bytes may differ).
+    refreshed.resources[i as usize].status = Status::Missing;
+    let p = plan(&s, &refreshed);
+    assert_eq!(p.summary().writes_destroyed, 3);
+}

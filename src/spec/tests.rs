@@ -749,3 +749,37 @@ fn hosts_joined_by_vxlan_need_ip_addresses() {
     doc["backend"] = json!({});
     assert!(diagnostics(doc).is_empty());
 }
+
+#[test]
+fn imports_are_checked_at_their_path() {
+    let mut doc = good();
+    doc["images"][0]["import"] =
+        json!({"from": "/srv/p2v/web01.vmdk", "format": "vmdk", "from_host": "node02"});
+    let s = Spec::from_value(&doc).unwrap();
+    assert_eq!(s.images[0].import_host(), Some("node02"));
+    doc["images"][0]["import"] = json!({"from": "-rf", "format": "vhd", "from_host": "p2v"});
+    let got = diagnostics(doc.clone());
+    assert_has(&got, "/images/0/import/from: invalid value \"-rf\"");
+    assert_has(
+        &got,
+        "/images/0/import/format: unknown value \"vhd\", expected one of \"raw\", \"qcow2\", \"vmdk\", \"vhdx\", \"vdi\", \"vpc\"",
+    );
+    doc["images"][0]["import"] = json!({"from": "disk.raw", "format": "raw", "from_host": "p2v"});
+    let got = diagnostics(doc.clone());
+    assert_has(&got, "/images/0/import/from_host: unknown host \"p2v\"");
+    doc["images"][0]["import"] =
+        json!({"from": "p2v/disk.raw", "format": "raw", "from_host": "node01"});
+    let got = diagnostics(doc.clone());
+    assert_has(&got, "/images/0/import/from: \"p2v/disk.raw\" is relative");
+    // On the source host, into the file it reads.
+    doc["images"][0]["import"] = json!({"from": "images/base.qcow2", "format": "qcow2"});
+    let got = diagnostics(doc.clone());
+    assert_has(
+        &got,
+        "/images/0/import/from: \"images/base.qcow2\" is the image's own path",
+    );
+    doc["images"][0]["import"] =
+        json!({"from": "images/web.vmdk", "format": "vmdk", "size": "1GiB"});
+    let got = diagnostics(doc);
+    assert_has(&got, "/images/0/import/size: unknown field");
+}
