@@ -50,7 +50,11 @@ fn disk(path: &Path, mib: u64) {
 }
 
 fn rate(mib: u64, d: Duration) -> String {
-    format!("{:.2} s ({:.0} MiB/s)", d.as_secs_f64(), mib as f64 / d.as_secs_f64())
+    format!(
+        "{:.2} s ({:.0} MiB/s)",
+        d.as_secs_f64(),
+        mib as f64 / d.as_secs_f64()
+    )
 }
 
 fn spec(hosts: serde_json::Value, backend: serde_json::Value, image: serde_json::Value) -> String {
@@ -92,7 +96,14 @@ fn main() {
     .unwrap();
     let ours = vmthunder(
         d,
-        &["apply", "-f", "spec.json", "--auto-approve", "--target", "image"],
+        &[
+            "apply",
+            "-f",
+            "spec.json",
+            "--auto-approve",
+            "--target",
+            "image",
+        ],
     );
     vmthunder(d, &["destroy", "-f", "spec.json", "--auto-approve"]);
     println!("import of a {mib} MiB VMDK (half data, half zeros) into raw, this machine:");
@@ -112,7 +123,10 @@ fn main() {
         c.args(["-i", &tb.dir.join("id_ed25519").display().to_string()])
             .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", tb.dir.join("known_hosts").display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                tb.dir.join("known_hosts").display()
+            ))
             .arg(format!("root@{}", tb.address(host)));
         c
     };
@@ -151,11 +165,20 @@ fn main() {
     .unwrap();
     let ours = vmthunder(
         d,
-        &["apply", "-f", "spec.json", "--auto-approve", "--target", "image"],
+        &[
+            "apply",
+            "-f",
+            "spec.json",
+            "--auto-approve",
+            "--target",
+            "image",
+        ],
     );
     vmthunder(d, &["destroy", "-f", "spec.json", "--auto-approve"]);
     println!();
-    println!("import of a {mib} MiB raw disk from another host over ssh (test bed, via this machine):");
+    println!(
+        "import of a {mib} MiB raw disk from another host over ssh (test bed, via this machine):"
+    );
     println!("| by hand: ssh cat | ssh 'cat >' | then qemu-img convert | sum | vmthunder apply |");
     println!("|---|---|---|---|");
     println!(

@@ -29,11 +29,11 @@ die() { echo "setup: error: $*" >&2; exit 1; }
 
 # command (or, given as an absolute path, a file) -> package providing it
 main_pkgs=(busybox-static libnbd-bin iproute2 cpio zstd xz-utils openssh-client openssh-server
-    ovmf genisoimage postgresql)
+    ovmf genisoimage postgresql python3)
 main_cmds=(busybox nbdinfo ip cpio zstd xz ssh /usr/sbin/sshd
-    /usr/share/OVMF/OVMF_CODE_4M.fd genisoimage /usr/lib/postgresql/15/bin/initdb)
+    /usr/share/OVMF/OVMF_CODE_4M.fd genisoimage /usr/lib/postgresql/15/bin/initdb python3)
 qemu_pkgs=(qemu-system-x86 qemu-block-extra)
-qemu_cmds=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd)
+qemu_cmds=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd qemu-io)
 
 # qemu_major CMD: prints the major version CMD reports, or nothing.
 qemu_major() {

@@ -440,7 +440,7 @@ fn disk_sums(state: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
+fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_originals_bytes() {
     let base = PathBuf::from(guest("base.raw"));
     let base_sum = sha256(&base);
     let mut s = spec(27, 1, 2, 1, true);
@@ -461,6 +461,44 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
         "subformat=fixed,force_size=on",
         &dir.join("old.vhd"),
     );
+    // A Hyper-V differencing VHDX over a parent made from the base: one whole 1 MiB block of
+    // 0x5a at 8 MiB in the child, everything else read through to the parent.
+    qemu_img_convert(
+        &base,
+        "vhdx",
+        "subformat=dynamic,block_size=1M",
+        &dir.join("hv-base.vhdx"),
+    );
+    let st = Command::new("python3")
+        .arg(repo().join("tests/fixtures/vhdx_child.py"))
+        .arg(dir.join("hv-base.vhdx"))
+        .arg(dir.join("hv-child.vhdx"))
+        .args(["8388608", "1048576", "0x5a"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut flat = std::fs::read(&base).unwrap();
+    flat[8 << 20..9 << 20].fill(0x5a);
+    std::fs::write(dir.join("expected.raw"), &flat).unwrap();
+    let chain_sum = sha256(&dir.join("expected.raw"));
+    // The chain read through commands (as on another host) yields the same disk.
+    {
+        use std::io::Read;
+        let local = vmthunder::backend::transport::Local { netns: None };
+        let files = vmthunder::backend::vhdx::Files::through_commands(&local, "img0");
+        let child = p("hv-child.vhdx");
+        let read = files.scope(|f| {
+            let mut chain = vmthunder::backend::vhdx::chain(f, &child).unwrap().unwrap();
+            let mut all = Vec::new();
+            chain.reader.read_to_end(&mut all).unwrap();
+            (chain.files.len(), all == flat)
+        });
+        assert_eq!(read, (2, true));
+    }
     s["images"] = json!([
         { "name": "web", "source_host": "img0", "path": p("web.raw"), "format": "raw",
           "size": "64MiB", "import": { "from": p("web01.vmdk"), "format": "vmdk" } },
@@ -468,6 +506,8 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
           "import": { "from": p("lab.vhdx"), "format": "vhdx" } },
         { "name": "old", "source_host": "img0", "path": p("old.raw"), "format": "raw",
           "size": "64MiB", "import": { "from": p("old.vhd"), "format": "vpc" } },
+        { "name": "hv", "source_host": "img0", "path": p("hv.raw"), "format": "raw",
+          "import": { "from": p("hv-child.vhdx"), "format": "vhdx" } },
     ]);
     let write = |s: &Value| {
         std::fs::write(dir.join("spec.json"), serde_json::to_vec_pretty(s).unwrap()).unwrap()
@@ -478,6 +518,7 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
     bad["images"][0]["import"]["from"] = json!(p("missing.vmdk"));
     bad["images"][1]["import"]["format"] = json!("vmdk");
     bad["images"][2]["size"] = json!("32MiB");
+    std::fs::rename(dir.join("hv-base.vhdx"), dir.join("hv-moved.vhdx")).unwrap();
     write(&bad);
     let out = c.apply();
     let t = text(&out);
@@ -495,10 +536,15 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
             "/images/2/import/from: `{}` on host img0 holds 64MiB (67108864 bytes), more than the image's size 32MiB",
             p("old.vhd")
         ),
+        format!(
+            "/images/3/import/from: on host img0: the parent of differencing disk `{}` is missing: it names `hv-base.vhdx`",
+            p("hv-child.vhdx")
+        ),
         "nothing was changed".to_string(),
     ] {
         assert!(t.contains(&want), "{want}\n{t}");
     }
+    std::fs::rename(dir.join("hv-moved.vhdx"), dir.join("hv-base.vhdx")).unwrap();
     // A disk image declared raw would be imported as its container's bytes.
     bad = s.clone();
     bad["images"][0]["import"]["format"] = json!("raw");
@@ -512,19 +558,27 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
     );
     assert!(!dir.join(".vmthunder").exists());
     assert!(!dir.join("state/t.json").exists());
-    for f in ["web.raw", "lab.qcow2", "old.raw"] {
+    for f in ["web.raw", "lab.qcow2", "old.raw", "hv.raw"] {
         assert!(!dir.join(f).exists(), "{f}");
     }
 
-    // The three import, and each image's clone reads the original's bytes.
+    // The four import, and each image's clone reads the original's bytes (the chain's: the
+    // parent's with the child's block).
     write(&s);
     let out = c.apply();
     assert!(out.status.success(), "{}", text(&out));
     let state = c.state("t");
     let sums = disk_sums(&state);
-    assert_eq!(sums.len(), 3, "{sums:?}");
+    assert_eq!(sums.len(), 4, "{sums:?}");
+    let want = |addr: &str| {
+        if addr.contains(".hv.") {
+            chain_sum.clone()
+        } else {
+            base_sum.clone()
+        }
+    };
     for (addr, sum) in &sums {
-        assert_eq!(sum, &base_sum, "{addr}");
+        assert_eq!(*sum, want(addr), "{addr}");
     }
     let recorded = |image: &str| {
         let r = state["resources"]
@@ -538,6 +592,7 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
     // Raw images hold exactly the original; the qcow2 one the same disk.
     assert_eq!(recorded("web")["sha256"], json!(base_sum));
     assert_eq!(recorded("old")["sha256"], json!(base_sum));
+    assert_eq!(recorded("hv")["sha256"], json!(chain_sum));
     assert_eq!(sha256(&dir.join("web.raw")), base_sum);
     assert_eq!(
         recorded("lab")["sha256"],
@@ -607,10 +662,10 @@ fn imported_vmdk_vhdx_and_vhd_disks_boot_clones_with_the_originals_bytes() {
     ]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let sums = disk_sums(&c.state("t"));
-    assert!(sums.iter().all(|(_, s)| *s == base_sum), "{sums:?}");
+    assert!(sums.iter().all(|(a, s)| *s == want(a)), "{sums:?}");
 
     destroy_leaves_nothing(&c);
-    for f in ["web.raw", "lab.qcow2", "old.raw"] {
+    for f in ["web.raw", "lab.qcow2", "old.raw", "hv.raw"] {
         assert!(!dir.join(f).exists(), "{f}");
     }
     assert!(dir.join("web01.vmdk").exists(), "the sources stay");

@@ -108,6 +108,7 @@ impl Imports {
                 a.from,
                 a.source_format.as_str()
             ),
+            Inspect::Chain(why) => format!("{at}: on host {host}: {why}"),
             Inspect::Failed(e) => format!("{at}: {e}"),
         })?;
         if let (Some(size), Some(v)) = (a.size, found.virtual_size) {
@@ -132,11 +133,16 @@ struct Source {
     /// The disk's size as the guest sees it, when `qemu-img` could tell (on the host that
     /// holds it); for a raw source its length.
     virtual_size: Option<u64>,
+    /// A differencing VHDX: its files, from the child to its base (QEMU cannot read those;
+    /// [`super::vhdx`] flattens them).
+    chain: Option<Vec<String>>,
 }
 
 enum Inspect {
     Unreadable,
     NotFormat(String),
+    /// A differencing VHDX whose chain is broken.
+    Chain(String),
     Failed(String),
 }
 
@@ -184,7 +190,24 @@ fn inspect(
     let mut found = Source {
         bytes,
         virtual_size: (format == SourceFormat::Raw).then_some(bytes),
+        chain: None,
     };
+    if format == SourceFormat::Vhdx {
+        let files = super::vhdx::Files::new(transport, host);
+        let chain = files.scope(|files| {
+            super::vhdx::chain(files, path)
+                .map(|c| c.map(|c| (c.files, c.reader.virtual_disk_size())))
+        });
+        match chain {
+            Ok(Some((files, size))) => {
+                found.virtual_size = Some(size);
+                found.chain = Some(files);
+                return Ok(found);
+            }
+            Ok(None) => {}
+            Err(why) => return Err(Inspect::Chain(why)),
+        }
+    }
     if !has_qemu_img {
         return Ok(found);
     }
@@ -380,35 +403,55 @@ pub fn create(
     }
     let from_host = holder(transport, host, a);
     let mut throttle = Throttle { t, last: None };
-    // From another host: streamed here first, then converted as a local file.
-    let (source, copied) = if from_host != host {
-        let src = imports
-            .check_source(transport, &t.addr.image, from_host, a)
-            .map_err(BackendError::new)?;
-        let total = src.bytes + src.virtual_size.unwrap_or(src.bytes);
+    let held = imports
+        .check_source(transport, &t.addr.image, from_host, a)
+        .map_err(BackendError::new)?;
+    // A differencing VHDX is flattened where it is and streamed here as raw; a file on
+    // another host is streamed here as it is; then either is converted as a local file.
+    let (source, source_format, copied) = if held.chain.is_some() {
+        let vsize = held.virtual_size.unwrap_or(held.bytes);
+        let total = 2 * vsize;
+        flatten(
+            transport,
+            from_host,
+            &a.from,
+            host,
+            &staged,
+            vsize,
+            total,
+            &mut throttle,
+        )?;
+        (staged.as_str(), SourceFormat::Raw, vsize)
+    } else if from_host != host {
+        let total = held.bytes + held.virtual_size.unwrap_or(held.bytes);
         relay(
             transport,
             from_host,
             &a.from,
             host,
             &staged,
-            src.bytes,
+            held.bytes,
             total,
             &mut throttle,
         )?;
-        (staged.as_str(), src.bytes)
+        (staged.as_str(), a.source_format, held.bytes)
     } else {
-        (a.from.as_str(), 0)
+        (a.from.as_str(), a.source_format, 0)
     };
-    // The copy is inspected where it landed (the machine it came from may have no qemu-img).
-    let local = ImageAttrs {
-        from: source.to_string(),
-        from_host: None,
-        ..a.clone()
+    // A copy is inspected where it landed (the machine it came from may have no qemu-img).
+    let src = if source == a.from {
+        held
+    } else {
+        let local = ImageAttrs {
+            from: source.to_string(),
+            source_format,
+            from_host: None,
+            ..a.clone()
+        };
+        imports
+            .check_source(transport, &t.addr.image, host, &local)
+            .map_err(|m| BackendError::new(m.replace(source, &a.from)))?
     };
-    let src = imports
-        .check_source(transport, &t.addr.image, host, &local)
-        .map_err(|m| BackendError::new(m.replace(source, &a.from)))?;
     let vsize = src.virtual_size.unwrap_or(src.bytes);
     let total = copied + vsize;
     let mut convert = vec![
@@ -416,7 +459,7 @@ pub fn create(
         "convert".into(),
         "-p".into(),
         "-f".into(),
-        a.source_format.as_str().into(),
+        source_format.as_str().into(),
         "-O".into(),
         a.format.as_str().into(),
     ];
@@ -557,6 +600,99 @@ fn relay(
         )));
     }
     Ok(())
+}
+
+/// Streams the flattened disk of the differencing VHDX `from` on `from_host` (its chain read
+/// where it is) into a sparse raw file `to` on `to_host`, checking that all `bytes` arrived.
+#[allow(clippy::too_many_arguments)]
+fn flatten(
+    transport: &dyn Transport,
+    from_host: &str,
+    from: &str,
+    to_host: &str,
+    to: &str,
+    bytes: u64,
+    total: u64,
+    throttle: &mut Throttle<'_>,
+) -> Result<(), BackendError> {
+    let write_argv = argv(&[
+        "dd",
+        &format!("of={to}"),
+        "bs=1M",
+        "iflag=fullblock",
+        "conv=sparse",
+        "status=none",
+    ]);
+    let files = super::vhdx::Files::new(transport, from_host);
+    let (written, arrived, failed) = files.scope(|files| {
+        let chain = match super::vhdx::chain(files, from) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return (
+                    Ok(()),
+                    0,
+                    Some(format!("`{from}` is no longer a differencing VHDX")),
+                )
+            }
+            Err(why) => return (Ok(()), 0, Some(why)),
+        };
+        let mut input = Counted {
+            inner: chain.reader,
+            count: 0,
+            failed: None,
+            on: &mut |n| throttle.tell(n, total),
+        };
+        let w = transport.run_streaming(
+            to_host,
+            &write_argv,
+            Some(&mut input),
+            &mut |_| Ok(()),
+            allowance(bytes),
+        );
+        (
+            w.map(drop),
+            input.count,
+            input.failed.map(|e| e.to_string()),
+        )
+    });
+    let shown = format!("`{from}` on host {from_host}");
+    if let Some(why) = failed {
+        return Err(BackendError::new(format!(
+            "cannot read the chain of {shown}: {why}; nothing was imported"
+        )));
+    }
+    written.map_err(|e| BackendError::from(e).context(&format!("cannot write `{to}`")))?;
+    if arrived != bytes {
+        return Err(BackendError::new(format!(
+            "{shown}: {arrived} of its {bytes} bytes arrived; nothing was imported"
+        )));
+    }
+    Ok(())
+}
+
+/// A reader that counts what it hands out, and keeps the error that ended it.
+struct Counted<'a, R> {
+    inner: R,
+    count: u64,
+    failed: Option<std::io::Error>,
+    on: &'a mut (dyn FnMut(u64) + Send),
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.count += n as u64;
+                (self.on)(self.count);
+                Ok(n)
+            }
+            Err(e) => {
+                let shown = std::io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                Err(shown)
+            }
+        }
+    }
 }
 
 /// A reader over chunks from a channel, counting what it hands out.

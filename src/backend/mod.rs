@@ -17,6 +17,7 @@ pub mod sim;
 pub mod ssh;
 pub mod tls;
 pub mod transport;
+pub mod vhdx;
 
 use std::fmt;
 use std::sync::Arc;
