@@ -25,7 +25,7 @@ use super::transport::{display_command, CommandError, Transport};
 use super::{BackendError, Observed, Target};
 use crate::plan::{Action, Plan};
 use crate::resource::{Desired, ImageAttrs};
-use crate::spec::{SourceFormat, Spec};
+use crate::spec::{ImageFormat, SourceFormat, Spec};
 
 /// The record of an import in vmthunder's directory on the source host.
 pub const RECORD: &str = "import.json";
@@ -323,13 +323,29 @@ fn sha256(
     path: &str,
     timeout: Duration,
 ) -> Result<String, BackendError> {
-    let out = transport.run(host, &argv(&["sha256sum", "--", path]), timeout)?;
+    // OpenSSL uses the CPU's SHA instructions (1 GiB in 1.0 s on this machine; coreutils'
+    // sha256sum took 6.2 s); sha256sum where it is not installed.
+    let out = transport.run(
+        host,
+        &argv(&[
+            "sh",
+            "-c",
+            r#"if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r "$1"; else sha256sum -- "$1"; fi"#,
+            "sh",
+            path,
+        ]),
+        timeout,
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .next()
         .filter(|h| h.len() == 64)
         .map(String::from)
-        .ok_or_else(|| BackendError::new(format!("on host {host}: `sha256sum` printed {text:?}")))
+        .ok_or_else(|| {
+            BackendError::new(format!(
+                "on host {host}: the checksum command printed {text:?}"
+            ))
+        })
 }
 
 /// How long a copy or conversion of `bytes` may take: ten minutes, plus a second per 4 MiB.
@@ -454,6 +470,27 @@ pub fn create(
     };
     let vsize = src.virtual_size.unwrap_or(src.bytes);
     let total = copied + vsize;
+    // A raw copy that landed here (sparse) is the raw image already: padded to the size, not
+    // converted again.
+    if source != a.from && source_format == SourceFormat::Raw && a.format == ImageFormat::Raw {
+        if let Some(size) = a.size {
+            transport
+                .set_len(host, Path::new(source), size.bytes(), false)
+                .map_err(|e| io("cannot pad", Path::new(source), e))?;
+        }
+        transport.run(host, &argv(&["mv", "-f", "--", source, &part]), SHORT)?;
+        return finish(
+            transport,
+            t,
+            dir,
+            &part,
+            &staged,
+            vsize,
+            src.bytes,
+            total,
+            &mut throttle,
+        );
+    }
     let mut convert = vec![
         "qemu-img".to_string(),
         "convert".into(),
@@ -491,8 +528,42 @@ pub fn create(
     transport
         .run_streaming(host, &convert, None, &mut progress, allowance(vsize))
         .map_err(|e| BackendError::from(e).context(&format!("cannot convert `{}`", a.from)))?;
-    let sum = sha256(transport, host, &part, allowance(vsize))?;
-    let Some((bytes, mtime)) = stat(transport, host, &part)? else {
+    finish(
+        transport,
+        t,
+        dir,
+        &part,
+        &staged,
+        vsize,
+        src.bytes,
+        total,
+        &mut throttle,
+    )
+}
+
+/// Records the import made at `part` (its checksum, size and time, in the record in `dir`)
+/// and renames it into place.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    transport: &dyn Transport,
+    t: Target<'_>,
+    dir: &Path,
+    part: &str,
+    staged: &str,
+    vsize: u64,
+    source_bytes: u64,
+    total: u64,
+    throttle: &mut Throttle<'_>,
+) -> Result<Observed, BackendError> {
+    let Desired::Image(a) = t.desired else {
+        unreachable!("image attributes")
+    };
+    let host = &*t.addr.host;
+    let path = a.path.as_str();
+    let record = dir.join(RECORD);
+    let io = |what: &str, p: &Path, e: std::io::Error| BackendError::io(what, host, p, e);
+    let sum = sha256(transport, host, part, allowance(vsize))?;
+    let Some((bytes, mtime)) = stat(transport, host, part)? else {
         return Err(BackendError::new(format!(
             "on host {host}: `{part}` vanished while it was imported"
         )));
@@ -503,7 +574,7 @@ pub fn create(
     o.insert("bytes".into(), bytes.into());
     o.insert("mtime".into(), mtime.into());
     o.insert("virtual_size".into(), vsize.into());
-    o.insert("source_bytes".into(), src.bytes.into());
+    o.insert("source_bytes".into(), source_bytes.into());
     transport
         .create_dir_all(host, dir)
         .map_err(|e| io("cannot create the directory", dir, e))?;
@@ -511,10 +582,10 @@ pub fn create(
     transport
         .write_file(host, &record, &text)
         .map_err(|e| io("cannot write", &record, e))?;
-    transport.run(host, &argv(&["mv", "-f", "--", &part, path]), SHORT)?;
+    transport.run(host, &argv(&["mv", "-f", "--", part, path]), SHORT)?;
     transport
-        .remove_file(host, Path::new(&staged))
-        .map_err(|e| io("cannot remove", Path::new(&staged), e))?;
+        .remove_file(host, Path::new(staged))
+        .map_err(|e| io("cannot remove", Path::new(staged), e))?;
     throttle.tell(total, total);
     Ok(o)
 }
@@ -559,7 +630,14 @@ fn relay(
 ) -> Result<(), BackendError> {
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
     let read_argv = argv(&["cat", "--", from]);
-    let write_argv = argv(&["sh", "-c", r#"cat > "$1""#, "sh", to]);
+    let write_argv = argv(&[
+        "dd",
+        &format!("of={to}"),
+        "bs=1M",
+        "iflag=fullblock",
+        "conv=sparse",
+        "status=none",
+    ]);
     let limit = allowance(bytes);
     let (read, write, arrived) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
