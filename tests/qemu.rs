@@ -565,8 +565,28 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
     // The four import, and each image's clone reads the original's bytes (the chain's: the
     // parent's with the child's block).
     write(&s);
-    let out = c.apply();
+    let out = c.apply_with(&["--json"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Each import told how far it was, in bytes.
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for image in ["web", "lab", "old", "hv"] {
+        let addr = format!("image.img0.{image}");
+        let told: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "apply_progress" && e["hook"]["address"] == addr)
+            .collect();
+        assert!(!told.is_empty(), "no progress of {addr}: {events:?}");
+        for e in told {
+            let (done, total) = (
+                e["bytes_done"].as_u64().unwrap(),
+                e["bytes_total"].as_u64().unwrap(),
+            );
+            assert!(total >= 64 << 20 && done <= total, "{e}");
+        }
+    }
     let state = c.state("t");
     let sums = disk_sums(&state);
     assert_eq!(sums.len(), 4, "{sums:?}");

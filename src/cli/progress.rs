@@ -29,22 +29,25 @@ pub(super) enum View {
     },
 }
 
-/// When each running operation's progress was last told (plain lines every 10 s, JSON
-/// events every second), and when it started.
+/// When each running operation's progress was last told (plain lines every 10 s, the first
+/// 10 s after its start; JSON events at once and then every second), and when it started.
 #[derive(Default)]
 pub(super) struct Told {
     at: HashMap<Addr, (Instant, Option<Instant>)>,
 }
 
 impl Told {
-    /// Whether progress of `addr` is due, `every` after the last; the time it has run.
-    fn due(&mut self, addr: &Addr, every: Duration) -> Option<Duration> {
+    /// Whether progress of `addr` is due, `every` after the last (the first `first` after
+    /// its start); the time it has run.
+    fn due(&mut self, addr: &Addr, every: Duration, first: Duration) -> Option<Duration> {
         let (started, last) = self
             .at
             .entry(addr.clone())
             .or_insert((Instant::now(), None));
-        if last.is_some_and(|l| l.elapsed() < every) {
-            return None;
+        match last {
+            Some(l) if l.elapsed() < every => return None,
+            None if started.elapsed() < first => return None,
+            _ => {}
         }
         *last = Some(Instant::now());
         Some(started.elapsed())
@@ -114,7 +117,9 @@ impl View {
                 } = p
                 {
                     // Like Terraform's "Still creating...", every 10 s.
-                    if let Some(ran) = told.due(addr, Duration::from_secs(10)) {
+                    if let Some(ran) =
+                        told.due(addr, Duration::from_secs(10), Duration::from_secs(10))
+                    {
                         let verb = match kind {
                             OpKind::Create => "creating",
                             OpKind::Update => "modifying",
@@ -135,7 +140,10 @@ impl View {
             View::Json { out, told } => {
                 told.on(&p);
                 if let Progress::Advanced { addr, .. } = p {
-                    if told.due(addr, Duration::from_secs(1)).is_none() {
+                    if told
+                        .due(addr, Duration::from_secs(1), Duration::ZERO)
+                        .is_none()
+                    {
                         return;
                     }
                 }
