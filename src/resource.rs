@@ -451,7 +451,7 @@ pub struct ImageAttrs {
 /// everything built on it.
 pub fn content_attrs(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::Image => &["bytes", "mtime", "sha256"],
+        Kind::Image => &["bytes", "sha256"],
         _ => &[],
     }
 }

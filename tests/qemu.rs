@@ -504,8 +504,10 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
           "size": "64MiB", "import": { "from": p("web01.vmdk"), "format": "vmdk" } },
         { "name": "lab", "source_host": "img0", "path": p("lab.qcow2"), "format": "qcow2",
           "import": { "from": p("lab.vhdx"), "format": "vhdx" } },
+        // No clone of its own (its checksum is the original's; it keeps CI short).
         { "name": "old", "source_host": "img0", "path": p("old.raw"), "format": "raw",
-          "size": "64MiB", "import": { "from": p("old.vhd"), "format": "vpc" } },
+          "size": "64MiB", "clones_per_host": 0,
+          "import": { "from": p("old.vhd"), "format": "vpc" } },
         { "name": "hv", "source_host": "img0", "path": p("hv.raw"), "format": "raw",
           "import": { "from": p("hv-child.vhdx"), "format": "vhdx" } },
     ]);
@@ -519,6 +521,8 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
     bad["images"][1]["import"]["format"] = json!("vmdk");
     bad["images"][2]["size"] = json!("32MiB");
     std::fs::rename(dir.join("hv-base.vhdx"), dir.join("hv-moved.vhdx")).unwrap();
+    // A file of the user's where an import would write.
+    std::fs::write(dir.join("lab.qcow2"), b"the user's").unwrap();
     write(&bad);
     let out = c.apply();
     let t = text(&out);
@@ -540,10 +544,16 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
             "/images/3/import/from: on host img0: the parent of differencing disk `{}` is missing: it names `hv-base.vhdx`",
             p("hv-child.vhdx")
         ),
+        format!(
+            "/images/1/path: `{}` exists already on host img0, and vmthunder did not import it",
+            p("lab.qcow2")
+        ),
         "nothing was changed".to_string(),
     ] {
         assert!(t.contains(&want), "{want}\n{t}");
     }
+    assert_eq!(std::fs::read(dir.join("lab.qcow2")).unwrap(), b"the user's");
+    std::fs::remove_file(dir.join("lab.qcow2")).unwrap();
     std::fs::rename(dir.join("hv-moved.vhdx"), dir.join("hv-base.vhdx")).unwrap();
     // A disk image declared raw would be imported as its container's bytes.
     bad = s.clone();
@@ -589,7 +599,7 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
     }
     let state = c.state("t");
     let sums = disk_sums(&state);
-    assert_eq!(sums.len(), 4, "{sums:?}");
+    assert_eq!(sums.len(), 3, "{sums:?}");
     let want = |addr: &str| {
         if addr.contains(".hv.") {
             chain_sum.clone()
@@ -683,10 +693,29 @@ fn imported_vmdk_vhdx_vhd_and_a_differencing_chain_boot_clones_with_the_original
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let sums = disk_sums(&c.state("t"));
     assert!(sums.iter().all(|(a, s)| *s == want(a)), "{sums:?}");
+    // A new time alone (a touch, a restore) is not a change of the bytes.
+    let touched = Command::new("touch").arg(&web).status().unwrap();
+    assert!(touched.success());
+    let plan = c.run(&["plan", "-f", "spec.json"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(!text(&plan).contains("must be replaced"), "{}", text(&plan));
+
+    // With `import` dropped, the imported file is the image as it is: kept, also by destroy.
+    s["images"][2].as_object_mut().unwrap().remove("import");
+    write(&s);
+    let out = c.apply();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&dir.join("old.raw")), base_sum);
+    assert!(disk_sums(&c.state("t")).iter().all(|(a, s)| *s == want(a)));
 
     destroy_leaves_nothing(&c);
-    for f in ["web.raw", "lab.qcow2", "old.raw", "hv.raw"] {
+    for f in ["web.raw", "lab.qcow2", "hv.raw"] {
         assert!(!dir.join(f).exists(), "{f}");
     }
+    assert_eq!(
+        sha256(&dir.join("old.raw")),
+        base_sum,
+        "a given image stays"
+    );
     assert!(dir.join("web01.vmdk").exists(), "the sources stay");
 }

@@ -38,6 +38,12 @@ const SHORT: Duration = Duration::from_secs(600);
 #[derive(Clone, Debug, Default)]
 pub struct Imports {
     at: HashMap<String, usize>,
+    /// (source host, path) of the images the spec gives as they are (no `import`): a file
+    /// there is the user's, which deleting an `image` resource never removes.
+    given: rustc_hash::FxHashSet<(String, String)>,
+    /// The cluster's directory on every host (`backend.root`/cluster): an import's record is
+    /// in `<base>/<host>/<image>/`.
+    base: PathBuf,
 }
 
 impl Imports {
@@ -50,7 +56,19 @@ impl Imports {
                 .filter(|(_, i)| i.import.is_some())
                 .map(|(n, i)| (i.name.clone(), n))
                 .collect(),
+            given: spec
+                .images
+                .iter()
+                .filter(|i| i.import.is_none())
+                .map(|i| (i.source_host.clone(), i.path.clone()))
+                .collect(),
+            base: super::qemu::absolute(&spec.backend.root).join(&spec.cluster),
         }
+    }
+
+    /// vmthunder's directory for `image` on `host`, which holds the import's record.
+    fn record(&self, host: &str, image: &str) -> PathBuf {
+        self.base.join(host).join(image).join(RECORD)
     }
 
     /// Whether `image` is imported (its file is made by its `image` resource).
@@ -80,21 +98,34 @@ impl Imports {
             })
             .collect();
         super::in_parallel(&imports, |(image, host, a)| {
-            self.check_source(transport, image, holder(transport, host, a), a)
-                .err()
+            let mut problems = Vec::new();
+            let from = holder(transport, host, a);
+            if let Err(e) = self.check_source(transport, image, from, a, from != *host) {
+                problems.push(e);
+            }
+            let record = self.record(host, image);
+            match standing(transport, host, &record, a) {
+                Ok(Standing::Foreign) => problems.push(foreign(self, host, image, &a.path)),
+                Ok(_) => {}
+                Err(e) if e.unreachable_host.is_some() => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+            problems
         })
         .into_iter()
         .flatten()
         .collect()
     }
 
-    /// Inspects the source of `a` (on `host`) and checks it against what the spec says.
+    /// Inspects the source of `a` (on `host`) and checks it against what the spec says;
+    /// `single` when it must be one file (it is copied to another host, or is that copy).
     fn check_source(
         &self,
         transport: &dyn Transport,
         image: &str,
         host: &str,
         a: &ImageAttrs,
+        single: bool,
     ) -> Result<Source, String> {
         let at = self.at(image, "from");
         let found = inspect(transport, host, &a.from, a.source_format).map_err(|e| match e {
@@ -111,6 +142,13 @@ impl Imports {
             Inspect::Chain(why) => format!("{at}: on host {host}: {why}"),
             Inspect::Failed(e) => format!("{at}: {e}"),
         })?;
+        if single && !found.others.is_empty() {
+            return Err(format!(
+                "{at}: `{}` on host {host} reads other files too ({}); only the one file is copied to the source host, where they are not: import it on a host that has them all, or make one file of it there first (`qemu-img convert -O qcow2`)",
+                a.from,
+                found.others.join(", ")
+            ));
+        }
         if let (Some(size), Some(v)) = (a.size, found.virtual_size) {
             if v > size.bytes() {
                 return Err(format!(
@@ -136,6 +174,8 @@ struct Source {
     /// A differencing VHDX: its files, from the child to its base (QEMU cannot read those;
     /// [`super::vhdx`] flattens them).
     chain: Option<Vec<String>>,
+    /// The other files it reads, as `qemu-img` tells: backing files and VMDK extents.
+    others: Vec<String>,
 }
 
 enum Inspect {
@@ -191,6 +231,7 @@ fn inspect(
         bytes,
         virtual_size: (format == SourceFormat::Raw).then_some(bytes),
         chain: None,
+        others: Vec::new(),
     };
     if format == SourceFormat::Vhdx {
         let files = super::vhdx::Files::new(transport, host);
@@ -245,6 +286,7 @@ fn inspect(
         .and_then(|i| i.get("virtual-size"))
         .and_then(Value::as_u64)
         .or(found.virtual_size);
+    found.others = other_files(&chain, path);
     if format == SourceFormat::Raw {
         // Raw opens anything: a disk image of another format would be imported as its
         // container's bytes. What does qemu-img find when it probes?
@@ -274,6 +316,32 @@ fn holder<'a>(transport: &dyn Transport, host: &'a str, a: &'a ImageAttrs) -> &'
         Some(h) if !transport.same_machine() => h,
         _ => host,
     }
+}
+
+/// The files other than `path` that `qemu-img info --backing-chain` says the image reads:
+/// its backing files and VMDK extents.
+fn other_files(chain: &Value, path: &str) -> Vec<String> {
+    let mut others = Vec::new();
+    for (i, info) in chain.as_array().into_iter().flatten().enumerate() {
+        let file = info
+            .get("filename")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if i > 0 {
+            others.push(file.to_string());
+        }
+        let extents = info
+            .pointer("/format-specific/data/extents")
+            .and_then(Value::as_array);
+        for e in extents.into_iter().flatten() {
+            if let Some(f) = e.get("filename").and_then(Value::as_str) {
+                if f != path && f != file && !others.iter().any(|o| o == f) {
+                    others.push(f.to_string());
+                }
+            }
+        }
+    }
+    others
 }
 
 /// The files of an import beside the image.
@@ -383,32 +451,42 @@ pub fn create(
     imports: &Imports,
     transport: &dyn Transport,
     t: Target<'_>,
-    dir: &Path,
 ) -> Result<Observed, BackendError> {
     let Desired::Image(a) = t.desired else {
         unreachable!("image attributes")
     };
     let host = &*t.addr.host;
-    let record = dir.join(RECORD);
+    let record = imports.record(host, &t.addr.image);
+    let dir = record.parent().expect("the record's directory");
     let path = a.path.as_str();
-    let found = stat(transport, host, path)?;
-    if let Some(o) = adoptable(transport, host, &record, found.as_ref())? {
-        return Ok(o);
-    }
-    if found.is_some() {
-        return Err(BackendError::new(format!(
-            "on host {host}: `{path}` exists already, and vmthunder did not import it: move it away (or, to use it as it is, drop `import` from the image at {})",
-            imports.at(&t.addr.image, "from").trim_end_matches("/import/from")
-        )));
-    }
     let part = part(path);
     let staged = staged(path);
     let io = |what: &str, p: &Path, e: std::io::Error| BackendError::io(what, host, p, e);
-    for f in [&part, &staged] {
-        transport
-            .remove_file(host, Path::new(f))
-            .map_err(|e| io("cannot remove", Path::new(f), e))?;
+    let clear = || -> Result<(), BackendError> {
+        for f in [&part, &staged] {
+            transport
+                .remove_file(host, Path::new(f))
+                .map_err(|e| io("cannot remove", Path::new(f), e))?;
+        }
+        Ok(())
+    };
+    match standing(transport, host, &record, a)? {
+        Standing::Done(o) => {
+            clear()?;
+            return Ok(o);
+        }
+        Standing::Foreign => {
+            return Err(BackendError::new(foreign(
+                imports,
+                host,
+                &t.addr.image,
+                path,
+            )))
+        }
+        // Absent, or an earlier import of other attributes: made anew (`mv -f` replaces it).
+        Standing::Free | Standing::Stale => {}
     }
+    clear()?;
     if let Some(parent) = Path::new(path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -420,7 +498,7 @@ pub fn create(
     let from_host = holder(transport, host, a);
     let mut throttle = Throttle { t, last: None };
     let held = imports
-        .check_source(transport, &t.addr.image, from_host, a)
+        .check_source(transport, &t.addr.image, from_host, a, from_host != host)
         .map_err(BackendError::new)?;
     // A differencing VHDX is flattened where it is and streamed here as raw; a file on
     // another host is streamed here as it is; then either is converted as a local file.
@@ -465,7 +543,7 @@ pub fn create(
             ..a.clone()
         };
         imports
-            .check_source(transport, &t.addr.image, host, &local)
+            .check_source(transport, &t.addr.image, host, &local, true)
             .map_err(|m| BackendError::new(m.replace(source, &a.from)))?
     };
     let vsize = src.virtual_size.unwrap_or(src.bytes);
@@ -578,41 +656,83 @@ fn finish(
     transport
         .create_dir_all(host, dir)
         .map_err(|e| io("cannot create the directory", dir, e))?;
-    let text = serde_json::to_vec_pretty(&o).expect("observed serializes");
+    // On disk before the record says so: a crash must not leave a recorded file with holes.
+    transport.run(host, &argv(&["sync", "--", part]), allowance(vsize))?;
+    let mut kept = o.clone();
+    kept.insert(
+        "import".into(),
+        serde_json::to_value(a).expect("attributes serialize"),
+    );
+    let text = serde_json::to_vec_pretty(&kept).expect("observed serializes");
     transport
         .write_file(host, &record, &text)
         .map_err(|e| io("cannot write", &record, e))?;
     transport.run(host, &argv(&["mv", "-f", "--", part, path]), SHORT)?;
-    transport
-        .remove_file(host, Path::new(staged))
-        .map_err(|e| io("cannot remove", Path::new(staged), e))?;
+    // The import is done and recorded: a copy left behind is removed by the next import or
+    // delete, not a reason to import again.
+    if let Err(e) = transport.remove_file(host, Path::new(staged)) {
+        tracing::warn!(host, file = staged, error = %e, "cannot remove the import's copy");
+    }
     throttle.tell(total, total);
     Ok(o)
 }
 
-/// What the record says was imported, when the file at the image's path is that (a run killed
-/// after the rename and before state recorded it).
-fn adoptable(
+/// What stands at an import's path.
+enum Standing {
+    /// Nothing.
+    Free,
+    /// The import of these attributes, as its record says (a run killed after the rename,
+    /// before state recorded it): adopted.
+    Done(Observed),
+    /// A file an earlier import of other attributes made: replaced.
+    Stale,
+    /// A file vmthunder did not import: never overwritten.
+    Foreign,
+}
+
+/// The record of the import of `a` on `host`, if there is one for its path.
+fn recorded(
     transport: &dyn Transport,
     host: &str,
     record: &Path,
-    found: Option<&(u64, String)>,
+    a: &ImageAttrs,
 ) -> Result<Option<Observed>, BackendError> {
-    let Some((bytes, mtime)) = found else {
-        return Ok(None);
-    };
-    let Some(text) = transport
+    let text = transport
         .read_file(host, record)
-        .map_err(|e| BackendError::io("cannot read", host, record, e))?
-    else {
-        return Ok(None);
+        .map_err(|e| BackendError::io("cannot read", host, record, e))?;
+    Ok(text
+        .and_then(|t| serde_json::from_slice::<Observed>(&t).ok())
+        .filter(|o| o.get("path").and_then(Value::as_str) == Some(a.path.as_str())))
+}
+
+fn standing(
+    transport: &dyn Transport,
+    host: &str,
+    record: &Path,
+    a: &ImageAttrs,
+) -> Result<Standing, BackendError> {
+    let Some((bytes, mtime)) = stat(transport, host, &a.path)? else {
+        return Ok(Standing::Free);
     };
-    let Ok(o) = serde_json::from_slice::<Observed>(&text) else {
-        return Ok(None);
+    let Some(mut o) = recorded(transport, host, record, a)? else {
+        return Ok(Standing::Foreign);
     };
-    let same = o.get("bytes").and_then(Value::as_u64) == Some(*bytes)
-        && o.get("mtime").and_then(Value::as_str) == Some(mtime.as_str());
-    Ok(same.then_some(o))
+    let same = o.get("bytes").and_then(Value::as_u64) == Some(bytes)
+        && o.get("mtime").and_then(Value::as_str) == Some(mtime.as_str())
+        && o.remove("import") == Some(serde_json::to_value(a).expect("attributes serialize"));
+    Ok(if same {
+        Standing::Done(o)
+    } else {
+        Standing::Stale
+    })
+}
+
+/// Why an import refuses a file at its path.
+fn foreign(imports: &Imports, host: &str, image: &str, path: &str) -> String {
+    format!(
+        "{}: `{path}` exists already on host {host}, and vmthunder did not import it: move it away, or give another path (to use the file as it is, drop `import`)",
+        imports.at(image, "from").replace("/import/from", "/path")
+    )
 }
 
 /// Streams `from` on `from_host` into `to` on `to_host` through this machine, checking that
@@ -670,8 +790,9 @@ fn relay(
         )
     });
     let from_shown = format!("`{from}` on host {from_host}");
-    read.map_err(|e| BackendError::from(e).context(&format!("cannot read {from_shown}")))?;
+    // A failed write is the cause when both failed (the reader then only lost its receiver).
     write.map_err(|e| BackendError::from(e).context(&format!("cannot write `{to}`")))?;
+    read.map_err(|e| BackendError::from(e).context(&format!("cannot read {from_shown}")))?;
     if arrived != bytes {
         return Err(BackendError::new(format!(
             "{from_shown}: {arrived} of its {bytes} bytes arrived (did it change while it was read?); nothing was imported"
@@ -802,8 +923,14 @@ impl Read for Chunks<'_> {
     }
 }
 
-/// Observes an imported image: gone, or its size and time (and with `t.deep` its checksum).
-pub fn read(transport: &dyn Transport, t: Target<'_>) -> Result<Option<Observed>, BackendError> {
+/// Observes an imported image: gone, or its size and time; its checksum when `t.deep`, or
+/// when only its time moved (a `touch`, a restore from backup): then the bytes tell whether
+/// it changed, so a new time alone never rebuilds the tree.
+pub fn read(
+    transport: &dyn Transport,
+    t: Target<'_>,
+    recorded: &Observed,
+) -> Result<Option<Observed>, BackendError> {
     let Desired::Image(a) = t.desired else {
         unreachable!("image attributes")
     };
@@ -814,8 +941,10 @@ pub fn read(transport: &dyn Transport, t: Target<'_>) -> Result<Option<Observed>
     let mut o = Observed::new();
     o.insert("path".into(), a.path.clone().into());
     o.insert("bytes".into(), bytes.into());
+    let same_size = recorded.get("bytes").and_then(Value::as_u64) == Some(bytes);
+    let moved = recorded.get("mtime").and_then(Value::as_str) != Some(mtime.as_str());
     o.insert("mtime".into(), mtime.into());
-    if t.deep {
+    if t.deep || (same_size && moved) {
         o.insert(
             "sha256".into(),
             sha256(transport, host, &a.path, allowance(bytes))?.into(),
@@ -824,18 +953,27 @@ pub fn read(transport: &dyn Transport, t: Target<'_>) -> Result<Option<Observed>
     Ok(Some(o))
 }
 
-/// Removes the imported file, what an interrupted import left beside it, and the record.
-pub fn delete(transport: &dyn Transport, t: Target<'_>, dir: &Path) -> Result<(), BackendError> {
+/// Removes what an import made: the record, what an interrupted import left beside the image,
+/// and the image file, but only when the record says vmthunder wrote it there (a file a create
+/// refused to overwrite stays) and the spec does not now give that file as the image itself
+/// (`import` dropped: the imported file is kept as the image).
+pub fn delete(
+    imports: &Imports,
+    transport: &dyn Transport,
+    t: Target<'_>,
+) -> Result<(), BackendError> {
     let Desired::Image(a) = t.desired else {
         unreachable!("image attributes")
     };
     let host = &*t.addr.host;
-    let files: [PathBuf; 4] = [
-        a.path.clone().into(),
-        part(&a.path).into(),
-        staged(&a.path).into(),
-        dir.join(RECORD),
-    ];
+    let record = imports.record(host, &t.addr.image);
+    let ours = recorded(transport, host, &record, a)?.is_some();
+    let given = imports.given.contains(&(host.to_string(), a.path.clone()));
+    let mut files: Vec<PathBuf> = vec![part(&a.path).into(), staged(&a.path).into()];
+    if ours && !given {
+        files.push(a.path.clone().into());
+    }
+    files.push(record);
     for f in &files {
         transport
             .remove_file(host, f)

@@ -66,11 +66,17 @@ impl<'t> Files<'t> {
     /// Runs `f` with these files readable: their remote reads are answered on a thread
     /// beside it until `f` has returned and dropped every reader it opened.
     pub fn scope<R>(&self, f: impl FnOnce(&Files<'t>) -> R) -> R {
+        /// Closes the files however `f` ends (a panic too), so that the server returns.
+        struct Closing<'a, 't>(&'a Files<'t>);
+        impl Drop for Closing<'_, '_> {
+            fn drop(&mut self) {
+                self.0.close();
+            }
+        }
         std::thread::scope(|s| {
             s.spawn(|| self.serve());
-            let r = f(self);
-            self.close();
-            r
+            let _closing = Closing(self);
+            f(self)
         })
     }
 
@@ -219,6 +225,7 @@ pub fn chain(files: &Files<'_>, path: &str) -> Result<Option<Chain>, String> {
             Ok(_) if names.len() == 1 => return Ok(None),
             Ok(r) => break r,
             Err(VhdxError::DifferencingNotSupported) => {}
+            Err(VhdxError::Io(e)) => return Err(format!("cannot read `{p}`: {e}")),
             Err(_) if names.len() == 1 => return Ok(None),
             Err(e) => {
                 return Err(format!(

@@ -358,7 +358,7 @@ impl Backend for LinuxStack {
             Kind::Ca | Kind::Cert => {
                 crate::backend::tls::read(self.transport.as_ref(), &self.base, t, observed)
             }
-            Kind::Image => crate::backend::import::read(self.transport.as_ref(), t),
+            Kind::Image => crate::backend::import::read(self.transport.as_ref(), t, observed),
         }
     }
 
@@ -388,12 +388,9 @@ impl Backend for LinuxStack {
             Kind::Ca | Kind::Cert => {
                 crate::backend::tls::create(self.transport.as_ref(), &self.base, t, deps)
             }
-            Kind::Image => crate::backend::import::create(
-                &self.imports,
-                self.transport.as_ref(),
-                t,
-                &self.import_dir(t.addr),
-            ),
+            Kind::Image => {
+                crate::backend::import::create(&self.imports, self.transport.as_ref(), t)
+            }
         }
     }
 
@@ -435,7 +432,7 @@ impl Backend for LinuxStack {
             }
             Kind::Image => {
                 let dir = self.import_dir(t.addr);
-                crate::backend::import::delete(self.transport.as_ref(), t, &dir)?;
+                crate::backend::import::delete(&self.imports, self.transport.as_ref(), t)?;
                 // The record's directories are the import's own (when nothing else is there).
                 let host = &*t.addr.host;
                 if self

@@ -375,7 +375,7 @@ impl Backend for QemuStack {
             Kind::Ca | Kind::Cert => {
                 super::tls::read(self.transport.as_ref(), &self.base, t, observed)
             }
-            Kind::Image => super::import::read(self.transport.as_ref(), t),
+            Kind::Image => super::import::read(self.transport.as_ref(), t, observed),
         }
     }
 
@@ -396,12 +396,7 @@ impl Backend for QemuStack {
             Kind::Ca | Kind::Cert => {
                 super::tls::create(self.transport.as_ref(), &self.base, t, deps)
             }
-            Kind::Image => super::import::create(
-                &self.imports,
-                self.transport.as_ref(),
-                t,
-                &self.dir(&t.addr.host, &t.addr.image),
-            ),
+            Kind::Image => super::import::create(&self.imports, self.transport.as_ref(), t),
         }
     }
 
@@ -437,11 +432,7 @@ impl Backend for QemuStack {
             Kind::Ca => return Ok(()),
             // Its directory goes now (it is its own), the host's in `finish`.
             Kind::Cert => super::tls::delete(self.transport.as_ref(), &self.base, t),
-            Kind::Image => super::import::delete(
-                self.transport.as_ref(),
-                t,
-                &self.dir(&t.addr.host, &t.addr.image),
-            ),
+            Kind::Image => super::import::delete(&self.imports, self.transport.as_ref(), t),
         };
         if r.is_ok() {
             // Its directories go in `finish`, not now: creates may be running beside it.
