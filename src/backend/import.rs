@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::Value;
 
-use super::transport::{display_command, CommandError, Transport};
+use super::transport::{CommandError, Transport};
 use super::{BackendError, Observed, Target};
 use crate::plan::{Action, Plan};
 use crate::resource::{Desired, ImageAttrs};
@@ -750,14 +750,6 @@ fn relay(
 ) -> Result<(), BackendError> {
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
     let read_argv = argv(&["cat", "--", from]);
-    let write_argv = argv(&[
-        "dd",
-        &format!("of={to}"),
-        "bs=1M",
-        "iflag=fullblock",
-        "conv=sparse",
-        "status=none",
-    ]);
     let limit = allowance(bytes);
     let (read, write, arrived) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
@@ -767,20 +759,14 @@ fn relay(
             };
             transport.run_streaming(from_host, &read_argv, None, &mut send, limit)
         });
-        let mut input = Chunks {
+        let mut tell = |n| throttle.tell(n, total);
+        let chunks = Chunks {
             rx,
             chunk: Vec::new(),
             at: 0,
-            count: 0,
-            on: &mut |n| throttle.tell(n, total),
         };
-        let write = transport.run_streaming(
-            to_host,
-            &write_argv,
-            Some(&mut input),
-            &mut |_| Ok(()),
-            limit,
-        );
+        let mut input = Counted::new(chunks, &mut tell);
+        let write = write_sparse(transport, to_host, to, &mut input, bytes);
         let arrived = input.count;
         drop(input);
         (
@@ -814,14 +800,6 @@ fn flatten(
     total: u64,
     throttle: &mut Throttle<'_>,
 ) -> Result<(), BackendError> {
-    let write_argv = argv(&[
-        "dd",
-        &format!("of={to}"),
-        "bs=1M",
-        "iflag=fullblock",
-        "conv=sparse",
-        "status=none",
-    ]);
     let files = super::vhdx::Files::new(transport, from_host);
     let (written, arrived, failed) = files.scope(|files| {
         let chain = match super::vhdx::chain(files, from) {
@@ -835,24 +813,10 @@ fn flatten(
             }
             Err(why) => return (Ok(()), 0, Some(why)),
         };
-        let mut input = Counted {
-            inner: chain.reader,
-            count: 0,
-            failed: None,
-            on: &mut |n| throttle.tell(n, total),
-        };
-        let w = transport.run_streaming(
-            to_host,
-            &write_argv,
-            Some(&mut input),
-            &mut |_| Ok(()),
-            allowance(bytes),
-        );
-        (
-            w.map(drop),
-            input.count,
-            input.failed.map(|e| e.to_string()),
-        )
+        let mut tell = |n| throttle.tell(n, total);
+        let mut input = Counted::new(chain.reader, &mut tell);
+        let w = write_sparse(transport, to_host, to, &mut input, bytes);
+        (w, input.count, input.failed.map(|e| e.to_string()))
     });
     let shown = format!("`{from}` on host {from_host}");
     if let Some(why) = failed {
@@ -869,12 +833,51 @@ fn flatten(
     Ok(())
 }
 
+/// Writes what `input` yields into a sparse file `to` on `to_host` (`dd conv=sparse`): the
+/// receiving end of a copy from another host or of a flattened chain, of `bytes` in all.
+fn write_sparse(
+    transport: &dyn Transport,
+    to_host: &str,
+    to: &str,
+    input: &mut (dyn Read + Send),
+    bytes: u64,
+) -> Result<(), CommandError> {
+    let write_argv = argv(&[
+        "dd",
+        &format!("of={to}"),
+        "bs=1M",
+        "iflag=fullblock",
+        "conv=sparse",
+        "status=none",
+    ]);
+    transport
+        .run_streaming(
+            to_host,
+            &write_argv,
+            Some(input),
+            &mut |_| Ok(()),
+            allowance(bytes),
+        )
+        .map(drop)
+}
+
 /// A reader that counts what it hands out, and keeps the error that ended it.
 struct Counted<'a, R> {
     inner: R,
     count: u64,
     failed: Option<std::io::Error>,
     on: &'a mut (dyn FnMut(u64) + Send),
+}
+
+impl<'a, R> Counted<'a, R> {
+    fn new(inner: R, on: &'a mut (dyn FnMut(u64) + Send)) -> Counted<'a, R> {
+        Counted {
+            inner,
+            count: 0,
+            failed: None,
+            on,
+        }
+    }
 }
 
 impl<R: Read> Read for Counted<'_, R> {
@@ -894,16 +897,14 @@ impl<R: Read> Read for Counted<'_, R> {
     }
 }
 
-/// A reader over chunks from a channel, counting what it hands out.
-struct Chunks<'a> {
+/// A reader over chunks from a channel (its end is the channel's).
+struct Chunks {
     rx: mpsc::Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
-    count: u64,
-    on: &'a mut (dyn FnMut(u64) + Send),
 }
 
-impl Read for Chunks<'_> {
+impl Read for Chunks {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.chunk.len() {
             match self.rx.recv() {
@@ -917,8 +918,6 @@ impl Read for Chunks<'_> {
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
-        self.count += n as u64;
-        (self.on)(self.count);
         Ok(n)
     }
 }
@@ -980,20 +979,6 @@ pub fn delete(
             .map_err(|e| BackendError::io("cannot remove", host, f, e))?;
     }
     Ok(())
-}
-
-/// The command an import runs, for messages.
-pub fn describe(a: &ImageAttrs) -> String {
-    display_command(&argv(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        a.source_format.as_str(),
-        "-O",
-        a.format.as_str(),
-        &a.from,
-        &a.path,
-    ]))
 }
 
 /// The attributes of the `image` resource of an image with `import`.

@@ -367,18 +367,12 @@ impl SshTransport {
         let stderr = String::from_utf8_lossy(&output.stderr)
             .trim_end()
             .to_string();
-        match output.status.code() {
-            Some(0) => Ok(Output {
+        match transport::exit_failure(output.status.code(), &output.status, secs) {
+            None => Ok(Output {
                 stdout: output.stdout,
                 stderr: output.stderr,
             }),
-            Some(124) | Some(137) => Err(fail(format!("timed out after {secs}s"), stderr, false)),
-            Some(c) => Err(fail(format!("exited with status {c}"), stderr, false)),
-            None => Err(fail(
-                format!("was killed ({})", output.status),
-                stderr,
-                false,
-            )),
+            Some(why) => Err(fail(why, stderr, false)),
         }
     }
 
@@ -496,14 +490,12 @@ impl SshTransport {
         if let Some(e) = stopped {
             return Err(fail(format!("was stopped: {e}"), stderr, false));
         }
-        match status.code() {
-            Some(0) => Ok(Output {
+        match transport::exit_failure(status.code(), &status, secs) {
+            None => Ok(Output {
                 stdout: Vec::new(),
                 stderr: stderr.into_bytes(),
             }),
-            Some(124) | Some(137) => Err(fail(format!("timed out after {secs}s"), stderr, false)),
-            Some(c) => Err(fail(format!("exited with status {c}"), stderr, false)),
-            None => Err(fail(format!("was killed ({status})"), stderr, false)),
+            Some(why) => Err(fail(why, stderr, false)),
         }
     }
 

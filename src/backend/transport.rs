@@ -152,6 +152,21 @@ pub fn timed_argv(argv: &[String], timeout: Duration) -> Vec<String> {
         .collect()
 }
 
+/// What the exit of a command run under `timeout` (`timed_argv`, or the remote `timeout` of
+/// the ssh transport) says went wrong: `None` when it succeeded; 124 and 137 are `timeout`'s.
+pub fn exit_failure(
+    code: Option<i32>,
+    status: &dyn std::fmt::Display,
+    secs: u64,
+) -> Option<String> {
+    match code {
+        Some(0) => None,
+        Some(124) | Some(137) => Some(format!("timed out after {secs}s")),
+        Some(c) => Some(format!("exited with status {c}")),
+        None => Some(format!("was killed ({status})")),
+    }
+}
+
 /// Hands what `from` yields to `output` until its end; the error that stopped it, if any.
 pub fn pump(
     from: &mut dyn Read,
@@ -340,17 +355,12 @@ impl Transport for Local {
         if let Some(e) = stopped {
             return Err(err(format!("was stopped: {e}"), stderr));
         }
-        match status.code() {
-            Some(0) => Ok(Output {
+        match exit_failure(status.code(), &status, timeout.as_secs().max(1)) {
+            None => Ok(Output {
                 stdout: Vec::new(),
                 stderr: stderr.into_bytes(),
             }),
-            Some(124) | Some(137) => Err(err(
-                format!("timed out after {}s", timeout.as_secs().max(1)),
-                stderr,
-            )),
-            Some(c) => Err(err(format!("exited with status {c}"), stderr)),
-            None => Err(err(format!("was killed ({status})"), stderr)),
+            Some(why) => Err(err(why, stderr)),
         }
     }
 
